@@ -1,0 +1,263 @@
+"""Where the prunable neurons live, per architecture, as data; and one view that serves them all.
+
+Hook names follow TransformerLens' spirit: `blocks.{layer}.{group}`. A neuron group is read at one
+point of every block (the input of a projection, or some outputs of a projection) and zeroed in the
+weights around that point, exactly as DESIGN.md section 2 defines:
+
+    ff           input of the down-projection; zero its column there and its rows in the in/gate projections
+    attn-value   output dims of the value projection; zero those rows (and bias entries)
+    attn-preout  input of the attention output projection; zero that column
+    attn-head    a whole head of pre-out dims; zero all of its columns
+
+Zeroing is exact: the pruned model equals the unpruned model with those activations masked to 0.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+from .errors import UserError
+
+GROUPS = ("ff", "attn-value", "attn-preout", "attn-head")
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Module paths relative to one block. `name:layout` marks a fused projection (see _fused_rows)."""
+
+    layers: tuple[str, ...]  # candidate paths to the list of blocks, from the top model
+    ff_in: tuple[str, ...]  # projections feeding the ff mid-layer (rows zeroed)
+    ff_out: str  # down-projection: its input is the ff neuron
+    value: str  # value projection, maybe fused with q and k
+    out: str  # attention output projection: its input is the pre-out neuron
+    masked_lm: bool = False
+    base: str = "causal-lm"
+
+
+_LLAMA = Architecture(("model.layers", "model.language_model.layers"),
+                      ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj",
+                      "self_attn.v_proj", "self_attn.o_proj")
+_BERT = dict(ff_in=("intermediate.dense",), ff_out="output.dense", value="attention.self.value",
+             out="attention.output.dense", masked_lm=True)
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "opt": Architecture(("model.decoder.layers",), ("fc1",), "fc2",
+                        "self_attn.v_proj", "self_attn.out_proj"),
+    "gpt2": Architecture(("transformer.h",), ("mlp.c_fc",), "mlp.c_proj",
+                         "attn.c_attn:qkv", "attn.c_proj"),
+    "gpt_neox": Architecture(("gpt_neox.layers",), ("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h",
+                             "attention.query_key_value:qkv_per_head", "attention.dense"),
+    "gptj": Architecture(("transformer.h",), ("mlp.fc_in",), "mlp.fc_out",
+                         "attn.v_proj", "attn.out_proj"),
+    "llama": _LLAMA,
+    "mistral": _LLAMA,
+    "qwen2": _LLAMA,
+    "qwen3": _LLAMA,
+    "gemma": _LLAMA,
+    "gemma2": _LLAMA,
+    "gemma3_text": _LLAMA,
+    "gemma3": _LLAMA,
+    "phi": Architecture(("model.layers",), ("mlp.fc1",), "mlp.fc2",
+                        "self_attn.v_proj", "self_attn.dense"),
+    "phi3": Architecture(("model.layers",), ("mlp.gate_up_proj:gate_up",), "mlp.down_proj",
+                         "self_attn.qkv_proj:qkv", "self_attn.o_proj"),
+    "roberta": Architecture(("roberta.encoder.layer",), **_BERT),
+    "bert": Architecture(("bert.encoder.layer",), **_BERT),
+}
+
+
+def _text_config(config):
+    """Multimodal wrappers (gemma3) keep the language model's numbers in a sub-config."""
+    return getattr(config, "text_config", None) or config
+
+
+def architecture_of(config) -> Architecture:
+    model_type = config.model_type
+    if model_type not in ARCHITECTURES:
+        raise UserError(
+            f"unsupported architecture {model_type!r}: selprune supports "
+            f"{', '.join(sorted(ARCHITECTURES))} (see `selprune list architectures`)"
+        )
+    return ARCHITECTURES[model_type]
+
+
+def _get(root: nn.Module, path: str) -> nn.Module:
+    return root.get_submodule(path.split(":")[0])
+
+
+def _out_features(module: nn.Module) -> int:
+    return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
+
+
+def _in_features(module: nn.Module) -> int:
+    return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
+
+
+def _zero_outputs(module: nn.Module, rows: torch.Tensor) -> None:
+    """Zero the weights (and biases) producing the given output dims of a Linear or GPT-2 Conv1D."""
+    rows = rows.to(module.weight.device)
+    if isinstance(module, Conv1D):
+        module.weight[:, rows] = 0
+    else:
+        module.weight[rows] = 0
+    if getattr(module, "bias", None) is not None:
+        module.bias[rows] = 0
+
+
+def _zero_inputs(module: nn.Module, cols: torch.Tensor) -> None:
+    """Zero the weights reading the given input dims of a Linear or GPT-2 Conv1D."""
+    cols = cols.to(module.weight.device)
+    if isinstance(module, Conv1D):
+        module.weight[cols] = 0
+    else:
+        module.weight[:, cols] = 0
+
+
+def _fused_rows(layout: str | None, n: int, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
+    """Rows of a (maybe fused) projection that belong to each of its n neurons: [n, rows per neuron]."""
+    k = torch.arange(n)
+    if layout is None:
+        return k[:, None]
+    if layout == "gate_up":  # [gate | up], each n wide
+        return torch.stack([k, n + k], dim=1)
+    if layout == "qkv":  # [q (heads*hd) | k (kv*hd) | v (kv*hd)]; n = kv*hd value dims
+        return (heads * head_dim + kv_heads * head_dim + k)[:, None]
+    if layout == "qkv_per_head":  # per head [q | k | v], head_dim each
+        return (k // head_dim * 3 * head_dim + 2 * head_dim + k % head_dim)[:, None]
+    raise ValueError(f"unknown fused layout {layout!r}")
+
+
+class NeuronGroup:
+    """One neuron group of one loaded model: read its activations, zero its neurons.
+
+    Activations are `width` numbers per block. A unit (what is scored and pruned) is `unit` of them:
+    1 for neurons, head_dim for whole heads. So `size` = width // unit units per layer.
+    """
+
+    def __init__(self, model: nn.Module, group: str):
+        if group not in GROUPS:
+            raise UserError(f"unknown neuron group {group!r}: use one of {', '.join(GROUPS)}")
+        self.model, self.group = model, group
+        self.arch = architecture_of(model.config)
+        cfg = _text_config(model.config)
+        self.blocks = self._find_blocks(model)
+        self.heads = cfg.num_attention_heads
+        self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
+        first = self.blocks[0]
+        self.head_dim = _in_features(_get(first, self.arch.out)) // self.heads
+        if group == "ff":
+            self.width = _in_features(_get(first, self.arch.ff_out))
+        elif group == "attn-value":
+            self.width = self.kv_heads * self.head_dim
+        else:
+            self.width = self.heads * self.head_dim
+        self.unit = self.head_dim if group == "attn-head" else 1
+        self.size = self.width // self.unit
+        self.layers = len(self.blocks)
+
+    def _find_blocks(self, model: nn.Module) -> nn.ModuleList:
+        for path in self.arch.layers:
+            try:
+                return model.get_submodule(path)
+            except AttributeError:
+                continue
+        raise UserError(f"{model.config.model_type} model has none of {self.arch.layers}: "
+                        "is it a base model without the language-model head?")
+
+    @property
+    def total(self) -> int:
+        return self.layers * self.size
+
+    def hook_name(self, layer: int) -> str:
+        return f"blocks.{layer}.{self.group}"
+
+    # -- reading activations -------------------------------------------------------------------
+
+    def _value_rows(self) -> torch.Tensor | None:
+        """Output dims of the value projection that are value neurons; None when it is not fused."""
+        layout = self.arch.value.partition(":")[2] or None
+        if layout is None:
+            return None
+        return _fused_rows(layout, self.width, self.heads, self.kv_heads, self.head_dim)[:, 0]
+
+    def add_hooks(self, fn, edit: bool = False) -> list:
+        """Call fn(layer, z) with z = [..., width] activations at every block; returns handles.
+
+        With edit=True, fn returns a replacement z (used to mask activations in tests and checks).
+        """
+        handles = []
+        for layer, block in enumerate(self.blocks):
+            if self.group == "attn-value":
+                module = _get(block, self.arch.value)
+                hook = _output_hook(fn, layer, self._value_rows(), edit)
+                handles.append(module.register_forward_hook(hook))
+            else:
+                path = self.arch.ff_out if self.group == "ff" else self.arch.out
+                module = _get(block, path)
+                handles.append(module.register_forward_pre_hook(_input_hook(fn, layer, edit)))
+        return handles
+
+    # -- pruning -------------------------------------------------------------------------------
+
+    def expand(self, units: torch.Tensor) -> torch.Tensor:
+        """Activation dims covered by the given units (identity except for whole heads)."""
+        units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+        return (units[:, None] * self.unit + torch.arange(self.unit)).reshape(-1)
+
+    @torch.no_grad()
+    def zero(self, layer: int, units) -> None:
+        """Zero the given units of one layer in the weights."""
+        dims = self.expand(units)
+        if dims.numel() == 0:
+            return
+        block = self.blocks[layer]
+        if self.group == "ff":
+            _zero_inputs(_get(block, self.arch.ff_out), dims)
+            for path in self.arch.ff_in:
+                layout = path.partition(":")[2] or None
+                rows = _fused_rows(layout, self.width, self.heads, self.kv_heads, self.head_dim)
+                _zero_outputs(_get(block, path), rows[dims].reshape(-1))
+        elif self.group == "attn-value":
+            rows = self._value_rows()
+            _zero_outputs(_get(block, self.arch.value), dims if rows is None else rows[dims])
+        else:
+            _zero_inputs(_get(block, self.arch.out), dims)
+
+
+def _input_hook(fn, layer, edit):
+    def hook(module, args):
+        z = args[0]
+        if not edit:
+            fn(layer, z)
+            return None
+        return (fn(layer, z),) + tuple(args[1:])
+    return hook
+
+
+def _output_hook(fn, layer, rows, edit):
+    def hook(module, args, out):
+        rows_dev = None if rows is None else rows.to(out.device)
+        z = out if rows_dev is None else out.index_select(-1, rows_dev)
+        if not edit:
+            fn(layer, z)
+            return None
+        new = fn(layer, z)
+        if rows_dev is None:
+            return new
+        out = out.clone()
+        out[..., rows_dev] = new
+        return out
+    return hook
+
+
+def describe(model) -> list[dict]:
+    """Per group: layers, units per layer and total; groups the model lacks are left out."""
+    rows = []
+    for group in GROUPS:
+        view = NeuronGroup(model, group)
+        rows.append({"group": group, "layers": view.layers, "per_layer": view.size, "total": view.total})
+    return rows

@@ -1,0 +1,151 @@
+"""The neuron-group view on a tiny model of every supported architecture."""
+
+import copy
+
+import pytest
+import torch
+from transformers.activations import ACT2FN
+from transformers.pytorch_utils import Conv1D
+
+from selprune.arch import ARCHITECTURES, GROUPS, NeuronGroup, architecture_of
+from selprune.errors import UserError
+from tiny import CONFIGS, MASKED, tiny_batch, tiny_model
+
+TYPES = sorted(CONFIGS)
+
+
+def test_every_architecture_has_a_tiny_model():
+    assert set(CONFIGS) == set(ARCHITECTURES) - {"gemma3", "qwen3"}
+
+
+def capture(model, group, ids, mask):
+    view = NeuronGroup(model, group)
+    seen = {}
+    handles = view.add_hooks(lambda layer, z: seen.__setitem__(layer, z.detach().clone()))
+    try:
+        out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return view, seen, out
+
+
+def linear(module, x):
+    if isinstance(module, Conv1D):
+        return x @ module.weight + module.bias
+    return torch.nn.functional.linear(x, module.weight, module.bias)
+
+
+def activation_fn(config):
+    for key in ("hidden_activation", "hidden_act", "activation_function"):
+        name = getattr(config, key, None)
+        if name:
+            return ACT2FN[name]
+    raise AssertionError("no activation in config")
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_ff_activations_equal_manual_mid_layer(model_type):
+    model = tiny_model(model_type)
+    ids, mask = tiny_batch()
+    arch = architecture_of(model.config)
+    inputs = {}
+    first_in = arch.ff_in[0].split(":")[0]
+    view = NeuronGroup(model, "ff")
+    hooks = [view.blocks[i].get_submodule(first_in).register_forward_pre_hook(
+        lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i in range(view.layers)]
+    _, seen, _ = capture(model, "ff", ids, mask)
+    for h in hooks:
+        h.remove()
+    act = activation_fn(model.config)
+    for layer in range(view.layers):
+        block = view.blocks[layer]
+        x = inputs[layer]
+        if len(arch.ff_in) == 2:  # separate gate and up
+            gate, up = (linear(block.get_submodule(p), x) for p in arch.ff_in)
+            manual = act(gate) * up
+        elif arch.ff_in[0].endswith(":gate_up"):
+            gate, up = linear(block.get_submodule(first_in), x).chunk(2, dim=-1)
+            manual = act(gate) * up
+        else:
+            manual = act(linear(block.get_submodule(first_in), x))
+        assert seen[layer].shape[-1] == view.size
+        torch.testing.assert_close(seen[layer], manual, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_preout_is_attention_times_value(model_type):
+    """Pre-out dims = sum over keys of attention weights x value dims of the head's KV head."""
+    model = tiny_model(model_type)
+    ids, mask = tiny_batch()
+    view, values, out = capture(model, "attn-value", ids, mask)
+    _, preout, _ = capture(model, "attn-preout", ids, mask)
+    B, T = ids.shape
+    hd, H, KV = view.head_dim, view.heads, view.kv_heads
+    for layer in range(view.layers):
+        attn = out.attentions[layer]  # [B, H, T, T]
+        v = values[layer].reshape(B, T, KV, hd).repeat_interleave(H // KV, dim=2)  # [B, T, H, hd]
+        manual = torch.einsum("bhts,bshd->bthd", attn, v).reshape(B, T, H * hd)
+        torch.testing.assert_close(preout[layer], manual, rtol=1e-4, atol=1e-5)
+
+
+def masked_logits(model, group, layer, units, ids, mask):
+    view = NeuronGroup(model, group)
+    dims = view.expand(torch.tensor(units))
+
+    def zero_dims(at, z):
+        if at != layer:
+            return z
+        z = z.clone()
+        z[..., dims] = 0
+        return z
+
+    handles = view.add_hooks(zero_dims, edit=True)
+    try:
+        return model(input_ids=ids, attention_mask=mask).logits
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@pytest.mark.parametrize("group", GROUPS)
+@pytest.mark.parametrize("model_type", TYPES)
+def test_zeroing_weights_equals_masking_activations(model_type, group):
+    model = tiny_model(model_type)
+    ids, mask = tiny_batch()
+    view = NeuronGroup(model, group)
+    units = [0, view.size // 2 + 1, view.size - 1]
+    base = model(input_ids=ids, attention_mask=mask).logits
+    expected = masked_logits(model, group, 1, units, ids, mask)
+    assert not torch.allclose(base, expected, atol=1e-6), "masking must change the output"
+
+    pruned = copy.deepcopy(model)
+    before = {k: v.clone() for k, v in pruned.state_dict().items()}
+    pruned_view = NeuronGroup(pruned, group)
+    pruned_view.zero(1, torch.tensor(units))
+    got = pruned(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    # Only weights of layer 1 changed; other neurons' activations in that layer are untouched.
+    changed = {k for k, v in pruned.state_dict().items() if not torch.equal(v, before[k])}
+    assert changed and all(".1." in k for k in changed), changed
+    _, seen_before, _ = capture(model, group, ids, mask)
+    _, seen_after, _ = capture(pruned, group, ids, mask)
+    keep = torch.ones(view.width, dtype=torch.bool)
+    keep[view.expand(torch.tensor(units))] = False
+    torch.testing.assert_close(seen_after[1][..., keep], seen_before[1][..., keep], rtol=1e-5, atol=1e-5)
+    if group in ("ff", "attn-value"):  # the neuron itself is silenced at its source
+        assert seen_after[1][..., ~keep].abs().max() == 0
+
+
+def test_unknown_group_and_architecture():
+    model = tiny_model("llama")
+    with pytest.raises(UserError, match="unknown neuron group"):
+        NeuronGroup(model, "mlp")
+    model.config.model_type = "mamba"
+    with pytest.raises(UserError, match="unsupported architecture 'mamba'.*llama"):
+        NeuronGroup(model, "ff")
+
+
+def test_masked_lms_are_marked():
+    assert {t for t, a in ARCHITECTURES.items() if a.masked_lm} == MASKED
