@@ -1,0 +1,384 @@
+"""Plots and a self-contained HTML report of one or more pruning runs.
+
+The headline numbers are accuracy drops relative to the unpruned model (step 0), in percent of the base
+accuracy (DESIGN.md section 2); absolute drops in percentage points are shown beside them, never instead.
+Everything is computed from the files of a run directory: config.toml, metrics.csv and pruned.json.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+import math
+import os
+import re
+import sys
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from selprune.errors import UserError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:
+    import tomli as tomllib
+
+ROLES = ("forget", "retain")
+NUMERIC_COLUMNS = ("fraction_pruned", "top1", "perplexity")
+REQUIRED_COLUMNS = ("step", "role", "dataset", *NUMERIC_COLUMNS)
+
+
+# ---------------------------------------------------------------- reading a run directory
+
+
+def _require(path: Path) -> Path:
+    if not path.is_file():
+        raise UserError(
+            f"{path} not found: give a selprune run directory (config.toml, metrics.csv, pruned.json)"
+        )
+    return path
+
+
+def _read_metrics(run_dir: Path) -> dict:
+    """metrics.csv as arrays over the steps that have both a forget and a retain row, step 0 first.
+
+    Returns {"step", "fraction_pruned", "forget": {...}, "retain": {...}} where each role holds
+    "dataset", "top1", "perplexity" and the recomputed "drop_rel" (% of base) and "drop_abs" (points).
+    """
+    path = _require(run_dir / "metrics.csv")
+    rows: dict[str, dict[int, dict]] = {role: {} for role in ROLES}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+        if missing:
+            raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: regenerate it with selprune")
+        for line, row in enumerate(reader, start=2):
+            role = row["role"]
+            if role not in rows:
+                raise UserError(f"{path} line {line}: role {role!r} must be 'forget' or 'retain'")
+            try:
+                step = int(row["step"])
+                values = {c: float(row[c]) for c in NUMERIC_COLUMNS}
+            except (TypeError, ValueError):
+                raise UserError(f"{path} line {line}: step, fraction_pruned, top1 and perplexity must be numbers")
+            if step in rows[role]:
+                raise UserError(
+                    f"{path} line {line}: a second {role} row for step {step}; keep one forget and one retain row per step"
+                )
+            rows[role][step] = {"dataset": row["dataset"], **values}
+
+    steps = sorted(rows["forget"].keys() & rows["retain"].keys())
+    if not steps or steps[0] != 0:
+        raise UserError(f"{path} has no step-0 rows for both forget and retain: the unpruned evaluation must come first")
+    metrics = {
+        "step": np.array(steps),
+        "fraction_pruned": np.array([rows["forget"][s]["fraction_pruned"] for s in steps]),
+    }
+    for role in ROLES:
+        top1 = np.array([rows[role][s]["top1"] for s in steps])
+        if top1[0] <= 0:
+            raise UserError(f"{path}: the {role} top1 at step 0 is {top1[0]}, so relative drops are undefined; check the {role} dataset")
+        metrics[role] = {
+            "dataset": rows[role][0]["dataset"],
+            "top1": top1,
+            "perplexity": np.array([rows[role][s]["perplexity"] for s in steps]),
+            "drop_rel": 100 * (top1[0] - top1) / top1[0],
+            "drop_abs": 100 * (top1[0] - top1),
+        }
+    return metrics
+
+
+def _read_config(run_dir: Path) -> dict:
+    path = _require(run_dir / "config.toml")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{path} is not valid TOML ({e}): fix it or rerun to regenerate it")
+
+
+def _read_pruned(run_dir: Path) -> np.ndarray:
+    """pruned.json as a (layers x steps) array: how many neurons each step newly pruned in each layer."""
+    path = _require(run_dir / "pruned.json")
+    try:
+        record = json.loads(path.read_text())
+        layers = int(record["layers"])
+        counts = np.zeros((layers, max((int(s["step"]) for s in record["steps"]), default=0)), dtype=int)
+        for entry in record["steps"]:
+            step = int(entry["step"])
+            for layer, neurons in entry["pruned"].items():
+                if not (0 <= int(layer) < layers and step >= 1):
+                    raise ValueError(f"layer {layer} or step {step} out of range")
+                counts[int(layer), step - 1] += len(neurons)
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise UserError(f"{path} is malformed ({e}): regenerate it with selprune")
+    return counts
+
+
+# ---------------------------------------------------------------- numbers
+
+
+def _summary(metrics: dict) -> dict:
+    forget, retain = metrics["forget"], metrics["retain"]
+    rel_gap = forget["drop_rel"] - retain["drop_rel"]
+    abs_gap = forget["drop_abs"] - retain["drop_abs"]
+    best_rel, best_abs = int(np.argmax(rel_gap)), int(np.argmax(abs_gap))
+    fraction = metrics["fraction_pruned"]
+
+    def retain_drop_when_forget_drops(level: float) -> float | None:
+        reached = np.flatnonzero(forget["drop_rel"] >= level)
+        return float(retain["drop_rel"][reached[0]]) if reached.size else None
+
+    return {
+        "forget_dataset": forget["dataset"],
+        "retain_dataset": retain["dataset"],
+        "last_step": int(metrics["step"][-1]),
+        "fraction_pruned": float(fraction[-1]),
+        "base_top1_forget": float(forget["top1"][0]),
+        "base_top1_retain": float(retain["top1"][0]),
+        "max_rel_diff": float(rel_gap[best_rel]),
+        "max_rel_diff_step": int(metrics["step"][best_rel]),
+        "max_abs_diff": float(abs_gap[best_abs]),
+        "max_abs_diff_step": int(metrics["step"][best_abs]),
+        "area_rel": float(np.sum(np.diff(fraction) * (rel_gap[1:] + rel_gap[:-1]) / 2)),
+        "retain_drop_at_forget_50": retain_drop_when_forget_drops(50),
+        "retain_drop_at_forget_80": retain_drop_when_forget_drops(80),
+        "final_perplexity_forget": float(forget["perplexity"][-1]),
+        "final_perplexity_retain": float(retain["perplexity"][-1]),
+    }
+
+
+def summarize(run_dir) -> dict:
+    """Headline numbers of one run, from its metrics.csv (drops recomputed from top1).
+
+    Relative drops are in percent of the step-0 accuracy, absolute drops in percentage points:
+    max_rel_diff / max_abs_diff = max over steps of (forget drop - retain drop) and the step where it
+    happens; area_rel = trapezoid area of (forget - retain) relative drop over fraction_pruned;
+    retain_drop_at_forget_50/80 = retain relative drop at the first step where the forget relative drop
+    reaches 50% / 80% (None if it never does).
+    """
+    return _summary(_read_metrics(Path(run_dir)))
+
+
+# ---------------------------------------------------------------- plots
+
+
+def _figure(width: float = 7.0, height: float = 5.0) -> Figure:
+    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _png(fig: Figure) -> bytes:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+def _plot_drops(runs: list[dict]) -> bytes:
+    fig = _figure()
+    ax = fig.add_subplot()
+    ax.axline((0, 0), slope=1, color="0.6", linestyle=":", label="equal drop (not selective)")
+    for run in runs:
+        forget, retain = run["metrics"]["forget"]["drop_rel"], run["metrics"]["retain"]["drop_rel"]
+        ax.plot(retain, forget, marker="o", markersize=3, color=run["color"], label=run["label"])
+        best = np.flatnonzero(run["metrics"]["step"] == run["summary"]["max_rel_diff_step"])[0]
+        ax.plot(retain[best], forget[best], marker="o", markersize=10, fillstyle="none", color=run["color"])
+    ax.set_title("Forget vs retain top-1 drop (circled: max difference)")
+    ax.set_xlabel("retain top-1 drop (% of unpruned accuracy)")
+    ax.set_ylabel("forget top-1 drop (% of unpruned accuracy)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def _plot_perplexity(runs: list[dict]) -> bytes:
+    fig = _figure()
+    ax = fig.add_subplot()
+    for i, run in enumerate(runs):
+        forget, retain = run["metrics"]["forget"]["perplexity"], run["metrics"]["retain"]["perplexity"]
+        ax.plot(retain, forget, marker="o", markersize=3, color=run["color"], label=run["label"])
+        ax.plot(retain[0], forget[0], marker="s", markersize=8, color="black", fillstyle="none",
+                linestyle="none", label="unpruned (step 0)" if i == 0 else None)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_title("Forget vs retain perplexity")
+    ax.set_xlabel("retain perplexity (log scale)")
+    ax.set_ylabel("forget perplexity (log scale)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return _png(fig)
+
+
+def _plot_accuracy(runs: list[dict]) -> bytes:
+    fig = _figure()
+    ax = fig.add_subplot()
+    for run in runs:
+        percent_pruned = 100 * run["metrics"]["fraction_pruned"]
+        for role, style in (("forget", "-"), ("retain", "--")):
+            ax.plot(percent_pruned, 100 * run["metrics"][role]["top1"], linestyle=style, marker="o",
+                    markersize=3, color=run["color"], label=f"{run['label']}: {role}")
+    ax.set_title("Top-1 accuracy vs neurons pruned (solid: forget, dashed: retain)")
+    ax.set_xlabel("neurons of the group pruned (%)")
+    ax.set_ylabel("top-1 next-token accuracy (%)")
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _png(fig)
+
+
+def _plot_neurons(run: dict) -> bytes:
+    counts = run["pruned"]
+    group = run["config"].get("group", "?")
+    unit = "heads" if group == "attn-head" else "neurons"
+    layers, steps = counts.shape
+    fig = _figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    image = ax.imshow(counts if steps else np.zeros((layers, 1)), aspect="auto", origin="lower",
+                      interpolation="nearest", cmap="magma_r", extent=(0.5, max(steps, 1) + 0.5, -0.5, layers - 0.5))
+    fig.colorbar(image, ax=ax, label=f"{unit} pruned in the step")
+    ax.set_title(f"{run['label']}: where the {counts.sum()} pruned {unit} are ({group})")
+    ax.set_xlabel("pruning step")
+    ax.set_ylabel("layer")
+    return _png(fig)
+
+
+# ---------------------------------------------------------------- the report
+
+
+def _load_run(run_dir, color) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"{run_dir} is not a directory: give the run directories to report on")
+    config = _read_config(run_dir)
+    metrics = _read_metrics(run_dir)
+    return {
+        "dir": run_dir,
+        "label": str(config.get("name") or run_dir.name),
+        "config": config,
+        "metrics": metrics,
+        "summary": _summary(metrics),
+        "pruned": _read_pruned(run_dir),
+        "color": color,
+    }
+
+
+def _number(value, spec: str, unit: str = "") -> str:
+    return "—" if value is None or not math.isfinite(value) else f"{value:{spec}}{unit}"
+
+
+def _table(runs: list[dict]) -> str:
+    head = (
+        "<tr><th>Run</th><th>Model</th><th>Group</th><th>Scorer</th><th>Forget</th><th>Retain</th>"
+        "<th>Steps (pruned)</th><th>Base top-1 forget</th><th>Base top-1 retain</th>"
+        "<th>Max forget&minus;retain drop<br>(% of base)</th><th>Same in<br>abs. points</th>"
+        "<th>Area between<br>curves (%&times;frac.)</th>"
+        "<th>Retain drop at<br>forget drop 50%</th><th>Retain drop at<br>forget drop 80%</th></tr>"
+    )
+    rows = []
+    for run in runs:
+        s, config = run["summary"], run["config"]
+        cells = [
+            f'<span class="swatch" style="background:{run["color"]}"></span>{html.escape(run["label"])}',
+            *(html.escape(str(config.get(key, "—"))) for key in ("model", "group", "scorer")),
+            html.escape(s["forget_dataset"]),
+            html.escape(s["retain_dataset"]),
+            f'{s["last_step"]} ({_number(100 * s["fraction_pruned"], ".1f", "%")})',
+            _number(100 * s["base_top1_forget"], ".1f", "%"),
+            _number(100 * s["base_top1_retain"], ".1f", "%"),
+            f'<b>{_number(s["max_rel_diff"], ".1f", "%")}</b> <small>step {s["max_rel_diff_step"]}</small>',
+            f'{_number(s["max_abs_diff"], ".1f", " pts")} <small>step {s["max_abs_diff_step"]}</small>',
+            _number(s["area_rel"], ".2f"),
+            _number(s["retain_drop_at_forget_50"], ".1f", "%"),
+            _number(s["retain_drop_at_forget_80"], ".1f", "%"),
+        ]
+        rows.append(f'<tr title="{html.escape(str(run["dir"]))}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _figure_html(png: bytes, caption: str) -> str:
+    data = base64.b64encode(png).decode("ascii")
+    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
+CSS = """
+body { font: 15px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #222; margin: 0 auto;
+       max-width: 1180px; padding: 24px; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.2em; margin-top: 1.8em; }
+p.note { color: #555; max-width: 80ch; }
+table { border-collapse: collapse; font-size: 13px; width: 100%; }
+th, td { border-bottom: 1px solid #ddd; padding: 6px 8px; text-align: left; vertical-align: top; }
+th { background: #f4f4f6; font-weight: 600; } td small { color: #777; }
+.swatch { display: inline-block; width: 10px; height: 10px; border-radius: 2px; margin-right: 6px; }
+.grid { display: grid; grid-template-columns: repeat(auto-fit, minmax(520px, 1fr)); gap: 16px; }
+figure { margin: 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { color: #666; font-size: 13px; }
+"""
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Write atomically: a killed report never leaves a half-written file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.write_bytes(data)
+    os.replace(partial, path)
+
+
+def write_report(run_dirs: list, out_dir) -> Path:
+    """Write the plots (PNG), summary.json and a self-contained report.html for the runs; return the HTML path.
+
+    Several runs overlay their curves in the same plots; each run gets its own pruned-neuron heatmap.
+    """
+    if not run_dirs:
+        raise UserError("no run directories given: name at least one run directory to report on")
+    colors = matplotlib.colormaps["tab10"].colors
+    runs = [_load_run(d, matplotlib.colors.to_hex(colors[i % len(colors)])) for i, d in enumerate(run_dirs)]
+    labels = [run["label"] for run in runs]
+    for i, run in enumerate(runs):
+        if labels.count(run["label"]) > 1:
+            run["label"] += f" ({i + 1})"
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = {
+        "forget-vs-retain-drop.png": (_plot_drops(runs), "Figure 1: forget vs retain top-1 accuracy drop, relative to the unpruned model"),
+        "perplexity.png": (_plot_perplexity(runs), "Figure 2: forget vs retain perplexity"),
+        "accuracy-vs-pruned.png": (_plot_accuracy(runs), "Top-1 accuracy of both datasets against the share of neurons pruned"),
+    }
+    heatmaps = {
+        f"neurons-{i + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', run['label'])}.png":
+            (_plot_neurons(run), f"Pruned {'heads' if run['config'].get('group') == 'attn-head' else 'neurons'} per layer and step: {run['label']}")
+        for i, run in enumerate(runs)
+    }
+    for name, (png, _) in {**plots, **heatmaps}.items():
+        _write(out_dir / name, png)
+
+    summaries = [{"name": run["label"], "run_dir": str(run["dir"]), "summary": run["summary"]} for run in runs]
+    _write(out_dir / "summary.json", (json.dumps(summaries, indent=2) + "\n").encode())
+
+    page = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>selprune report: {html.escape(", ".join(run["label"] for run in runs))}</title>
+<style>{CSS}</style></head>
+<body>
+<h1>Selective pruning report</h1>
+<p class="note">Drops are relative to the unpruned model (step 0), in percent of its top-1 accuracy; the headline
+is the largest (forget drop &minus; retain drop) over the steps. Absolute drops in percentage points are shown beside
+it but are not comparable when the two base accuracies differ. The area integrates (forget &minus; retain) relative
+drop over the fraction of neurons pruned.</p>
+<h2>Summary</h2>
+{_table(runs)}
+<h2>Forget vs retain</h2>
+<div class="grid">{"".join(_figure_html(png, caption) for png, caption in plots.values())}</div>
+<h2>Where the pruned neurons are</h2>
+<div class="grid">{"".join(_figure_html(png, caption) for png, caption in heatmaps.values())}</div>
+</body></html>
+"""
+    report = out_dir / "report.html"
+    _write(report, page.encode())
+    return report
