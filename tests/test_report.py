@@ -116,3 +116,10 @@ def test_bad_metrics_are_user_errors(run):
 def test_no_runs_is_a_user_error(tmp_path):
     with pytest.raises(UserError):
         write_report([], tmp_path)
+
+
+def test_run_with_only_the_unpruned_step_still_reports(tmp_path):
+    run = make_run(tmp_path / "new", "just-started", [0.6], [0.4])
+    s = summarize(run)
+    assert (s["max_rel_diff"], s["area_rel"], s["last_step"]) == (0.0, 0.0, 0)
+    assert write_report([run], tmp_path / "out").is_file()

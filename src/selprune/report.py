@@ -69,14 +69,14 @@ def _read_metrics(run_dir: Path) -> dict:
             except (TypeError, ValueError):
                 raise UserError(f"{path} line {line}: step, fraction_pruned, top1 and perplexity must be numbers")
             if step in rows[role]:
-                raise UserError(
-                    f"{path} line {line}: a second {role} row for step {step}; keep one forget and one retain row per step"
-                )
+                raise UserError(f"{path} line {line}: a second {role} row for step {step}; "
+                                "keep one forget and one retain row per step")
             rows[role][step] = {"dataset": row["dataset"], **values}
 
     steps = sorted(rows["forget"].keys() & rows["retain"].keys())
     if not steps or steps[0] != 0:
-        raise UserError(f"{path} has no step-0 rows for both forget and retain: the unpruned evaluation must come first")
+        raise UserError(f"{path} has no step-0 rows for both forget and retain: "
+                        "the unpruned evaluation must come first")
     metrics = {
         "step": np.array(steps),
         "fraction_pruned": np.array([rows["forget"][s]["fraction_pruned"] for s in steps]),
@@ -84,7 +84,8 @@ def _read_metrics(run_dir: Path) -> dict:
     for role in ROLES:
         top1 = np.array([rows[role][s]["top1"] for s in steps])
         if top1[0] <= 0:
-            raise UserError(f"{path}: the {role} top1 at step 0 is {top1[0]}, so relative drops are undefined; check the {role} dataset")
+            raise UserError(f"{path}: the {role} top1 at step 0 is {top1[0]}, so relative drops are undefined; "
+                            f"check the {role} dataset")
         metrics[role] = {
             "dataset": rows[role][0]["dataset"],
             "top1": top1,
@@ -234,16 +235,15 @@ def _plot_accuracy(runs: list[dict]) -> bytes:
 
 
 def _plot_neurons(run: dict) -> bytes:
-    counts = run["pruned"]
-    group = run["config"].get("group", "?")
-    unit = "heads" if group == "attn-head" else "neurons"
+    counts, unit = run["pruned"], run["unit"]
     layers, steps = counts.shape
     fig = _figure(7.0, 4.0)
     ax = fig.add_subplot()
-    image = ax.imshow(counts if steps else np.zeros((layers, 1)), aspect="auto", origin="lower",
-                      interpolation="nearest", cmap="magma_r", extent=(0.5, max(steps, 1) + 0.5, -0.5, layers - 0.5))
+    image = ax.imshow(counts if steps else np.zeros((layers, 1)), aspect="auto", origin="lower", vmin=0,
+                      interpolation="nearest", cmap="magma_r",
+                      extent=(0.5, max(steps, 1) + 0.5, -0.5, layers - 0.5))
     fig.colorbar(image, ax=ax, label=f"{unit} pruned in the step")
-    ax.set_title(f"{run['label']}: where the {counts.sum()} pruned {unit} are ({group})")
+    ax.set_title(f"{run['label']}: where the {counts.sum()} pruned {unit} are ({run['config'].get('group', '?')})")
     ax.set_xlabel("pruning step")
     ax.set_ylabel("layer")
     return _png(fig)
@@ -265,6 +265,7 @@ def _load_run(run_dir, color) -> dict:
         "metrics": metrics,
         "summary": _summary(metrics),
         "pruned": _read_pruned(run_dir),
+        "unit": "heads" if config.get("group") == "attn-head" else "neurons",
         "color": color,
     }
 
@@ -298,7 +299,8 @@ def _table(runs: list[dict]) -> str:
             _number(s["retain_drop_at_forget_50"], ".1f", "%"),
             _number(s["retain_drop_at_forget_80"], ".1f", "%"),
         ]
-        rows.append(f'<tr title="{html.escape(str(run["dir"]))}">' + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        row = "".join(f"<td>{c}</td>" for c in cells)
+        rows.append(f'<tr title="{html.escape(str(run["dir"]))}">{row}</tr>')
     return f"<table>{head}{''.join(rows)}</table>"
 
 
@@ -346,14 +348,16 @@ def write_report(run_dirs: list, out_dir) -> Path:
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    plots = {
-        "forget-vs-retain-drop.png": (_plot_drops(runs), "Figure 1: forget vs retain top-1 accuracy drop, relative to the unpruned model"),
+    plots = {  # file name: (PNG, caption)
+        "forget-vs-retain-drop.png": (
+            _plot_drops(runs), "Figure 1: forget vs retain top-1 accuracy drop, relative to the unpruned model"),
         "perplexity.png": (_plot_perplexity(runs), "Figure 2: forget vs retain perplexity"),
-        "accuracy-vs-pruned.png": (_plot_accuracy(runs), "Top-1 accuracy of both datasets against the share of neurons pruned"),
+        "accuracy-vs-pruned.png": (
+            _plot_accuracy(runs), "Top-1 accuracy of both datasets against the share of neurons pruned"),
     }
     heatmaps = {
-        f"neurons-{i + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', run['label'])}.png":
-            (_plot_neurons(run), f"Pruned {'heads' if run['config'].get('group') == 'attn-head' else 'neurons'} per layer and step: {run['label']}")
+        f"neurons-{i + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', run['label'])}.png": (
+            _plot_neurons(run), f"Pruned {run['unit']} per layer and step: {run['label']}")
         for i, run in enumerate(runs)
     }
     for name, (png, _) in {**plots, **heatmaps}.items():
@@ -363,7 +367,8 @@ def write_report(run_dirs: list, out_dir) -> Path:
     _write(out_dir / "summary.json", (json.dumps(summaries, indent=2) + "\n").encode())
 
     page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>selprune report: {html.escape(", ".join(run["label"] for run in runs))}</title>
+<html lang="en"><head><meta charset="utf-8">
+<title>selprune report: {html.escape(", ".join(run["label"] for run in runs))}</title>
 <style>{CSS}</style></head>
 <body>
 <h1>Selective pruning report</h1>

@@ -1,0 +1,133 @@
+"""The report in a real headless Chromium: it loads without console errors and every image decodes.
+
+Needs the Debian package `chromium`. To refresh the example screenshot in docs/:
+    SELPRUNE_UPDATE_SCREENSHOT=1 python -m pytest tests/test_report_browser.py
+"""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from selprune.report import write_report
+
+CHROMIUM = Path("/usr/bin/chromium")
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs headless Chromium: apt-get install chromium")
+
+HEADER = ("step,fraction_pruned,neurons_pruned,role,dataset,tokens,top1,top10,loss,perplexity,"
+          "top1_skip,top10_skip,loss_skip,perplexity_skip,top1_drop_rel,top1_drop_abs")
+LAYERS, NEURONS, STEPS, FRACTION = 30, 1536, 25, 0.02
+
+
+def realistic_run(path, name, group, scorer, forget_drop, retain_drop, layer_profile, seed):
+    """A run shaped like SmolLM2-135M (code ~63% top-1, prose ~33%) pruned 25 x 2%.
+    forget_drop / retain_drop map the fraction pruned to a relative drop in %; layer_profile gives
+    the layer weights of the pruned neurons."""
+    rng = np.random.default_rng(seed)
+    path.mkdir(parents=True)
+    (path / "config.toml").write_text(
+        f'name = "{name}"\nmodel = "smollm2-135m"\nforget = "code"\nretain = "prose"\ngroup = "{group}"\n'
+        f'scorer = "{scorer}"\nsteps = {STEPS}\nfraction = {FRACTION}\nselection = "global"\n'
+    )
+    per_step = int(FRACTION * LAYERS * NEURONS)
+    lines, steps = [HEADER], []
+    for step in range(STEPS + 1):
+        fraction = step * FRACTION
+        for role, base, base_loss, drop in (("forget", 0.63, 1.2, forget_drop), ("retain", 0.33, 3.1, retain_drop)):
+            rel = min(99.0, max(0.0, drop(fraction) + (rng.normal(0, 0.7) if step else 0)))
+            top1 = base * (1 - rel / 100)
+            loss = base_loss + 4 * rel / 100
+            lines.append(f"{step},{fraction:.4f},{step * per_step},{role},{role == 'forget' and 'code' or 'prose'},"
+                         f"100000,{top1:.5f},{min(1, top1 + 0.25):.5f},{loss:.4f},{np.exp(loss):.3f},"
+                         f"{top1 * 0.8:.5f},{min(1, top1 + 0.2):.5f},{loss + 0.3:.4f},{np.exp(loss + 0.3):.3f},"
+                         f"{rel:.3f},{100 * (base - top1):.3f}")
+        if step:
+            weights = layer_profile(np.arange(LAYERS), step)
+            counts = rng.multinomial(per_step, weights / weights.sum())
+            pruned = {str(layer): sorted(rng.choice(NEURONS, c, replace=False).tolist())
+                      for layer, c in enumerate(counts) if c}
+            steps.append({"step": step, "pruned": pruned})
+    (path / "metrics.csv").write_text("\n".join(lines) + "\n")
+    (path / "pruned.json").write_text(json.dumps({"group": group, "layers": LAYERS, "neurons_per_layer": NEURONS,
+                                                  "steps": steps}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    runs = [
+        realistic_run(root / "ff-abs", "ff-abs", "ff", "abs",
+                      lambda f: 92 * (1 - np.exp(-f / 0.1)), lambda f: 45 * (f / 0.5) ** 2,
+                      lambda layer, step: np.exp(-((layer - 22 + step / 5) / 4) ** 2) + 0.05, seed=1),
+        realistic_run(root / "attn-value-abs", "attn-value-abs", "attn-value", "abs",
+                      lambda f: 70 * (1 - np.exp(-f / 0.2)), lambda f: 35 * (f / 0.5) ** 1.5,
+                      lambda layer, step: np.exp(-((layer - 8) / 6) ** 2) + 0.2, seed=2),
+        realistic_run(root / "ff-random", "ff-random", "ff", "random",
+                      lambda f: 55 * (f / 0.5) ** 1.5, lambda f: 60 * (f / 0.5) ** 1.5,
+                      lambda layer, step: np.ones_like(layer, dtype=float), seed=3),
+    ]
+    return write_report(runs, root / "report")
+
+
+def chromium(*args, user_data_dir):
+    return subprocess.run(
+        [str(CHROMIUM), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars",
+         f"--user-data-dir={user_data_dir}", "--enable-logging=stderr", "--v=0", *args],
+        capture_output=True, text=True, timeout=120,
+    )
+
+
+# Injected at the top of <head> of a copy of the report (the report itself has no script): records every
+# error event (failed resources included) and, on load, how many images decoded.
+CHECK = """<script>
+var selpruneErrors = [];
+window.addEventListener("error", function (e) {
+  selpruneErrors.push(String(e.message || (e.target && (e.target.src || e.target.href)) || e));
+}, true);
+window.addEventListener("load", function () {
+  var images = Array.from(document.images);
+  var out = document.createElement("pre");
+  out.id = "selprune-check";
+  out.textContent = JSON.stringify({
+    images: images.length,
+    decoded: images.filter(function (img) { return img.complete && img.naturalWidth > 0; }).length,
+    errors: selpruneErrors,
+  });
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def test_report_loads_cleanly_and_every_image_decodes(report, tmp_path):
+    page = report.read_text()
+    assert "<script" not in page  # the check below is ours, not the page's
+    checked = tmp_path / "checked.html"
+    checked.write_text(page.replace("<head>", "<head>" + CHECK, 1))
+
+    result = chromium("--dump-dom", checked.as_uri(), user_data_dir=tmp_path / "profile")
+    assert result.returncode == 0, result.stderr[-2000:]
+    console = [line for line in result.stderr.splitlines() if ":CONSOLE" in line]
+    assert not console, console
+    found = re.search(r'<pre id="selprune-check">(.*?)</pre>', result.stdout, re.S)
+    assert found, "the load handler never ran: " + result.stdout[-500:]
+    check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+    assert check["errors"] == []
+    assert check["images"] == 6  # three overlay plots + one heatmap per run
+    assert check["decoded"] == check["images"]
+
+
+def test_screenshot(report, tmp_path):
+    shot = tmp_path / "report.png"
+    result = chromium(f"--screenshot={shot}", "--window-size=1200,2400", report.as_uri(),
+                      user_data_dir=tmp_path / "profile")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shot.read_bytes().startswith(b"\x89PNG")
+    if os.environ.get("SELPRUNE_UPDATE_SCREENSHOT"):
+        shutil.copyfile(shot, Path(__file__).parents[1] / "docs" / "report-example.png")
