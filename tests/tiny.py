@@ -46,3 +46,32 @@ def tiny_batch(seed: int = 0, batch: int = 2, length: int = 10):
     mask = torch.ones_like(ids)
     mask[-1, -3:] = 0  # right padding in the last row
     return ids, mask
+
+
+TEXT = ("the quick brown fox jumps over the lazy dog. pack my box with five dozen liquor jugs! "
+        "def f(x): return x + 1 # a tiny function\nfor i in range(10): print(i, f(i))\n") * 4
+
+
+def tiny_tokenizer():
+    """A BPE tokenizer trained in memory on TEXT, small enough for VOCAB ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB, special_tokens=["<pad>", "<s>", "</s>", "<unk>", "<mask>"],
+                                  initial_alphabet=sorted(set(TEXT)))
+    tok.train_from_iterator([TEXT], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="<pad>", bos_token="<s>",
+                                   eos_token="</s>", unk_token="<unk>", mask_token="<mask>")
+
+
+def save_tiny(model_type: str, folder, seed: int = 0):
+    """A tiny model + tokenizer saved as a Hugging Face folder, loadable by selprune by path."""
+    model = tiny_model(model_type, seed, attn="sdpa")
+    tok = tiny_tokenizer()
+    assert len(tok) <= VOCAB
+    model.config.pad_token_id = tok.pad_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder

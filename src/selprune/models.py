@@ -187,7 +187,7 @@ def load_config(spec: str, trust_remote_code: bool = False):
     source = local_folder(spec)
     try:
         return AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code)
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
 
 

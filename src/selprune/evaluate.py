@@ -1,0 +1,137 @@
+"""Next-token (or masked-token) accuracy, loss and perplexity on held-out chunks.
+
+In bf16, rounded logits tie often and a plain argmax under-counts top-1, so the few best candidates
+and the target are re-scored in float32 from the final hidden state; the loss uses the exact target
+logit too. The "skip" variants ignore targets among the dataset's most frequent tokens.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import torch
+
+from .batching import for_each_batch
+
+CANDIDATES = 16  # re-scored exactly; top-10 needs a margin for bf16 rounding
+
+
+@dataclass
+class Metrics:
+    tokens: int
+    top1: float
+    top10: float
+    loss: float
+    perplexity: float
+    top1_skip: float
+    top10_skip: float
+    loss_skip: float
+    perplexity_skip: float
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Totals:
+    """Running sums for the plain and the skip variants."""
+
+    def __init__(self):
+        self.sums = torch.zeros(2, 4, dtype=torch.float64)  # [all, skip] x [n, top1, top10, loss]
+
+    def add(self, top1, top10, loss, skip):
+        for row, sel in enumerate((torch.ones_like(skip), ~skip)):
+            self.sums[row] += torch.stack([sel.sum(), top1[sel].sum(), top10[sel].sum(),
+                                           loss[sel].sum()]).double().cpu()
+
+    def metrics(self) -> Metrics:
+        (n, t1, t10, loss), (ns, t1s, t10s, losss) = self.sums.tolist()
+        mean = lambda a, b: a / b if b else float("nan")  # noqa: E731
+        ppl = lambda a, b: math.exp(min(mean(a, b), 700)) if b else float("nan")  # noqa: E731
+        return Metrics(int(n), mean(t1, n), mean(t10, n), mean(loss, n), ppl(loss, n),
+                       mean(t1s, ns), mean(t10s, ns), mean(losss, ns), ppl(losss, ns))
+
+
+def frequent_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int) -> torch.Tensor:
+    """The k most frequent token ids among real (non-padding) positions."""
+    ids = input_ids[attention_mask.bool()]
+    if k <= 0 or ids.numel() == 0:
+        return torch.empty(0, dtype=torch.long)
+    counts = torch.bincount(ids)
+    return torch.sort(counts, descending=True, stable=True).indices[:k]
+
+
+def _softcap(config):
+    cfg = getattr(config, "text_config", None) or config
+    return getattr(cfg, "final_logit_softcapping", None)
+
+
+def _exact_logits(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor, cap) -> torch.Tensor:
+    """float32 logits of the given token ids [N, K] from hidden states [N, D]."""
+    w = head.weight[ids].float()  # [N, K, D]
+    out = torch.einsum("nd,nkd->nk", hidden.float(), w)
+    if head.bias is not None:
+        out = out + head.bias[ids].float()
+    return torch.tanh(out / cap) * cap if cap else out
+
+
+def score_predictions(hidden, head, targets, cap):
+    """Per position: top-1 hit, top-10 hit and loss, with exact float32 logits where it matters."""
+    logits = head(hidden)
+    if cap:
+        logits = torch.tanh(logits.float() / cap) * cap
+    cand = logits.topk(CANDIDATES, dim=-1).indices
+    exact = _exact_logits(hidden, head, torch.cat([targets[:, None], cand], dim=1), cap)
+    target, cand_exact = exact[:, 0], exact[:, 1:]
+    is_target = cand == targets[:, None]
+    better = ((cand_exact > target[:, None]) & ~is_target).sum(-1)
+    top1, top10 = better == 0, better < 10
+    lse = torch.logsumexp(logits.float().scatter(1, targets[:, None], target[:, None]), dim=-1)
+    return top1, top10, lse - target
+
+
+@torch.no_grad()
+def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None) -> tuple[Metrics, int]:
+    """Next-token prediction at every position whose next token is real."""
+    device = next(model.parameters()).device
+    head, cap = model.get_output_embeddings(), _softcap(model.config)
+    totals = _Totals()
+    skip_ids = skip_ids.to(device)
+
+    def one_batch(start, stop):
+        ids = input_ids[start:stop].to(device)
+        mask = attention_mask[start:stop].to(device)
+        hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+        valid = (mask[:, :-1] * mask[:, 1:]).bool()
+        targets = ids[:, 1:][valid]
+        top1, top10, loss = score_predictions(hidden[:, :-1][valid], head, targets, cap)
+        totals.add(top1, top10, loss, torch.isin(targets, skip_ids))
+        if progress is not None:
+            progress.update(int(mask.sum()))
+
+    batch_size = for_each_batch(len(input_ids), batch_size, one_batch)
+    return totals.metrics(), batch_size
+
+
+@torch.no_grad()
+def evaluate_masked(model, input_ids, labels, attention_mask, batch_size, skip_ids, progress=None):
+    """Masked-LM prediction of the (seeded) masked positions; labels are -100 elsewhere."""
+    device = next(model.parameters()).device
+    totals = _Totals()
+    skip_ids = skip_ids.to(device)
+
+    def one_batch(start, stop):
+        ids, lab = input_ids[start:stop].to(device), labels[start:stop].to(device)
+        mask = attention_mask[start:stop].to(device)
+        logits = model(input_ids=ids, attention_mask=mask).logits.float()
+        sel = lab != -100
+        logits, targets = logits[sel], lab[sel]
+        target = logits.gather(1, targets[:, None])
+        better = (logits > target).sum(-1)
+        loss = torch.logsumexp(logits, -1) - target[:, 0]
+        totals.add(better == 0, better < 10, loss, torch.isin(targets, skip_ids))
+        if progress is not None:
+            progress.update(int(mask.sum()))
+
+    batch_size = for_each_batch(len(input_ids), batch_size, one_batch)
+    return totals.metrics(), batch_size
