@@ -22,6 +22,7 @@ else:  # pragma: no cover
 
 SCORERS = ("abs", "freq", "rms", "std", "random")
 SELECTIONS = ("global", "per-layer")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 
 @dataclass
@@ -95,6 +96,8 @@ class RunConfig:
             raise UserError(f"chunk-len must be at least 2, got {self.chunk_len}")
         if self.batch_size < 0:
             raise UserError(f"batch-size must be 0 (automatic) or positive, got {self.batch_size}")
+        if self.dtype not in DTYPES:
+            raise UserError(f"unknown dtype {self.dtype!r}: use {', '.join(DTYPES)}")
         if self.eps is not None and self.eps <= 0:
             raise UserError(f"eps must be positive, got {self.eps}")
 
