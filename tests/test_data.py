@@ -1,0 +1,271 @@
+"""Data layer: shipped corpora, spec loaders, token splits and MLM masking (no network needed)."""
+
+import gzip
+import json
+import sys
+import types
+from importlib import resources
+
+import pytest
+import torch
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+from transformers import PreTrainedTokenizerFast
+
+from selprune.data import Document, list_builtin, load_documents, make_splits, mask_for_mlm
+from selprune.data import sources
+from selprune.errors import UserError
+
+BUILTIN = resources.files("selprune.data").joinpath("builtin")
+MANIFEST = json.loads(BUILTIN.joinpath("MANIFEST.json").read_text(encoding="utf-8"))
+NAMES = ["prose", "code", "python", "german", "english"]
+
+
+@pytest.fixture(scope="module")
+def prose():
+    return load_documents("prose")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(prose):
+    """A byte-level BPE trained in memory on some prose: a real fast tokenizer without a download."""
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=500, special_tokens=["<pad>", "<eos>", "<mask>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    bpe.train_from_iterator([d.text for d in prose[:20]], trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<eos>", pad_token="<pad>",
+                                   mask_token="<mask>", model_max_length=10**9)
+
+
+def small_docs(n=40, words=60):
+    return [Document(f"d{i}", " ".join(f"word{(i * 7 + j) % 50} of text" for j in range(words)))
+            for i in range(n)]
+
+
+# ---------------------------------------------------------------- built-in corpora
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_builtin_loads_with_manifest_sizes(name):
+    docs = load_documents(name)
+    entry = MANIFEST[name]
+    assert len(docs) == entry["documents"]
+    assert sum(len(d.text) for d in docs) == entry["characters"]
+    assert 1_200_000 <= sum(len(d.text.encode()) for d in docs) <= 3_200_000
+    assert len({d.id for d in docs}) == len(docs)
+    assert len({" ".join(d.text.lower().split()) for d in docs}) == len(docs), "duplicate documents"
+    assert min(len(d.text) for d in docs) >= 200
+    assert all(d.id.split("/", 1)[0] in {s["name"] for s in entry["sources"]} for d in docs)
+
+
+def test_code_has_six_languages_and_little_python():
+    language = {s["name"]: s["language"] for s in MANIFEST["code"]["sources"]}
+    chars = {}
+    for doc in load_documents("code"):
+        lang = language[doc.id.split("/", 1)[0]]
+        chars[lang] = chars.get(lang, 0) + len(doc.text)
+    assert len(chars) >= 6
+    assert chars["Python"] <= 0.2 * sum(chars.values())
+
+
+def test_german_and_english_are_the_same_pages():
+    pages = {name: {d.id.split("/", 1)[1] for d in load_documents(name)} for name in ("german", "english")}
+    assert pages["german"] == pages["english"]
+
+
+def test_manifest_records_provenance_and_licences():
+    total = 0
+    for name in NAMES:
+        entry = MANIFEST[name]
+        total += BUILTIN.joinpath(f"{name}.jsonl.gz").stat().st_size
+        for source in entry["sources"]:
+            assert source["licence"] and source["version"] and source["documents"] > 0
+            assert source["registry"] in {"pypi", "debian", "npm"}
+            assert len(source["sha256"]) == 64
+    assert total < 25_000_000
+    listed = {d["name"]: d for d in list_builtin()}
+    assert set(listed) == set(NAMES)
+    assert all(d["licences"] and d["languages"] and d["description"] for d in listed.values())
+
+
+def test_builtin_files_are_deterministic_gzip():
+    raw = BUILTIN.joinpath("python.jsonl.gz").read_bytes()
+    assert raw[4:8] == b"\0\0\0\0", "gzip mtime must be 0 for byte-identical rebuilds"
+    ids = [json.loads(line)["id"] for line in gzip.decompress(raw).decode().splitlines()]
+    assert ids == sorted(ids)
+
+
+# ---------------------------------------------------------------- splits
+
+
+def rows(chunks):
+    return {tuple(r) for r in chunks.input_ids.tolist()}
+
+
+def test_splits_are_disjoint_exact_and_padded_last(prose, tokenizer):
+    splits = make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, seed=1)
+    assert splits.score.tokens == 3000 and splits.eval.tokens == 2000
+    assert not set(splits.score.doc_ids) & set(splits.eval.doc_ids)
+    assert not rows(splits.score) & rows(splits.eval)
+    for part in (splits.score, splits.eval):
+        assert part.input_ids.shape[1] == 64 and part.input_ids.dtype == torch.long
+        assert part.attention_mask[:-1].all(), "only the last chunk may be padded"
+        assert (part.input_ids[part.attention_mask == 0] == tokenizer.pad_token_id).all()
+
+
+def test_splits_follow_the_seed(prose, tokenizer):
+    def split(seed):
+        return make_splits(prose, tokenizer, chunk_len=32, score_tokens=500, eval_tokens=500, seed=seed)
+
+    a, b, c = split(0), split(0), split(1)
+    assert torch.equal(a.score.input_ids, b.score.input_ids) and a.eval.doc_ids == b.eval.doc_ids
+    assert not torch.equal(a.score.input_ids, c.score.input_ids)
+
+
+def test_too_few_tokens_says_how_many(tokenizer):
+    docs = small_docs(3, 20)
+    have = sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) + 1 for d in docs)
+    with pytest.raises(UserError, match=rf"has {have} tokens.*--score-tokens/--eval-tokens"):
+        make_splits(docs, tokenizer, chunk_len=16, score_tokens=have, eval_tokens=10, name="tiny")
+
+
+@pytest.mark.parametrize("kwargs", [{"chunk_len": 1}, {"score_tokens": 0}, {"eval_tokens": -5}])
+def test_bad_split_settings(tokenizer, kwargs):
+    with pytest.raises(UserError):
+        make_splits(small_docs(), tokenizer, **kwargs)
+
+
+class SepOnly:
+    """A tokenizer with a SEP token but neither EOS nor pad, as some encoders have."""
+
+    eos_token_id = pad_token_id = None
+    sep_token_id = 7
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, text, **kwargs):
+        return self.inner(text, **kwargs)
+
+
+def test_separator_falls_back_to_sep_and_is_required(tokenizer):
+    sep_only = SepOnly(tokenizer)
+    splits = make_splits(small_docs(), sep_only, chunk_len=16, score_tokens=100, eval_tokens=50)
+    assert 7 in splits.eval.input_ids.flatten().tolist()
+    assert (splits.eval.input_ids[splits.eval.attention_mask == 0] == 7).all()
+    sep_only.sep_token_id = None
+    with pytest.raises(UserError, match="neither an EOS nor a SEP"):
+        make_splits(small_docs(), sep_only, chunk_len=16, score_tokens=100, eval_tokens=50)
+
+
+# ---------------------------------------------------------------- masking
+
+
+def test_mask_for_mlm_is_seeded_and_spares_padding(prose, tokenizer):
+    chunks = make_splits(prose, tokenizer, chunk_len=100, score_tokens=100, eval_tokens=20_050).eval
+    masked, labels = mask_for_mlm(chunks, tokenizer, seed=3)
+    again, _ = mask_for_mlm(chunks, tokenizer, seed=3)
+    other, _ = mask_for_mlm(chunks, tokenizer, seed=4)
+    assert torch.equal(masked, again) and not torch.equal(masked, other)
+    chosen = labels != -100
+    assert 0.13 < chosen.sum() / chunks.tokens < 0.17
+    assert torch.equal(labels[chosen], chunks.input_ids[chosen])
+    pad = chunks.attention_mask == 0
+    assert pad.any() and not chosen[pad].any() and torch.equal(masked[pad], chunks.input_ids[pad])
+    assert not chosen[chunks.input_ids == tokenizer.eos_token_id].any()
+    share_masked = (masked[chosen] == tokenizer.mask_token_id).float().mean()
+    assert 0.75 < share_masked < 0.85
+    assert torch.equal(masked[~chosen], chunks.input_ids[~chosen])
+
+
+# ---------------------------------------------------------------- loaders
+
+
+def test_file_folder_glob_and_jsonl(tmp_path):
+    (tmp_path / "a.txt").write_text("alpha text", encoding="utf-8")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.py").write_text("print('b')", encoding="utf-8")
+    (tmp_path / "sub" / "c.txt").write_text("gamma", encoding="utf-8")
+    (tmp_path / ".git").mkdir()
+    (tmp_path / ".git" / "index").write_bytes(b"\0\1binary")
+    lines = [{"text": "first"}, {"id": "x", "text": "second"}]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps(r) for r in lines) + "\n\n", encoding="utf-8")
+
+    assert load_documents(str(tmp_path / "a.txt")) == [Document(str(tmp_path / "a.txt"), "alpha text")]
+    assert [d.id for d in load_documents(str(tmp_path / "sub"))] == ["b.py", "c.txt"]
+    assert [d.id for d in load_documents(str(tmp_path))] == ["a.txt", "d.jsonl", "sub/b.py", "sub/c.txt"]
+    assert [d.id for d in load_documents(str(tmp_path / "**" / "*.txt"))] == ["a.txt", "sub/c.txt"]
+    assert [d.text for d in load_documents(str(tmp_path / "sub" / "*.py"))] == ["print('b')"]
+    assert load_documents(str(tmp_path / "d.jsonl")) == [Document("1", "first"), Document("x", "second")]
+
+
+def test_limits_stop_reading(tmp_path):
+    for i in range(5):
+        (tmp_path / f"{i}.txt").write_text("x" * 100, encoding="utf-8")
+    assert len(load_documents(str(tmp_path), max_documents=2)) == 2
+    assert len(load_documents(str(tmp_path), max_chars=150)) == 2
+
+
+def bad_inputs(tmp_path):
+    (tmp_path / "empty.txt").write_text("  \n", encoding="utf-8")
+    (tmp_path / "empty_dir").mkdir()
+    (tmp_path / "binary.bin").write_bytes(b"\x89PNG\0\0data")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9 au lait".encode("latin-1"))
+    (tmp_path / "bad.jsonl").write_text('{"text": "ok"}\n{oops\n', encoding="utf-8")
+    (tmp_path / "notext.jsonl").write_text('{"body": "ok"}\n', encoding="utf-8")
+    return {
+        "missing.txt": "neither a built-in",
+        "nonsense-name": "prose.*hf:NAME",
+        "empty.txt": "empty",
+        "empty_dir": "no files",
+        "binary.bin": "binary.bin is a binary file",
+        "latin1.txt": "latin1.txt is not UTF-8",
+        "*.nothing": "matches no file",
+        "bad.jsonl": "line 2 is not valid JSON",
+        "notext.jsonl": "no string field 'text'",
+    }
+
+
+def test_bad_inputs_are_user_errors(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for spec, message in bad_inputs(tmp_path).items():
+        with pytest.raises(UserError, match=message):
+            load_documents(spec)
+
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def test_hf_streams_from_the_dataset_loader(monkeypatch):
+    calls = []
+
+    def fake_load(name, config, split):
+        calls.append((name, config, split))
+        return ({"text": f"row {i}", "label": i} for i in range(10**9))  # endless stream
+
+    monkeypatch.setattr(sources, "_load_hf_dataset", fake_load)
+    docs = load_documents("hf:org/corpus", max_documents=3)
+    assert [d.text for d in docs] == ["row 0", "row 1", "row 2"]
+    assert docs[0].id == "org/corpus/train/0"
+    load_documents("hf:org/corpus:en:validation", max_chars=10)
+    assert calls == [("org/corpus", None, "train"), ("org/corpus", "en", "validation")]
+
+
+def test_hf_without_datasets_library(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(UserError, match="pip install datasets"):
+        load_documents("hf:org/corpus")
+
+
+def test_hf_offline_and_wrong_fields(monkeypatch):
+    def offline(*args, **kwargs):
+        raise ConnectionError("Couldn't reach 'org/corpus' on the Hub (LocalEntryNotFoundError)\nmore")
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=offline))
+    with pytest.raises(UserError, match=r"'org/corpus'.*Couldn't reach") as error:
+        load_documents("hf:org/corpus", max_chars=1000)
+    assert "\n" not in str(error.value)
+    monkeypatch.setattr(sources, "_load_hf_dataset", lambda *a: [{"content": "x"}])
+    with pytest.raises(UserError, match="no 'text' field"):
+        load_documents("hf:org/corpus")
