@@ -7,6 +7,9 @@ deterministically and rewrites src/selprune/data/builtin/ byte for byte, togethe
 with MANIFEST.json (provenance, licences, sizes). Not run by CI.
 
     python scripts/build_corpora.py [--cache DIR]
+
+Needs `apt-get update` run once, dpkg-deb and npm. Debian security updates replace
+old versions on the mirror: if a pinned version is gone, update its pin here.
 """
 
 from __future__ import annotations
