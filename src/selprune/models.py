@@ -194,8 +194,11 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = 
                trust_remote_code: bool = False, device_map: str | None = None):
     """Returns (model in eval mode, tokenizer). The architecture must be in arch.ARCHITECTURES."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from .arch import architecture_of
+
+    hf_logging.disable_progress_bar()
 
     config = load_config(spec, trust_remote_code)
     arch = architecture_of(config)

@@ -83,14 +83,13 @@ def _read_metrics(run_dir: Path) -> dict:
     }
     for role in ROLES:
         top1 = np.array([rows[role][s]["top1"] for s in steps])
-        if top1[0] <= 0:
-            raise UserError(f"{path}: the {role} top1 at step 0 is {top1[0]}, so relative drops are undefined; "
-                            f"check the {role} dataset")
+        with np.errstate(divide="ignore", invalid="ignore"):  # a base of 0 has no relative drop: NaN
+            drop_rel = np.where(top1[0] > 0, 100 * (top1[0] - top1) / top1[0], np.nan)
         metrics[role] = {
             "dataset": rows[role][0]["dataset"],
             "top1": top1,
             "perplexity": np.array([rows[role][s]["perplexity"] for s in steps]),
-            "drop_rel": 100 * (top1[0] - top1) / top1[0],
+            "drop_rel": drop_rel,
             "drop_abs": 100 * (top1[0] - top1),
         }
     return metrics

@@ -75,7 +75,7 @@ class Run:
 
     def load(self) -> None:
         c = self.config
-        docs = {"forget": load_documents(c.forget), "retain": load_documents(c.retain)}
+        docs = {role: _documents(spec, c) for role, spec in (("forget", c.forget), ("retain", c.retain))}
         self.model, self.tokenizer = load_model(c.model, dtype=c.dtype, device=c.device,
                                                 trust_remote_code=c.trust_remote_code)
         self.masked_lm = architecture_of(self.model.config).masked_lm
@@ -207,6 +207,12 @@ class Run:
 def run(config: RunConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Run selective pruning as the config says; returns the run folder."""
     return Run(config, resume, quiet).execute()
+
+
+def _documents(spec: str, c: RunConfig):
+    """Streamed hub datasets stop after ample text for the budgets (~4 characters a token, x4)."""
+    limit = 16 * (c.score_tokens + c.eval_tokens) if spec.startswith("hf:") else None
+    return load_documents(spec, max_chars=limit)
 
 
 # -- run-folder helpers ------------------------------------------------------------------------

@@ -1,0 +1,164 @@
+"""Whole runs on tiny models: outputs, saved model, resume after a crash, masked LMs."""
+
+import csv
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from selprune import run as run_module
+from selprune.config import RunConfig
+from selprune.models import load_model
+from selprune.pruning import PrunedRecord
+from tiny import TEXT, save_tiny
+
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two small 'datasets' of different text, a few documents each."""
+    root = tmp_path_factory.mktemp("data")
+    for name, text in (("forget", TEXT[:160]), ("retain", TEXT[160:])):
+        folder = root / name
+        folder.mkdir()
+        for i in range(6):
+            (folder / f"doc{i}.txt").write_text(text * 3 + f" {i}")
+    return root
+
+
+def tiny_config(folder, data, out, **kw) -> RunConfig:
+    settings = dict(model=str(folder), forget=str(data / "forget"), retain=str(data / "retain"),
+                    steps=STEPS, fraction=0.1, score_tokens=300, eval_tokens=200, chunk_len=32,
+                    batch_size=3, output=str(out), dtype="float32", skip_top_tokens=5)
+    settings.update(kw)
+    return RunConfig(**settings)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    return save_tiny("llama", tmp_path_factory.mktemp("llama"))
+
+
+@pytest.fixture(scope="module")
+def finished(llama, data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "full"
+    run_module.run(tiny_config(llama, data, out, save_model=True), quiet=True)
+    return out
+
+
+def read_metrics(out):
+    with open(out / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_run_folder_has_every_output(finished):
+    for name in ("config.toml", "metrics.csv", "pruned.json", "report.html", "state/progress.json",
+                 "model/config.json"):
+        assert (finished / name).is_file(), name
+    rows = read_metrics(finished)
+    assert [(int(r["step"]), r["role"]) for r in rows] == [(s, role) for s in range(STEPS + 1)
+                                                           for role in ("forget", "retain")]
+    assert RunConfig.from_toml(finished / "config.toml").steps == STEPS
+
+
+def test_each_step_prunes_exactly_the_budget_and_never_twice(finished):
+    record = PrunedRecord.from_json(json.loads((finished / "pruned.json").read_text()))
+    total = record.layers * record.units_per_layer
+    seen = set()
+    for entry in record.steps:
+        units = {(int(layer), u) for layer, us in entry["pruned"].items() for u in us}
+        assert len(units) == round(0.1 * total)
+        assert not units & seen
+        seen |= units
+    rows = read_metrics(finished)
+    assert int(rows[-1]["neurons_pruned"]) == len(seen)
+
+
+def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finished, llama):
+    reloaded = AutoModelForCausalLM.from_pretrained(finished / "model").eval()
+    model, _ = load_model(str(llama), dtype="float32")
+    record = PrunedRecord.from_json(json.loads((finished / "pruned.json").read_text()))
+    from selprune.arch import NeuronGroup
+    from selprune.pruning import apply
+
+    apply(NeuronGroup(model, "ff"), record.mask())
+    ids = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(reloaded(ids).logits, model(ids).logits)
+        base, _ = load_model(str(llama), dtype="float32")
+        assert not torch.equal(base(ids).logits, model(ids).logits)
+
+
+class Crash(Exception):
+    pass
+
+
+@pytest.mark.parametrize("crash_at", ["select", "metrics"])
+def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, llama, data, tmp_path, monkeypatch, crash_at):
+    out = tmp_path / "crashed"
+    config = tiny_config(llama, data, out, save_model=True)
+    calls = {"n": 0}
+    if crash_at == "select":  # killed while scoring step 2
+        real = run_module.select
+
+        def flaky(*args, **kw):
+            calls["n"] += 1
+            if calls["n"] == 2:
+                raise Crash()
+            return real(*args, **kw)
+
+        monkeypatch.setattr(run_module, "select", flaky)
+    else:  # killed between writing pruned.json and metrics.csv of step 2
+        real = run_module.atomic.write_text
+
+        def flaky(path, text):
+            if path.name == "metrics.csv":
+                calls["n"] += 1
+                if calls["n"] == 3:
+                    raise Crash()
+            return real(path, text)
+
+        monkeypatch.setattr(run_module.atomic, "write_text", flaky)
+    with pytest.raises(Crash):
+        run_module.run(config, quiet=True)
+    monkeypatch.undo()
+    run_module.run(config, resume=True, quiet=True)
+    for name in ("metrics.csv", "pruned.json"):
+        assert (out / name).read_text() == (finished / name).read_text(), name
+    from safetensors.torch import load_file
+
+    resumed, whole = (load_file(d / "model" / "model.safetensors") for d in (out, finished))
+    assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_finished_run_is_not_redone(finished, llama, data, monkeypatch):
+    def fail(*args, **kw):
+        raise AssertionError("a finished run pruned again")
+
+    monkeypatch.setattr(run_module, "select", fail)
+    before = (finished / "metrics.csv").read_text()
+    run_module.run(tiny_config(llama, data, finished, save_model=True), resume=True, quiet=True)
+    assert (finished / "metrics.csv").read_text() == before
+
+
+def test_resume_with_other_settings_is_refused(finished, llama, data):
+    from selprune.errors import UserError
+
+    with pytest.raises(UserError, match="different settings.*steps"):
+        run_module.run(tiny_config(llama, data, finished, steps=2), resume=True, quiet=True)
+
+
+@pytest.mark.parametrize("group", ["attn-value", "attn-head"])
+def test_attention_groups_and_random_scorer_run(llama, data, tmp_path, group):
+    out = run_module.run(tiny_config(llama, data, tmp_path / group, group=group, scorer="random", steps=2),
+                         quiet=True)
+    assert len(read_metrics(out)) == 6
+
+
+def test_masked_lm_run(data, tmp_path):
+    folder = save_tiny("roberta", tmp_path / "roberta")
+    out = run_module.run(tiny_config(folder, data, tmp_path / "mlm", steps=1), quiet=True)
+    rows = read_metrics(out)
+    assert len(rows) == 4 and all(0 <= float(r["top1"]) <= 1 for r in rows)
