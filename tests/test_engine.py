@@ -9,7 +9,7 @@ import torch
 from selprune.arch import NeuronGroup
 from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens
 from selprune.scoring import importance, random_scores, scores, select
-from selprune.stats import Stats, collect, reduce_batch
+from selprune.stats import NEEDS, Stats, collect, reduce_batch
 from tiny import tiny_batch, tiny_model
 
 
@@ -30,7 +30,7 @@ def stats_of(batches):
     for z, mask in batches:
         flat = mask.reshape(-1).bool()
         sums = reduce_batch(z, None if flat.all() else flat)
-        batch = Stats(float(flat.sum()), *(s[None].double() for s in sums))
+        batch = Stats(float(flat.sum()), **{m: s[None].double() for m, s in sums.items()})
         total = batch if total is None else (total.add(batch) or total)
     return total
 
@@ -75,6 +75,20 @@ def test_collect_on_a_model_matches_hooked_activations():
         for kind in ("freq", "abs", "rms", "std"):
             np.testing.assert_allclose(importance(stats, kind)[layer].numpy(), naive_importance(z, kind),
                                        rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["freq", "abs", "rms", "std"])
+def test_collecting_only_what_a_scorer_needs_gives_the_same_importance(kind):
+    model = tiny_model("gpt2")
+    view = NeuronGroup(model, "ff")
+    ids, mask = tiny_batch()
+    full, _ = collect(model, view, ids, mask, batch_size=1)
+    lean, _ = collect(model, view, ids, mask, batch_size=1, moments=NEEDS[kind])
+    assert set(lean.moments()) == set(NEEDS[kind])
+    torch.testing.assert_close(importance(lean, kind), importance(full, kind))
+    other = {"freq": "abs", "abs": "rms", "rms": "abs", "std": "abs"}[kind]
+    with pytest.raises(ValueError, match="needs the moment"):
+        importance(lean, other)
 
 
 def test_scores_prefer_forget_only_units():

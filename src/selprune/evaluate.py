@@ -1,8 +1,7 @@
 """Next-token (or masked-token) accuracy, loss and perplexity on held-out chunks.
 
 In bf16, rounded logits tie often and a plain argmax under-counts top-1, so the few best candidates
-and the target are re-scored in float32 from the final hidden state; the loss uses the exact target
-logit too. The "skip" variants ignore targets among the dataset's most frequent tokens.
+and the target are re-scored in float32 from the final hidden state. The "skip" variants ignore targets among the dataset's most frequent tokens.
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from . import distributed
 from .batching import for_each_batch
 
 CANDIDATES = 16  # re-scored exactly; top-10 needs a margin for bf16 rounding
@@ -45,7 +45,8 @@ class _Totals:
                                            loss[sel].sum()]).double().cpu()
 
     def metrics(self) -> Metrics:
-        (n, t1, t10, loss), (ns, t1s, t10s, losss) = self.sums.tolist()
+        """The means over every position, of every process under data parallelism."""
+        (n, t1, t10, loss), (ns, t1s, t10s, losss) = distributed.sum_(self.sums).tolist()
         mean = lambda a, b: a / b if b else float("nan")  # noqa: E731
         ppl = lambda a, b: math.exp(min(mean(a, b), 700)) if b else float("nan")  # noqa: E731
         return Metrics(int(n), mean(t1, n), mean(t10, n), mean(loss, n), ppl(loss, n),
@@ -75,24 +76,32 @@ def _exact_logits(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor
     return torch.tanh(out / cap) * cap if cap else out
 
 
-def score_predictions(hidden, head, targets, cap):
-    """Per position: top-1 hit, top-10 hit and loss, with exact float32 logits where it matters."""
-    logits = head(hidden)
-    if cap:
-        logits = torch.tanh(logits.float() / cap) * cap
-    cand = logits.topk(CANDIDATES, dim=-1).indices
-    exact = _exact_logits(hidden, head, torch.cat([targets[:, None], cand], dim=1), cap)
-    target, cand_exact = exact[:, 0], exact[:, 1:]
-    is_target = cand == targets[:, None]
-    better = ((cand_exact > target[:, None]) & ~is_target).sum(-1)
-    top1, top10 = better == 0, better < 10
-    lse = torch.logsumexp(logits.float().scatter(1, targets[:, None], target[:, None]), dim=-1)
-    return top1, top10, lse - target
+def score_predictions(hidden, head, targets, cap, rows: int = 256):
+    """Per position: top-1 hit, top-10 hit and loss.
+
+    Ranks come from exact float32 logits of the target and of the best bf16 candidates; the loss is
+    a fused cross-entropy on the model-dtype logits (it accumulates in float32). Rows go in blocks
+    so the logits of a block stay in cache.
+    """
+    top1, top10, loss = [], [], []
+    for start in range(0, len(targets), rows):
+        h, t = hidden[start:start + rows], targets[start:start + rows]
+        logits = head(h)
+        if cap:
+            logits = torch.tanh(logits.float() / cap) * cap
+        cand = logits.topk(CANDIDATES, dim=-1).indices
+        exact = _exact_logits(h, head, torch.cat([t[:, None], cand], dim=1), cap)
+        better = ((exact[:, 1:] > exact[:, :1]) & (cand != t[:, None])).sum(-1)
+        top1.append(better == 0)
+        top10.append(better < 10)
+        loss.append(torch.nn.functional.cross_entropy(logits, t, reduction="none").float())
+    return torch.cat(top1), torch.cat(top10), torch.cat(loss)
 
 
 @torch.no_grad()
 def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None) -> tuple[Metrics, int]:
     """Next-token prediction at every position whose next token is real."""
+    input_ids, attention_mask = distributed.shard(input_ids, attention_mask)
     device = next(model.parameters()).device
     head, cap = model.get_output_embeddings(), _softcap(model.config)
     totals = _Totals()
@@ -116,6 +125,7 @@ def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, prog
 @torch.no_grad()
 def evaluate_masked(model, input_ids, labels, attention_mask, batch_size, skip_ids, progress=None):
     """Masked-LM prediction of the (seeded) masked positions; labels are -100 elsewhere."""
+    input_ids, labels, attention_mask = distributed.shard(input_ids, labels, attention_mask)
     device = next(model.parameters()).device
     totals = _Totals()
     skip_ids = skip_ids.to(device)

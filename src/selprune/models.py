@@ -83,7 +83,11 @@ def cpu_has_bf16() -> bool:
 
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if torch.cuda.is_available():
+            from .distributed import local_rank
+
+            return torch.device("cuda", local_rank())
+        return torch.device("cpu")
     try:
         dev = torch.device(device)
     except RuntimeError:

@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from . import atomic
+from . import atomic, distributed
 from .arch import NeuronGroup, architecture_of
 from .batching import auto_batch_size
 from .config import RunConfig
@@ -28,7 +28,7 @@ from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
 from .models import load_model
 from .pruning import PrunedRecord, apply
 from .scoring import importance, random_scores, scores, select
-from .stats import collect
+from .stats import NEEDS, collect
 
 COLUMNS = ["step", "fraction_pruned", "neurons_pruned", "role", "dataset", "tokens", "top1", "top10",
            "loss", "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip",
@@ -56,11 +56,14 @@ class Run:
 
     def __init__(self, config: RunConfig, resume: bool = False, quiet: bool = False):
         config.validate()
+        distributed.init_from_env()
         self.out = config.output_dir
         self.config = _resume_config(self.out, config) if resume else config
-        if not resume:
+        if not resume and distributed.is_main():
             _claim_output(self.out)
-        self.quiet = quiet
+        distributed.barrier()
+        self.main = distributed.is_main()
+        self.quiet = quiet or not self.main
         self.log(f"selprune: forget={self.config.forget} retain={self.config.retain} "
                  f"model={self.config.model} group={self.config.group} scorer={self.config.scorer} -> {self.out}")
 
@@ -114,7 +117,7 @@ class Run:
     def importance(self, d: Dataset) -> torch.Tensor:
         with self._bar(int(d.score_mask.sum()), f"stats {d.role}") as bar:
             stats, self.batch_size = collect(self.model, self.view, d.score_ids, d.score_mask,
-                                             self.batch_size, bar)
+                                             self.batch_size, bar, NEEDS[self.config.scorer])
         return importance(stats, self.config.scorer, self.view.unit)
 
     def score(self, step: int) -> torch.Tensor:
@@ -135,7 +138,8 @@ class Run:
     def execute(self) -> Path:
         self.load()
         c = self.config
-        atomic.write_text(self.out / "config.toml", c.to_toml())
+        if self.main:
+            atomic.write_text(self.out / "config.toml", c.to_toml())
         done = _completed_step(self.out)
         record = _load_record(self.out, self.view, done)
         rows = _load_rows(self.out, done)
@@ -173,6 +177,8 @@ class Run:
         return {k: row[k] for k in COLUMNS}
 
     def _commit(self, step: int, record: PrunedRecord, rows: list[dict]) -> None:
+        if not self.main:
+            return
         atomic.write_text(self.out / "pruned.json", json.dumps(record.to_json()))
         atomic.write_text(self.out / "metrics.csv", _csv(rows))
         (self.out / "state").mkdir(exist_ok=True)
@@ -186,6 +192,8 @@ class Run:
                  f"ppl {f['perplexity']:.1f}/{r['perplexity']:.1f}  [{seconds:.1f} s]")
 
     def finish(self) -> None:
+        if not self.main:
+            return
         from .report import write_report
 
         report = write_report([self.out], self.out)

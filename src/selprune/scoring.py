@@ -12,6 +12,11 @@ def importance(stats: Stats, kind: str, unit: int = 1) -> torch.Tensor:
 
     freq = P(z > 0); abs = mean |z|; rms = sqrt(mean z^2); std = population std of z.
     """
+    from .stats import NEEDS
+
+    missing = [m for m in NEEDS.get(kind, ()) if getattr(stats, m) is None]
+    if missing:
+        raise ValueError(f"importance {kind!r} needs the moment(s) {missing}, which were not collected")
     n = stats.count
     if kind == "freq":
         value = stats.positive / n

@@ -11,57 +11,87 @@ from dataclasses import dataclass
 
 import torch
 
+from . import distributed
 from .arch import NeuronGroup
 from .batching import for_each_batch
 
 MOMENTS = ("sum", "sum_abs", "sum_sq", "positive")
+NEEDS = {"freq": ("positive",), "abs": ("sum_abs",), "rms": ("sum_sq",), "std": ("sum", "sum_sq")}
 
 
 @dataclass
 class Stats:
+    """Float64 sums per activation dim [layers, width]; a moment no scorer asked for stays None."""
+
     count: float  # positions seen (the same for every neuron)
-    sum: torch.Tensor  # [layers, width] float64
-    sum_abs: torch.Tensor
-    sum_sq: torch.Tensor
-    positive: torch.Tensor
+    sum: torch.Tensor | None = None
+    sum_abs: torch.Tensor | None = None
+    sum_sq: torch.Tensor | None = None
+    positive: torch.Tensor | None = None
 
     @classmethod
-    def zeros(cls, layers: int, width: int, device=None) -> Stats:
-        z = lambda: torch.zeros(layers, width, dtype=torch.float64, device=device)  # noqa: E731
-        return cls(0.0, z(), z(), z(), z())
+    def zeros(cls, layers: int, width: int, moments=MOMENTS, device=None) -> Stats:
+        return cls(0.0, **{m: torch.zeros(layers, width, dtype=torch.float64, device=device) for m in moments})
+
+    def moments(self) -> dict[str, torch.Tensor]:
+        return {m: getattr(self, m) for m in MOMENTS if getattr(self, m) is not None}
 
     def add(self, other: Stats) -> None:
         self.count += other.count
-        for m in MOMENTS:
-            getattr(self, m).add_(getattr(other, m))
+        for m, value in other.moments().items():
+            mine = getattr(self, m)
+            if mine is None:
+                raise ValueError(f"cannot add moment {m!r} to statistics that lack it")
+            mine.add_(value)
 
     def to(self, device) -> Stats:
-        return Stats(self.count, *(getattr(self, m).to(device) for m in MOMENTS))
+        return Stats(self.count, **{m: v.to(device) for m, v in self.moments().items()})
+
+    def sum_across_processes(self) -> Stats:
+        """Under data parallelism each process saw a share of the chunks: add them all up."""
+        count = distributed.sum_(torch.tensor([self.count], dtype=torch.float64))
+        return Stats(float(count), **{m: distributed.sum_(v) for m, v in self.moments().items()})
 
 
-def reduce_batch(z: torch.Tensor, keep: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-    """The four sums of one batch of activations [..., width] over kept positions, in float32."""
+def reduce_batch(z: torch.Tensor, keep: torch.Tensor | None, moments=MOMENTS) -> dict[str, torch.Tensor]:
+    """Sums of one batch of activations [..., width] over kept positions, accumulated in float32.
+
+    Each moment is one pass over the activations in their own dtype (measured in bench/: the
+    cost of a statistics pass is these few reductions per layer).
+    """
     z = z.reshape(-1, z.shape[-1])
     if keep is not None:
         z = z[keep]
-    z = z.float()
-    return z.sum(0), z.abs().sum(0), z.square().sum(0), (z > 0).sum(0, dtype=torch.float32)
+    out = {}
+    if "sum" in moments:
+        out["sum"] = z.sum(0, dtype=torch.float32)
+    if "sum_abs" in moments:
+        out["sum_abs"] = z.abs().sum(0, dtype=torch.float32)
+    if "sum_sq" in moments:
+        out["sum_sq"] = z.to(torch.float32, copy=True).square_().sum(0)  # never in place on z
+    if "positive" in moments:
+        out["positive"] = (z > 0).sum(0, dtype=torch.float32)
+    return out
 
 
 @torch.no_grad()
 def collect(model, view: NeuronGroup, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            batch_size: int, progress=None) -> tuple[Stats, int]:
+            batch_size: int, progress=None, moments=MOMENTS) -> tuple[Stats, int]:
     """Statistics of one dataset's chunks; runs the base model only (no language-model head).
 
+    `moments` limits the work to what the scorer needs (NEEDS); by default all are collected.
+
+    Under data parallelism each process reads its share of the chunks and gets the total.
     Returns the statistics (on CPU) and the batch size that worked.
     """
+    input_ids, attention_mask = distributed.shard(input_ids, attention_mask)
     device = next(model.parameters()).device
-    total = Stats.zeros(view.layers, view.width, device)
-    pending: dict[int, tuple] = {}
+    total = Stats.zeros(view.layers, view.width, moments, device)
+    pending: dict[int, dict] = {}
     keep: list = [None]
 
     def hook(layer, z):
-        pending[layer] = reduce_batch(z, keep[0])
+        pending[layer] = reduce_batch(z, keep[0], moments)
 
     def one_batch(start, stop):
         pending.clear()
@@ -70,9 +100,8 @@ def collect(model, view: NeuronGroup, input_ids: torch.Tensor, attention_mask: t
         flat = mask.reshape(-1).bool()
         keep[0] = None if bool(flat.all()) else flat
         model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
-        batch = Stats(float(flat.sum()), *(torch.stack([pending[l][i] for l in range(view.layers)]).double()
-                                           for i in range(len(MOMENTS))))
-        total.add(batch)
+        total.add(Stats(float(flat.sum()), **{m: torch.stack([pending[layer][m] for layer in range(view.layers)])
+                                               .double() for m in moments}))
         if progress is not None:
             progress.update(int(flat.sum()))
 
@@ -82,4 +111,4 @@ def collect(model, view: NeuronGroup, input_ids: torch.Tensor, attention_mask: t
     finally:
         for h in handles:
             h.remove()
-    return total.to("cpu"), batch_size
+    return total.to("cpu").sum_across_processes(), batch_size

@@ -1,0 +1,121 @@
+"""What a pruning step costs against the forward passes it cannot avoid, on the same tokens.
+
+    .venv/bin/python bench/step_cost.py [--tokens 8192] [--repeats 3] [--dtype auto] [--model smollm2-135m]
+
+Times (medians over repeats), on forget=code and retain=prose chunks of the same size:
+  plain base forward   the model without its head over both datasets' scoring chunks (the floor of scoring)
+  plain full forward   the whole model, logits included, over both datasets' evaluation chunks
+  scoring pass         statistics hooks on, both datasets
+  evaluation pass      accuracy/loss with exact fp32 re-scoring of candidates, both datasets
+  whole step           scoring + selection + pruning + evaluation, through the real run loop
+and prints the ratios that docs/PERFORMANCE.md records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from selprune.config import RunConfig
+from selprune.pruning import apply
+from selprune.run import Run
+from selprune.scoring import select
+
+
+def timed(fn, repeats: int) -> float:
+    fn()  # warm-up: first calls allocate and pick kernels
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+@torch.no_grad()
+def plain(model, ids, mask, batch: int, head: bool) -> None:
+    for start in range(0, len(ids), batch):
+        sl = slice(start, start + batch)
+        if head:
+            model(input_ids=ids[sl], attention_mask=mask[sl], use_cache=False)
+        else:
+            model.base_model(input_ids=ids[sl], attention_mask=mask[sl], use_cache=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m")
+    p.add_argument("--tokens", type=int, default=8192, help="scoring and evaluation tokens per dataset")
+    p.add_argument("--chunk-len", type=int, default=512)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--group", default="ff")
+    args = p.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        config = RunConfig(model=args.model, score_tokens=args.tokens, eval_tokens=args.tokens,
+                           chunk_len=args.chunk_len, dtype=args.dtype, group=args.group,
+                           output=str(Path(tmp) / "run"))
+        run = Run(config, quiet=True)
+        run.load()
+        model, data, batch = run.model, run.data, run.batch_size
+
+        def base_forward():
+            for d in data:
+                plain(model, d.score_ids, d.score_mask, batch, head=False)
+
+        def full_forward():
+            for d in data:
+                plain(model, d.eval_ids, d.eval_mask, batch, head=True)
+
+        def scoring():
+            run.score(1)
+
+        def evaluation():
+            for d in data:
+                run.evaluate(d)
+
+        pruned = torch.zeros(run.view.layers, run.view.size, dtype=torch.bool)
+
+        def step():
+            new = select(run.score(1), pruned, run.units_per_step())
+            apply(run.view, new)
+            pruned.__ior__(new)
+            for d in data:
+                run.evaluate(d)
+
+        t = {name: timed(fn, args.repeats) for name, fn in [
+            ("plain base forward", base_forward), ("plain full forward", full_forward),
+            ("scoring pass", scoring), ("evaluation pass", evaluation)]}
+        t["whole step"] = timed(step, args.repeats)
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    tokens = 2 * args.tokens
+    print(f"# step cost: {args.model} {model.dtype} group={args.group}, {tokens} scoring + {tokens} evaluation "
+          f"tokens (2 datasets), chunks of {args.chunk_len}, batch {batch}, median of {args.repeats}")
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, commit {commit}")
+    print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")
+    print("| pass | seconds | tokens/s |")
+    print("|---|---|---|")
+    for name, sec in t.items():
+        n = tokens * (2 if name == "whole step" else 1)
+        print(f"| {name} | {sec:.2f} | {n / sec:,.0f} |")
+    floor = t["plain base forward"] + t["plain full forward"]
+    print(f"\nscoring / plain base forward      = {t['scoring pass'] / t['plain base forward']:.3f}")
+    print(f"evaluation / plain full forward   = {t['evaluation pass'] / t['plain full forward']:.3f}")
+    print(f"whole step / (base + full)        = {t['whole step'] / floor:.3f}")
+    print(f"peak resident memory              = {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
+
+
+if __name__ == "__main__":
+    main()

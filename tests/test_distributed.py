@@ -1,0 +1,55 @@
+"""Data-parallel statistics: two processes (torchrun, gloo on CPU) give the same run as one process."""
+
+import csv
+import json
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from tiny import TEXT, save_tiny
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def selprune(*args, processes=1):
+    launcher = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={processes}",
+                f"--master-port={free_port()}", "-m", "selprune.cli"] if processes > 1 else \
+               [sys.executable, "-m", "selprune.cli"]
+    done = subprocess.run(launcher + list(args), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return done
+
+
+def metrics(folder):
+    with open(folder / "metrics.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.parametrize("group", ["ff", "attn-value"])
+def test_two_processes_prune_the_same_neurons_as_one(tmp_path, group):
+    model = save_tiny("llama", tmp_path / "model")
+    for name, text in (("forget", TEXT[:160]), ("retain", TEXT[160:])):
+        (tmp_path / name).mkdir()
+        for i in range(5):  # an odd number of chunks: the two shards differ in size
+            (tmp_path / name / f"{i}.txt").write_text(text * 3 + str(i))
+    common = ["run", "--model", str(model), "--forget", str(tmp_path / "forget"), "--retain",
+              str(tmp_path / "retain"), "--group", group, "--steps", "3", "--fraction", "0.1",
+              "--score-tokens", "330", "--eval-tokens", "200", "--chunk-len", "32", "--batch-size", "2",
+              "--dtype", "float32", "--quiet"]
+    selprune(*common, "--output", str(tmp_path / "one"))
+    selprune(*common, "--output", str(tmp_path / "two"), processes=2)
+
+    one, two = (json.loads((tmp_path / d / "pruned.json").read_text()) for d in ("one", "two"))
+    assert one == two and sum(len(v) for s in one["steps"] for v in s["pruned"].values()) > 0
+    rows_one, rows_two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    assert len(rows_one) == len(rows_two) == 8
+    for a, b in zip(rows_one, rows_two):
+        assert a["tokens"] == b["tokens"]  # every evaluation position counted once, across both processes
+        for key in ("top1", "top10", "loss"):
+            assert float(a[key]) == pytest.approx(float(b[key]), rel=1e-6, abs=1e-9), (key, a, b)
