@@ -1,6 +1,6 @@
 """What a pruning step costs against the forward passes it cannot avoid, on the same tokens.
 
-    .venv/bin/python bench/step_cost.py [--tokens 8192] [--repeats 3] [--dtype auto] [--model smollm2-135m]
+    .venv/bin/python bench/step_cost.py [--tokens 8192] [--repeats 5] [--dtype auto] [--no-compile]
 
 Times (medians over repeats), on forget=code and retain=prose chunks of the same size:
   plain base forward   the model without its head over both datasets' scoring chunks (the floor of scoring)
@@ -31,14 +31,17 @@ from selprune.run import Run
 from selprune.scoring import select
 
 
-def timed(fn, repeats: int) -> float:
-    fn()  # warm-up: first calls allocate and pick kernels
-    times = []
+def interleaved(passes: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each pass, timed in turns so that drifts of a shared machine hit all alike."""
+    for fn in passes.values():
+        fn()  # warm-up: first calls allocate, pick kernels and compile
+    times = {name: [] for name in passes}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for name, fn in passes.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 @torch.no_grad()
@@ -56,14 +59,15 @@ def main() -> None:
     p.add_argument("--model", default="smollm2-135m")
     p.add_argument("--tokens", type=int, default=8192, help="scoring and evaluation tokens per dataset")
     p.add_argument("--chunk-len", type=int, default=512)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--group", default="ff")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
     args = p.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
         config = RunConfig(model=args.model, score_tokens=args.tokens, eval_tokens=args.tokens,
-                           chunk_len=args.chunk_len, dtype=args.dtype, group=args.group,
+                           chunk_len=args.chunk_len, dtype=args.dtype, group=args.group, compile=args.compile,
                            output=str(Path(tmp) / "run"))
         run = Run(config, quiet=True)
         run.load()
@@ -93,15 +97,15 @@ def main() -> None:
             for d in data:
                 run.evaluate(d)
 
-        t = {name: timed(fn, args.repeats) for name, fn in [
-            ("plain base forward", base_forward), ("plain full forward", full_forward),
-            ("scoring pass", scoring), ("evaluation pass", evaluation)]}
-        t["whole step"] = timed(step, args.repeats)
+        t = interleaved({"plain base forward": base_forward, "plain full forward": full_forward,
+                         "scoring pass": scoring, "evaluation pass": evaluation, "whole step": step},
+                        args.repeats)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     tokens = 2 * args.tokens
     print(f"# step cost: {args.model} {model.dtype} group={args.group}, {tokens} scoring + {tokens} evaluation "
-          f"tokens (2 datasets), chunks of {args.chunk_len}, batch {batch}, median of {args.repeats}")
+          f"tokens (2 datasets), chunks of {args.chunk_len}, batch {batch}, compile={args.compile}, "
+          f"median of {args.repeats}, interleaved")
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, commit {commit}")
     print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")

@@ -9,6 +9,7 @@ import torch
 from selprune.arch import NeuronGroup
 from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens
 from selprune.scoring import importance, random_scores, scores, select
+from selprune import stats as stats_module
 from selprune.stats import NEEDS, Stats, collect, reduce_batch
 from tiny import tiny_batch, tiny_model
 
@@ -89,6 +90,17 @@ def test_collecting_only_what_a_scorer_needs_gives_the_same_importance(kind):
     other = {"freq": "abs", "abs": "rms", "rms": "abs", "std": "abs"}[kind]
     with pytest.raises(ValueError, match="needs the moment"):
         importance(lean, other)
+
+
+def test_compiled_statistics_equal_eager_ones():
+    model = tiny_model("llama")
+    view = NeuronGroup(model, "ff")
+    ids, mask = tiny_batch(batch=3)
+    eager, _ = collect(model, view, ids, mask, batch_size=2)
+    fused, _ = collect(model, view, ids, mask, batch_size=2, fused=True)
+    assert stats_module._fused is not stats_module.moment_sums, "fell back to eager: nothing was compiled"
+    for m, value in eager.moments().items():
+        torch.testing.assert_close(fused.moments()[m], value, rtol=1e-5, atol=1e-5)
 
 
 def test_scores_prefer_forget_only_units():

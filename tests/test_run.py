@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 def tiny_config(folder, data, out, **kw) -> RunConfig:
     settings = dict(model=str(folder), forget=str(data / "forget"), retain=str(data / "retain"),
                     steps=STEPS, fraction=0.1, score_tokens=300, eval_tokens=200, chunk_len=32,
-                    batch_size=3, output=str(out), dtype="float32", skip_top_tokens=5)
+                    batch_size=3, output=str(out), dtype="float32", skip_top_tokens=5, compile=False)
     settings.update(kw)
     return RunConfig(**settings)
 

@@ -43,6 +43,7 @@ class RunConfig:
     skip_top_tokens: int = 50  # the "skip" metrics ignore the dataset's most frequent targets
     seed: int = 0
     batch_size: int = 0  # chunks per batch; 0 = automatic
+    compile: bool = True  # fuse the statistics reductions with torch.compile (falls back to eager)
     dtype: str = "auto"
     device: str = "auto"
     trust_remote_code: bool = False
@@ -134,7 +135,7 @@ class RunConfig:
 PRESETS: dict[str, dict] = {
     "paper": {"chunk_len": 1024},
     "demo": {"steps": 10, "fraction": 0.02, "score_tokens": 16_384, "eval_tokens": 16_384},
-    "tiny": {"steps": 2, "fraction": 0.05, "score_tokens": 2_048, "eval_tokens": 1_024, "chunk_len": 256},
+    "tiny": {"compile": False, "steps": 2, "fraction": 0.05, "score_tokens": 2_048, "eval_tokens": 1_024, "chunk_len": 256},
 }
 
 

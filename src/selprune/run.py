@@ -34,7 +34,7 @@ COLUMNS = ["step", "fraction_pruned", "neurons_pruned", "role", "dataset", "toke
            "loss", "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip",
            "top1_drop_rel", "top1_drop_abs"]
 # Settings that may change between a run and its resumption without changing its result.
-RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "output"}
+RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "output", "compile"}
 
 
 @dataclass
@@ -117,7 +117,8 @@ class Run:
     def importance(self, d: Dataset) -> torch.Tensor:
         with self._bar(int(d.score_mask.sum()), f"stats {d.role}") as bar:
             stats, self.batch_size = collect(self.model, self.view, d.score_ids, d.score_mask,
-                                             self.batch_size, bar, NEEDS[self.config.scorer])
+                                             self.batch_size, bar, NEEDS[self.config.scorer],
+                                             fused=self.config.compile)
         return importance(stats, self.config.scorer, self.view.unit)
 
     def score(self, step: int) -> torch.Tensor:
