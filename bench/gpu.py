@@ -62,6 +62,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=0)
     p.add_argument("--no-full", action="store_true", help="skip the full-protocol timing")
     p.add_argument("--attn", default="sdpa")
+    p.add_argument("--no-compile", dest="compile", action="store_false")
     args = p.parse_args()
     if args.tiny:
         args.shape, args.tokens, args.chunk_len, args.steps = "tiny", 2048, 128, 3
@@ -89,13 +90,20 @@ def main() -> None:
     skip = torch.arange(50)
 
     @torch.no_grad()
-    def plain_base():
+    def plain(part: int, run):
         for ids in data.values():
             for s in range(0, n_chunks, batch):
-                model.base_model(input_ids=ids[0, s:s + batch].to(device), use_cache=False)
+                run(input_ids=ids[part, s:s + batch].to(device), use_cache=False)
+
+    def plain_base():
+        plain(0, model.base_model)
+
+    def plain_full():
+        plain(1, model)
 
     def scoring():
-        imp = [importance(collect(model, view, ids[0], mask, batch)[0], "abs") for ids in data.values()]
+        imp = [importance(collect(model, view, ids[0], mask, batch, moments=("sum_abs",), fused=args.compile)[0],
+                          "abs") for ids in data.values()]
         return scores(imp[0], imp[1], 1e-3)
 
     def evaluation():
@@ -111,9 +119,11 @@ def main() -> None:
         pruned.__ior__(new)
         evaluation()
 
-    t = {"plain base forward": timed(plain_base, device), "scoring pass": timed(scoring, device),
+    t = {"plain base forward": timed(plain_base, device), "plain full forward": timed(plain_full, device),
+         "scoring pass": timed(scoring, device),
          "evaluation pass": timed(evaluation, device), "whole step": timed(step, device)}
-    flops = {"plain base forward": 2 * body * tokens, "scoring pass": 2 * body * tokens,
+    flops = {"plain base forward": 2 * body * tokens, "plain full forward": 2 * (body + head) * tokens,
+             "scoring pass": 2 * body * tokens,
              "evaluation pass": 2 * (body + head) * tokens,
              "whole step": 2 * body * tokens + 2 * (body + head) * tokens}
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
@@ -124,6 +134,8 @@ def main() -> None:
         n = tokens * (2 if k == "whole step" else 1)
         print(f"| {k} | {sec:.3f} | {n / sec:,.0f} | {flops[k] / sec / 1e12:.1f} |")
     print(f"scoring / plain base forward = {t['scoring pass'] / t['plain base forward']:.3f}")
+    print(f"evaluation / plain full forward = {t['evaluation pass'] / t['plain full forward']:.3f}")
+    print(f"whole step / (base + full) = {t['whole step'] / (t['plain base forward'] + t['plain full forward']):.3f}")
     if device.type == "cuda":
         print(f"peak GPU memory = {torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB")
     if not args.no_full:

@@ -162,3 +162,10 @@ def test_masked_lm_run(data, tmp_path):
     out = run_module.run(tiny_config(folder, data, tmp_path / "mlm", steps=1), quiet=True)
     rows = read_metrics(out)
     assert len(rows) == 4 and all(0 <= float(r["top1"]) <= 1 for r in rows)
+
+
+def test_device_map_auto_gives_the_same_run(finished, llama, data, tmp_path):
+    """accelerate's device_map="auto" (how big models are sharded) places this tiny one on the CPU."""
+    out = run_module.run(tiny_config(llama, data, tmp_path / "mapped", device_map="auto"), quiet=True)
+    assert (out / "pruned.json").read_text() == (finished / "pruned.json").read_text()
+    assert read_metrics(out) == read_metrics(finished)

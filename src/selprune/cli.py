@@ -49,6 +49,7 @@ def _run_parser(sub) -> None:
                    "of each scoring pass on CPU)")
     p.add_argument("--dtype", help="auto (bf16 where native), float32, bfloat16 or float16")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--device-map", help="auto: shard a model too large for one device (accelerate)")
     p.add_argument("--trust-remote-code", action="store_const", const=True,
                    help="allow model code from the hub (off by default)")
     p.add_argument("--save-model", action="store_const", const=True,

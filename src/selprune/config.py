@@ -46,6 +46,7 @@ class RunConfig:
     compile: bool = True  # fuse the statistics reductions with torch.compile (falls back to eager)
     dtype: str = "auto"
     device: str = "auto"
+    device_map: str = ""  # "auto": shard a model too large for one device with accelerate
     trust_remote_code: bool = False
     save_model: bool = False
     name: str = ""  # default: derived from the datasets, group and scorer

@@ -113,8 +113,10 @@ def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, prog
         hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         valid = (mask[:, :-1] * mask[:, 1:]).bool()
         targets = ids[:, 1:][valid]
-        top1, top10, loss = score_predictions(hidden[:, :-1][valid], head, targets, cap)
-        totals.add(top1, top10, loss, torch.isin(targets, skip_ids))
+        at_head = head.weight.device  # differs from the input's device when the model is sharded
+        top1, top10, loss = score_predictions(hidden[:, :-1][valid.to(hidden.device)].to(at_head), head,
+                                              targets.to(at_head), cap)
+        totals.add(top1, top10, loss, torch.isin(targets, skip_ids).to(at_head))
         if progress is not None:
             progress.update(int(mask.sum()))
 

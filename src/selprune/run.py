@@ -34,7 +34,7 @@ COLUMNS = ["step", "fraction_pruned", "neurons_pruned", "role", "dataset", "toke
            "loss", "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip",
            "top1_drop_rel", "top1_drop_abs"]
 # Settings that may change between a run and its resumption without changing its result.
-RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "output", "compile"}
+RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "device_map", "output", "compile"}
 
 
 @dataclass
@@ -80,7 +80,8 @@ class Run:
         c = self.config
         docs = {role: _documents(spec, c) for role, spec in (("forget", c.forget), ("retain", c.retain))}
         self.model, self.tokenizer = load_model(c.model, dtype=c.dtype, device=c.device,
-                                                trust_remote_code=c.trust_remote_code)
+                                                trust_remote_code=c.trust_remote_code,
+                                                device_map=c.device_map or None)
         self.masked_lm = architecture_of(self.model.config).masked_lm
         self.view = NeuronGroup(self.model, c.group)
         self.device = next(self.model.parameters()).device

@@ -116,8 +116,9 @@ def collect(model, view: NeuronGroup, input_ids: torch.Tensor, attention_mask: t
     pending: dict[int, dict] = {}
     keep: list = [None]
 
-    def hook(layer, z):
-        pending[layer] = reduce_batch(z, keep[0], moments, fused)
+    def hook(layer, z):  # layers of a sharded model (device_map) may sit on other devices
+        sums = reduce_batch(z, keep[0] if keep[0] is None else keep[0].to(z.device), moments, fused)
+        pending[layer] = {m: v.to(device) for m, v in sums.items()}
 
     def one_batch(start, stop):
         pending.clear()
