@@ -13,7 +13,6 @@ import html
 import io
 import json
 import math
-import os
 import re
 import sys
 from pathlib import Path
@@ -23,7 +22,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from selprune.errors import UserError
+from . import atomic
+from .errors import UserError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -324,13 +324,6 @@ figcaption { color: #666; font-size: 13px; }
 """
 
 
-def _write(path: Path, data: bytes) -> None:
-    """Write atomically: a killed report never leaves a half-written file."""
-    partial = path.with_name(path.name + ".partial")
-    partial.write_bytes(data)
-    os.replace(partial, path)
-
-
 def write_report(run_dirs: list, out_dir) -> Path:
     """Write the plots (PNG), summary.json and a self-contained report.html for the runs; return the HTML path.
 
@@ -360,10 +353,10 @@ def write_report(run_dirs: list, out_dir) -> Path:
         for i, run in enumerate(runs)
     }
     for name, (png, _) in {**plots, **heatmaps}.items():
-        _write(out_dir / name, png)
+        atomic.write_bytes(out_dir / name, png)
 
     summaries = [{"name": run["label"], "run_dir": str(run["dir"]), "summary": run["summary"]} for run in runs]
-    _write(out_dir / "summary.json", (json.dumps(summaries, indent=2) + "\n").encode())
+    atomic.write_bytes(out_dir / "summary.json", (json.dumps(summaries, indent=2) + "\n").encode())
 
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -384,5 +377,5 @@ drop over the fraction of neurons pruned.</p>
 </body></html>
 """
     report = out_dir / "report.html"
-    _write(report, page.encode())
+    atomic.write_bytes(report, page.encode())
     return report
