@@ -171,3 +171,28 @@ def test_frequent_tokens_ignores_padding():
     ids = torch.tensor([[5, 5, 5, 6, 7, 7]])
     mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
     assert frequent_tokens(ids, mask, 2).tolist() == [5, 6]
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing():
+    from selprune.batching import for_each_batch
+
+    done = []
+
+    def work(start, stop):
+        if stop - start > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        done.append((start, stop))
+
+    assert for_each_batch(7, 8, work) == 2
+    assert done == [(0, 2), (2, 4), (4, 6), (6, 7)]
+
+
+def test_out_of_memory_with_one_chunk_is_a_clear_error():
+    from selprune.batching import for_each_batch
+    from selprune.errors import UserError
+
+    def work(start, stop):
+        raise torch.OutOfMemoryError("out of memory")
+
+    with pytest.raises(UserError, match="out of memory with one chunk per batch"):
+        for_each_batch(3, 4, work)
