@@ -102,6 +102,9 @@ def cmd_list(args) -> None:
         for name, a in sorted(ARCHITECTURES.items()):
             kind = " (masked LM)" if a.masked_lm else ""
             print(f"{name:12s} {a.ff_out:28s} {a.value:38s} {a.out}{kind}")
+        print("\nsizes per layer: ff = input width of the ff module; attn-value = num_key_value_heads x head_dim; "
+              "attn-preout = input width of the output projection; attn-head = num_attention_heads "
+              "(from the model's config). `name:layout` marks a fused projection.")
     else:
         from .data import list_builtin
 
