@@ -1,8 +1,7 @@
 """Where the prunable neurons live, per architecture, as data; and one view that serves them all.
 
-Hook names follow TransformerLens' spirit: `blocks.{layer}.{group}`. A neuron group is read at one
-point of every block (the input of a projection, or some outputs of a projection) and zeroed in the
-weights around that point, exactly as DESIGN.md section 2 defines:
+A neuron group is read at one point of every block (the input of a projection, or some outputs of a
+projection) and zeroed in the weights around that point, exactly as DESIGN.md section 2 defines:
 
     ff           input of the down-projection; zero its column there and its rows in the in/gate projections
     attn-value   output dims of the value projection; zero those rows (and bias entries)
@@ -172,9 +171,6 @@ class NeuronGroup:
     def total(self) -> int:
         return self.layers * self.size
 
-    def hook_name(self, layer: int) -> str:
-        return f"blocks.{layer}.{self.group}"
-
     # -- reading activations -------------------------------------------------------------------
 
     def _value_rows(self) -> torch.Tensor | None:
@@ -252,12 +248,3 @@ def _output_hook(fn, layer, rows, edit):
         out[..., rows_dev] = new
         return out
     return hook
-
-
-def describe(model) -> list[dict]:
-    """Per group: layers, units per layer and total; groups the model lacks are left out."""
-    rows = []
-    for group in GROUPS:
-        view = NeuronGroup(model, group)
-        rows.append({"group": group, "layers": view.layers, "per_layer": view.size, "total": view.total})
-    return rows

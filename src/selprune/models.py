@@ -221,7 +221,7 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = 
     try:
         model = auto.from_pretrained(
             source.location, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-            device_map=device_map, use_safetensors=None,
+            device_map=device_map,
         )
         tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
     except OSError as exc:
