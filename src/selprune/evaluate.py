@@ -98,52 +98,54 @@ def score_predictions(hidden, head, targets, cap, rows: int = 256):
     return torch.cat(top1), torch.cat(top10), torch.cat(loss)
 
 
+def _evaluate(model, tensors, batch_size, skip_ids, progress, score_batch) -> tuple[Metrics, int]:
+    """Shared by both objectives: shard, batch, back off on OOM, and sum what score_batch returns.
+
+    score_batch(*batch) -> (top1, top10, loss, targets) per predicted position; tensors[-1] is the
+    attention mask.
+    """
+    tensors = distributed.shard(*tensors)
+    device = next(model.parameters()).device
+    totals = _Totals()
+
+    def one_batch(start, stop):
+        batch = [t[start:stop].to(device) for t in tensors]
+        top1, top10, loss, targets = score_batch(*batch)
+        totals.add(top1, top10, loss, torch.isin(targets, skip_ids.to(targets.device)).to(top1.device))
+        if progress is not None:
+            progress.update(int(batch[-1].sum()))
+
+    batch_size = for_each_batch(len(tensors[0]), batch_size, one_batch)
+    return totals.metrics(), batch_size
+
+
 @torch.no_grad()
 def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None) -> tuple[Metrics, int]:
     """Next-token prediction at every position whose next token is real."""
-    input_ids, attention_mask = distributed.shard(input_ids, attention_mask)
-    device = next(model.parameters()).device
     head, cap = model.get_output_embeddings(), _softcap(model.config)
-    totals = _Totals()
-    skip_ids = skip_ids.to(device)
+    at_head = head.weight.device  # differs from the input's device when the model is sharded
 
-    def one_batch(start, stop):
-        ids = input_ids[start:stop].to(device)
-        mask = attention_mask[start:stop].to(device)
+    def score_batch(ids, mask):
         hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         valid = (mask[:, :-1] * mask[:, 1:]).bool()
-        targets = ids[:, 1:][valid]
-        at_head = head.weight.device  # differs from the input's device when the model is sharded
+        targets = ids[:, 1:][valid].to(at_head)
         top1, top10, loss = score_predictions(hidden[:, :-1][valid.to(hidden.device)].to(at_head), head,
-                                              targets.to(at_head), cap)
-        totals.add(top1, top10, loss, torch.isin(targets, skip_ids).to(at_head))
-        if progress is not None:
-            progress.update(int(mask.sum()))
+                                              targets, cap)
+        return top1, top10, loss, targets
 
-    batch_size = for_each_batch(len(input_ids), batch_size, one_batch)
-    return totals.metrics(), batch_size
+    return _evaluate(model, (input_ids, attention_mask), batch_size, skip_ids, progress, score_batch)
 
 
 @torch.no_grad()
 def evaluate_masked(model, input_ids, labels, attention_mask, batch_size, skip_ids, progress=None):
     """Masked-LM prediction of the (seeded) masked positions; labels are -100 elsewhere."""
-    input_ids, labels, attention_mask = distributed.shard(input_ids, labels, attention_mask)
-    device = next(model.parameters()).device
-    totals = _Totals()
-    skip_ids = skip_ids.to(device)
 
-    def one_batch(start, stop):
-        ids, lab = input_ids[start:stop].to(device), labels[start:stop].to(device)
-        mask = attention_mask[start:stop].to(device)
+    def score_batch(ids, lab, mask):
         logits = model(input_ids=ids, attention_mask=mask).logits.float()
         sel = lab != -100
         logits, targets = logits[sel], lab[sel]
         target = logits.gather(1, targets[:, None])
         better = (logits > target).sum(-1)
-        loss = torch.logsumexp(logits, -1) - target[:, 0]
-        totals.add(better == 0, better < 10, loss, torch.isin(targets, skip_ids))
-        if progress is not None:
-            progress.update(int(mask.sum()))
+        return better == 0, better < 10, torch.logsumexp(logits, -1) - target[:, 0], targets
 
-    batch_size = for_each_batch(len(input_ids), batch_size, one_batch)
-    return totals.metrics(), batch_size
+    return _evaluate(model, (input_ids, labels, attention_mask), batch_size, skip_ids, progress, score_batch)

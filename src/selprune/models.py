@@ -125,7 +125,6 @@ class ModelSource:
 
     location: str  # hub id or local folder
     gguf_file: str | None = None
-    local: bool = True
 
 
 def resolve_spec(spec: str) -> ModelSource:
@@ -152,7 +151,7 @@ def resolve_spec(spec: str) -> ModelSource:
             f"unknown model {spec!r}: give one of the aliases {', '.join(ALIASES)}, "
             "a local Hugging Face folder, a .gguf file, or a hub id like facebook/opt-125m"
         )
-    return ModelSource(spec, local=False)
+    return ModelSource(spec)
 
 
 def _gguf_cache_dir(source: ModelSource) -> Path:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from .stats import Stats
+from .stats import NEEDS, Stats
 
 
 def importance(stats: Stats, kind: str, unit: int = 1) -> torch.Tensor:
@@ -12,8 +12,6 @@ def importance(stats: Stats, kind: str, unit: int = 1) -> torch.Tensor:
 
     freq = P(z > 0); abs = mean |z|; rms = sqrt(mean z^2); std = population std of z.
     """
-    from .stats import NEEDS
-
     missing = [m for m in NEEDS.get(kind, ()) if getattr(stats, m) is None]
     if missing:
         raise ValueError(f"importance {kind!r} needs the moment(s) {missing}, which were not collected")

@@ -125,12 +125,13 @@ def collect(model, view: NeuronGroup, input_ids: torch.Tensor, attention_mask: t
         ids = input_ids[start:stop].to(device, non_blocking=True)
         mask = attention_mask[start:stop].to(device, non_blocking=True)
         flat = mask.reshape(-1).bool()
-        keep[0] = None if bool(flat.all()) else flat
+        positions = int(flat.sum())
+        keep[0] = None if positions == flat.numel() else flat
         model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
-        total.add(Stats(float(flat.sum()), **{m: torch.stack([pending[layer][m] for layer in range(view.layers)])
-                                               .double() for m in moments}))
+        total.add(Stats(float(positions), **{m: torch.stack([pending[layer][m] for layer in range(view.layers)])
+                                             .double() for m in moments}))
         if progress is not None:
-            progress.update(int(flat.sum()))
+            progress.update(positions)
 
     handles = view.add_hooks(hook)
     try:
