@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from selprune.arch import NeuronGroup
-from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens
+from selprune import evaluate as evaluate_module
+from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens, score_predictions
 from selprune.scoring import importance, random_scores, scores, select
 from selprune import stats as stats_module
 from selprune.stats import NEEDS, Stats, collect, reduce_batch
@@ -98,7 +99,7 @@ def test_compiled_statistics_equal_eager_ones():
     ids, mask = tiny_batch(batch=3)
     eager, _ = collect(model, view, ids, mask, batch_size=2)
     fused, _ = collect(model, view, ids, mask, batch_size=2, fused=True)
-    assert stats_module._fused is not stats_module.moment_sums, "fell back to eager: nothing was compiled"
+    assert not stats_module.fused_moment_sums.failed, "fell back to eager: nothing was compiled"
     for m, value in eager.moments().items():
         torch.testing.assert_close(fused.moments()[m], value, rtol=1e-5, atol=1e-5)
 
@@ -151,6 +152,33 @@ def test_causal_evaluation_equals_naive_logits():
     assert m.perplexity == pytest.approx(math.exp(float(loss.mean())), rel=1e-5)
     assert m.top1_skip == pytest.approx(float((rank[keep] == 0).double().mean()))
     assert m.loss_skip == pytest.approx(float(loss[keep].mean()), rel=1e-5)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("arch", ["opt", "phi", "gemma2"])  # plain head, head with bias, soft-capped logits
+@pytest.mark.parametrize("scale", [1.0, 400.0])  # random-init logits near 0; logits as large as a trained model's
+def test_bf16_ranks_equal_exact_ranks(arch, scale, fused):
+    """Ranks decided on bf16 logits plus the float32 band are those of exact logits, ties included."""
+    model = tiny_model(arch).to(torch.bfloat16)
+    head, cap = model.get_output_embeddings(), model.config.final_logit_softcapping if arch == "gemma2" else None
+    head.weight.mul_(scale)
+    head.weight[7] = head.weight[5]  # two tokens with identical logits: a tie is a hit for both
+    ids, mask = tiny_batch(batch=4, length=24)
+    ids[:, 1::3] = 7
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1].reshape(-1, 16)
+    targets = ids[:, 1:].reshape(-1)
+    top1, top10, loss = score_predictions(hidden, head, targets, cap, rows=7, fused=fused)
+    exact = hidden.double() @ head.weight.double().T
+    if head.bias is not None:
+        exact += head.bias.double()
+    rank = (exact > exact.gather(1, targets[:, None])).sum(1)
+    assert 0 < int((rank == 0).sum()) < len(rank), "the check needs hits and misses"
+    assert torch.equal(top1, rank == 0) and torch.equal(top10, rank < 10)
+    capped = torch.tanh(exact / cap) * cap if cap else exact
+    ref = torch.logsumexp(capped, 1) - capped.gather(1, targets[:, None])[:, 0]
+    torch.testing.assert_close(loss.double().mean(), ref.mean(), rtol=2e-2, atol=1e-2)
+    if fused:
+        assert not evaluate_module.fused_count_bounds.failed, "fell back to eager: nothing was compiled"
 
 
 def test_masked_evaluation_counts_only_masked_positions():

@@ -1,20 +1,23 @@
 """Next-token (or masked-token) accuracy, loss and perplexity on held-out chunks.
 
-In bf16, rounded logits tie often and a plain argmax under-counts top-1, so the few best candidates
-and the target are re-scored in float32 from the final hidden state. The "skip" variants ignore targets among the dataset's most frequent tokens.
+In bf16, rounded logits tie often and a plain argmax under-counts top-1, so ranks are decided against
+the target's float32 logit, re-scoring in float32 only the logits too close to call (score_predictions).
+The "skip" variants ignore targets among the dataset's most frequent tokens.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
 import torch
 
 from . import distributed
 from .batching import for_each_batch
+from .fusion import Fused
 
-CANDIDATES = 16  # re-scored exactly; top-10 needs a margin for bf16 rounding
+CANDIDATES = 16  # the uncompiled rank bounds look at this many best logits per position
 
 
 @dataclass
@@ -67,34 +70,91 @@ def _softcap(config):
     return getattr(cfg, "final_logit_softcapping", None)
 
 
-def _exact_logits(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor, cap) -> torch.Tensor:
-    """float32 logits of the given token ids [N, K] from hidden states [N, D]."""
-    w = head.weight[ids].float()  # [N, K, D]
-    out = torch.einsum("nd,nkd->nk", hidden.float(), w)
+def _exact_logits(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor) -> torch.Tensor:
+    """float32 logits (before any soft-capping) of the given token ids [N, K] from hidden states [N, D]."""
+    out = torch.einsum("nd,nkd->nk", hidden.float(), head.weight[ids].float())
     if head.bias is not None:
         out = out + head.bias[ids].float()
-    return torch.tanh(out / cap) * cap if cap else out
+    return out
 
 
-def score_predictions(hidden, head, targets, cap, rows: int = 256):
-    """Per position: top-1 hit, top-10 hit and loss.
+def _loss(logits, targets, cap):
+    if cap:
+        logits = torch.tanh(logits.float() / cap) * cap
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none").float()
 
-    Ranks come from exact float32 logits of the target and of the best bf16 candidates; the loss is
-    a fused cross-entropy on the model-dtype logits (it accumulates in float32). Rows go in blocks
-    so the logits of a block stay in cache.
+
+def _count_bounds(logits, targets, below, above, cap):
+    """Per row: logits surely above the target's, logits that may be (target excluded), and the loss.
+
+    One read of the block's logits once compiled; eager, the comparisons are slow on a CPU.
     """
+    surely = (logits > above[:, None]).sum(-1)
+    maybe = (logits >= below[:, None]).sum(-1) - (logits.gather(1, targets[:, None])[:, 0] >= below).long()
+    return surely, maybe, _loss(logits, targets, cap)
+
+
+def _candidate_bounds(logits, targets, below, above, cap):
+    """The same bounds from the top candidates only (fast eager); `maybe` is the vocabulary size when
+    the band reaches past the last candidate."""
+    values, ids = logits.topk(CANDIDATES, dim=-1)
+    surely = (values > above[:, None]).sum(-1)
+    maybe = ((values >= below[:, None]) & (ids != targets[:, None])).sum(-1)
+    maybe[values[:, -1] >= below] = logits.shape[-1]
+    return surely, maybe, _loss(logits, targets, cap)
+
+
+fused_count_bounds = Fused(_count_bounds, "the evaluation")
+
+
+@contextmanager
+def _float32_sums(device: torch.device):
+    """cuBLAS may add bf16/fp16 products in reduced precision (split-K); the rank band assumes float32 sums."""
+    if device.type != "cuda":
+        yield
+        return
+    m = torch.backends.cuda.matmul
+    saved = m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
+    m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
+
+
+def score_predictions(hidden, head, targets, cap, rows: int = 256, fused: bool = False):
+    """Per position: top-1 hit, top-10 hit and loss, with ranks as exact as float32 logits.
+
+    The head runs in the model's dtype. A logit there differs from its float32 value by at most
+    eps x |logit| (rounding, with a 2x margin; the bias may add a rounding) + `slack` (float32
+    summation error, bounded through |h| x max|w|). So logits outside a band around the target's
+    exact float32 logit rank surely above or below it, and only the few rows where the band decides
+    top-1 or top-10 get their in-band candidates re-scored in float32. The loss is a cross-entropy on the model-dtype logits
+    (it accumulates in float32). Rows go in blocks so that a block's logits stay in cache.
+    """
+    bounds = fused_count_bounds if fused else _candidate_bounds
+    eps = torch.finfo(head.weight.dtype).eps
+    w_norm = torch.linalg.vector_norm(head.weight, dim=1, dtype=torch.float32).max()
+    b_max = 0.0 if head.bias is None else head.bias.abs().max().float()
     top1, top10, loss = [], [], []
     for start in range(0, len(targets), rows):
         h, t = hidden[start:start + rows], targets[start:start + rows]
-        logits = head(h)
-        if cap:
-            logits = torch.tanh(logits.float() / cap) * cap
-        cand = logits.topk(CANDIDATES, dim=-1).indices
-        exact = _exact_logits(h, head, torch.cat([t[:, None], cand], dim=1), cap)
-        better = ((exact[:, 1:] > exact[:, :1]) & (cand != t[:, None])).sum(-1)
+        with _float32_sums(h.device):
+            logits = head(h)
+        exact = _exact_logits(h, head, t[:, None])[:, 0]
+        slack = hidden.shape[-1] * 2.0 ** -22 * w_norm * torch.linalg.vector_norm(h, dim=1, dtype=torch.float32)
+        band = (eps * (exact.abs() + b_max) + slack) / (1 - eps)
+        below, above = exact - band, exact + band
+        better, maybe, block_loss = bounds(logits, t, below, above, cap)
+        unsure = ((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))
+        if unsure.any():
+            r = unsure.nonzero()[:, 0]
+            k = int((logits[r] >= below[r, None]).sum(-1).max())
+            cand = logits[r].topk(k, dim=-1).indices
+            better[r] = ((_exact_logits(h[r], head, cand) > exact[r, None]) & (cand != t[r, None])).sum(-1)
         top1.append(better == 0)
         top10.append(better < 10)
-        loss.append(torch.nn.functional.cross_entropy(logits, t, reduction="none").float())
+        loss.append(block_loss)
     return torch.cat(top1), torch.cat(top10), torch.cat(loss)
 
 
@@ -120,8 +180,9 @@ def _evaluate(model, tensors, batch_size, skip_ids, progress, score_batch) -> tu
 
 
 @torch.no_grad()
-def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None) -> tuple[Metrics, int]:
-    """Next-token prediction at every position whose next token is real."""
+def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None,
+                    fused: bool = False) -> tuple[Metrics, int]:
+    """Next-token prediction at every position whose next token is real; `fused` compiles the rank counts."""
     head, cap = model.get_output_embeddings(), _softcap(model.config)
     at_head = head.weight.device  # differs from the input's device when the model is sharded
 
@@ -130,7 +191,7 @@ def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, prog
         valid = (mask[:, :-1] * mask[:, 1:]).bool()
         targets = ids[:, 1:][valid].to(at_head)
         top1, top10, loss = score_predictions(hidden[:, :-1][valid.to(hidden.device)].to(at_head), head,
-                                              targets, cap)
+                                              targets, cap, fused=fused)
         return top1, top10, loss, targets
 
     return _evaluate(model, (input_ids, attention_mask), batch_size, skip_ids, progress, score_batch)

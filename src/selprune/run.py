@@ -112,7 +112,7 @@ class Run:
                                                      self.batch_size, d.skip_ids, bar)
             else:
                 m, self.batch_size = evaluate_causal(self.model, d.eval_ids, d.eval_mask, self.batch_size,
-                                                     d.skip_ids, bar)
+                                                     d.skip_ids, bar, fused=self.config.compile)
         return m
 
     def importance(self, d: Dataset) -> torch.Tensor:
