@@ -108,7 +108,7 @@ def main() -> None:
 
     def evaluation():
         for ids in data.values():
-            evaluate_causal(model, ids[1], mask, batch, skip)
+            evaluate_causal(model, ids[1], mask, batch, skip, fused=args.compile)
 
     pruned = torch.zeros(view.layers, view.size, dtype=torch.bool)
     per_step = round(0.02 * view.total)

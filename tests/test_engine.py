@@ -8,7 +8,7 @@ import torch
 
 from selprune.arch import NeuronGroup
 from selprune import evaluate as evaluate_module
-from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens, score_predictions
+from selprune.evaluate import Head, evaluate_causal, evaluate_masked, frequent_tokens, score_predictions
 from selprune.scoring import importance, random_scores, scores, select
 from selprune import stats as stats_module
 from selprune.stats import NEEDS, Stats, collect, reduce_batch
@@ -167,7 +167,8 @@ def test_bf16_ranks_equal_exact_ranks(arch, scale, fused):
     ids[:, 1::3] = 7
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1].reshape(-1, 16)
     targets = ids[:, 1:].reshape(-1)
-    top1, top10, loss = score_predictions(hidden, head, targets, cap, rows=7, fused=fused)
+    assert Head(model).cap == cap
+    top1, top10, loss = score_predictions(hidden, Head(model), targets, rows=7, fused=fused)
     exact = hidden.double() @ head.weight.double().T
     if head.bias is not None:
         exact += head.bias.double()

@@ -9,6 +9,7 @@ from transformers import AutoModelForCausalLM
 
 from selprune import run as run_module
 from selprune.config import RunConfig
+from selprune.errors import UserError
 from selprune.models import load_model
 from selprune.pruning import PrunedRecord
 from tiny import TEXT, save_tiny
@@ -169,3 +170,11 @@ def test_device_map_auto_gives_the_same_run(finished, llama, data, tmp_path):
     out = run_module.run(tiny_config(llama, data, tmp_path / "mapped", device_map="auto"), quiet=True)
     assert (out / "pruned.json").read_text() == (finished / "pruned.json").read_text()
     assert read_metrics(out) == read_metrics(finished)
+
+
+def test_offloaded_weights_are_refused(llama):
+    """accelerate reloads offloaded weights for every forward: zeroing them would silently prune nothing."""
+    device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
+                  "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
+    with pytest.raises(UserError, match="offloaded .* model.layers.1"):
+        load_model(str(llama), device_map=device_map)

@@ -65,17 +65,34 @@ def frequent_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, k: in
     return torch.sort(counts, descending=True, stable=True).indices[:k]
 
 
-def _softcap(config):
-    cfg = getattr(config, "text_config", None) or config
-    return getattr(cfg, "final_logit_softcapping", None)
+class Head:
+    """The output layer with what exact ranks need: its soft-cap and the constants of the rounding band."""
 
+    def __init__(self, model):
+        self.linear = model.get_output_embeddings()
+        config = getattr(model.config, "text_config", None) or model.config
+        self.cap = getattr(config, "final_logit_softcapping", None)
+        w = self.linear.weight
+        self.eps = torch.finfo(w.dtype).eps
+        self.w_norm = torch.linalg.vector_norm(w, dim=1, dtype=torch.float32).max()
+        self.b_max = 0.0 if self.linear.bias is None else self.linear.bias.abs().max().float()
 
-def _exact_logits(hidden: torch.Tensor, head: torch.nn.Linear, ids: torch.Tensor) -> torch.Tensor:
-    """float32 logits (before any soft-capping) of the given token ids [N, K] from hidden states [N, D]."""
-    out = torch.einsum("nd,nkd->nk", hidden.float(), head.weight[ids].float())
-    if head.bias is not None:
-        out = out + head.bias[ids].float()
-    return out
+    def exact(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """float32 logits (before any soft-capping) of token ids [N, K] from hidden states [N, D]."""
+        out = torch.einsum("nd,nkd->nk", hidden.float(), self.linear.weight[ids].float())
+        if self.linear.bias is not None:
+            out = out + self.linear.bias[ids].float()
+        return out
+
+    def band(self, hidden: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+        """Half-width around an exact logit beyond which a model-dtype logit ranks surely above or below it.
+
+        A model-dtype logit is off its float32 value by at most eps x |logit| (rounding, 2x margin; the
+        bias may add one more) + the float32 summation error, at most D 2^-23 |h| max|w| (2x margin).
+        """
+        slack = hidden.shape[-1] * 2.0 ** -22 * self.w_norm * torch.linalg.vector_norm(hidden, dim=1,
+                                                                                       dtype=torch.float32)
+        return (self.eps * (exact.abs() + self.b_max) + slack) / (1 - self.eps)
 
 
 def _loss(logits, targets, cap):
@@ -122,36 +139,28 @@ def _float32_sums(device: torch.device):
         m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
 
 
-def score_predictions(hidden, head, targets, cap, rows: int = 256, fused: bool = False):
+def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool = False):
     """Per position: top-1 hit, top-10 hit and loss, with ranks as exact as float32 logits.
 
-    The head runs in the model's dtype. A logit there differs from its float32 value by at most
-    eps x |logit| (rounding, with a 2x margin; the bias may add a rounding) + `slack` (float32
-    summation error, bounded through |h| x max|w|). So logits outside a band around the target's
-    exact float32 logit rank surely above or below it, and only the few rows where the band decides
-    top-1 or top-10 get their in-band candidates re-scored in float32. The loss is a cross-entropy on the model-dtype logits
-    (it accumulates in float32). Rows go in blocks so that a block's logits stay in cache.
+    The head runs in the model's dtype; logits outside Head.band of the target's exact float32 logit rank
+    surely above or below it, and only the few rows where the band decides top-1 or top-10 get their
+    in-band candidates re-scored in float32. The loss is a cross-entropy on the model-dtype logits (it
+    accumulates in float32). Rows go in blocks so that a block's logits stay in cache.
     """
     bounds = fused_count_bounds if fused else _candidate_bounds
-    eps = torch.finfo(head.weight.dtype).eps
-    w_norm = torch.linalg.vector_norm(head.weight, dim=1, dtype=torch.float32).max()
-    b_max = 0.0 if head.bias is None else head.bias.abs().max().float()
     top1, top10, loss = [], [], []
     for start in range(0, len(targets), rows):
         h, t = hidden[start:start + rows], targets[start:start + rows]
         with _float32_sums(h.device):
-            logits = head(h)
-        exact = _exact_logits(h, head, t[:, None])[:, 0]
-        slack = hidden.shape[-1] * 2.0 ** -22 * w_norm * torch.linalg.vector_norm(h, dim=1, dtype=torch.float32)
-        band = (eps * (exact.abs() + b_max) + slack) / (1 - eps)
-        below, above = exact - band, exact + band
-        better, maybe, block_loss = bounds(logits, t, below, above, cap)
+            logits = head.linear(h)
+        exact = head.exact(h, t[:, None])[:, 0]
+        band = head.band(h, exact)
+        better, maybe, block_loss = bounds(logits, t, exact - band, exact + band, head.cap)
         unsure = ((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))
-        if unsure.any():
+        if unsure.any():  # in-band logits are the maybe (+ the target) best: re-score them exactly
             r = unsure.nonzero()[:, 0]
-            k = int((logits[r] >= below[r, None]).sum(-1).max())
-            cand = logits[r].topk(k, dim=-1).indices
-            better[r] = ((_exact_logits(h[r], head, cand) > exact[r, None]) & (cand != t[r, None])).sum(-1)
+            cand = logits[r].topk(min(int(maybe[r].max()) + 1, logits.shape[-1]), dim=-1).indices
+            better[r] = ((head.exact(h[r], cand) > exact[r, None]) & (cand != t[r, None])).sum(-1)
         top1.append(better == 0)
         top10.append(better < 10)
         loss.append(block_loss)
@@ -183,15 +192,15 @@ def _evaluate(model, tensors, batch_size, skip_ids, progress, score_batch) -> tu
 def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None,
                     fused: bool = False) -> tuple[Metrics, int]:
     """Next-token prediction at every position whose next token is real; `fused` compiles the rank counts."""
-    head, cap = model.get_output_embeddings(), _softcap(model.config)
-    at_head = head.weight.device  # differs from the input's device when the model is sharded
+    head = Head(model)
+    at_head = head.linear.weight.device  # differs from the input's device when the model is sharded
 
     def score_batch(ids, mask):
         hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
         valid = (mask[:, :-1] * mask[:, 1:]).bool()
         targets = ids[:, 1:][valid].to(at_head)
         top1, top10, loss = score_predictions(hidden[:, :-1][valid.to(hidden.device)].to(at_head), head,
-                                              targets, cap, fused=fused)
+                                              targets, fused=fused)
         return top1, top10, loss, targets
 
     return _evaluate(model, (input_ids, attention_mask), batch_size, skip_ids, progress, score_batch)

@@ -227,11 +227,23 @@ def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = 
         raise UserError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
     if device_map is None:
         model.to(dev)
+    else:
+        _refuse_offloading(model, spec)
     model.eval()
     model.requires_grad_(False)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _refuse_offloading(model, spec: str) -> None:
+    """accelerate keeps what it offloads (to the CPU from a GPU, or to disk) outside the module and reloads it
+    for every forward, so zeroed weights would not stay zeroed: pruning must see every weight in place."""
+    offloaded = [name for name, p in model.named_parameters() if p.device.type == "meta"]
+    if offloaded:
+        raise UserError(f"model {spec!r} does not fit on the devices: accelerate offloaded {len(offloaded)} "
+                        f"weights (first: {offloaded[0]}), and pruning cannot zero offloaded weights; "
+                        "use more or larger GPUs, or --dtype bfloat16")
 
 
 def _first_line(exc: Exception) -> str:
