@@ -18,7 +18,6 @@ import statistics
 import time
 
 import torch
-from transformers import AutoModelForCausalLM, OPTConfig
 
 from selprune.arch import NeuronGroup
 from selprune.batching import auto_batch_size
@@ -26,13 +25,7 @@ from selprune.evaluate import evaluate_causal
 from selprune.pruning import apply
 from selprune.scoring import importance, scores, select
 from selprune.stats import collect
-
-SHAPES = {  # facebook/opt-* configs: hidden, layers, heads, ffn
-    "1.3b": dict(hidden_size=2048, num_hidden_layers=24, num_attention_heads=32, ffn_dim=8192),
-    "6.7b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, ffn_dim=16384),
-    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, ffn_dim=256),
-}
-
+from shapes import SHAPES, opt_model, random_chunks
 
 def sync(device):
     if device.type == "cuda":
@@ -68,23 +61,15 @@ def main() -> None:
         args.shape, args.tokens, args.chunk_len, args.steps = "tiny", 2048, 128, 3
 
     device = torch.device(args.device)
-    dtype = torch.bfloat16
-    config = OPTConfig(vocab_size=50272, max_position_embeddings=2048, word_embed_proj_dim=SHAPES[args.shape]
-                       ["hidden_size"], **SHAPES[args.shape])
-    config._attn_implementation = args.attn
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model.eval().requires_grad_(False)
+    model = opt_model(args.shape, device, attn=args.attn)
     body = sum(m.weight.numel() for m in model.base_model.modules() if isinstance(m, torch.nn.Linear))
     head = model.get_output_embeddings().weight.numel()
     view = NeuronGroup(model, "ff")
     batch = args.batch_size or auto_batch_size(model, args.chunk_len, device)
 
     n_chunks = -(-args.tokens // args.chunk_len)
-    gen = torch.Generator().manual_seed(0)
-    data = {role: torch.randint(0, config.vocab_size, (2, n_chunks, args.chunk_len), generator=gen)
-            for role in ("forget", "retain")}  # [score | eval] chunks per dataset
+    data = {role: torch.stack([random_chunks(n_chunks, args.chunk_len, seed + 2 * i) for i in range(2)])
+            for seed, role in enumerate(("forget", "retain"))}  # [score | eval] chunks per dataset
     mask = torch.ones(n_chunks, args.chunk_len, dtype=torch.long)
     tokens = 2 * n_chunks * args.chunk_len  # per pass over both datasets
     skip = torch.arange(50)
