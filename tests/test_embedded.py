@@ -5,7 +5,7 @@ import torch
 
 from selprune import models
 from selprune.data import load_documents, make_splits
-from selprune.evaluate import evaluate_causal
+from selprune.evaluate import Head, evaluate_causal, score_predictions
 
 pytestmark = pytest.mark.slow
 
@@ -38,3 +38,22 @@ def test_predicts_english_and_python_well_above_chance(embedded, dataset, floor)
                                  torch.empty(0, dtype=torch.long))
     assert metrics.top1 > floor, metrics
     assert metrics.perplexity < 60, metrics
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+def test_bf16_ranks_equal_a_float32_head(embedded, fused):
+    """On real bf16 hidden states, the band decides exactly as a float32 head would, ties included."""
+    model, tokenizer = embedded
+    splits = make_splits(load_documents("code"), tokenizer, chunk_len=256, score_tokens=256,
+                         eval_tokens=1024, seed=0)
+    ids, mask = splits.eval.input_ids, splits.eval.attention_mask
+    with torch.no_grad():
+        hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state
+        valid = (mask[:, :-1] * mask[:, 1:]).bool()
+        hidden, targets = hidden[:, :-1][valid], ids[:, 1:][valid]
+        top1, top10, loss = score_predictions(hidden, Head(model), targets, fused=fused)
+        exact = hidden.float() @ model.get_output_embeddings().weight.float().T
+    rank = (exact > exact.gather(1, targets[:, None])).sum(1)
+    assert torch.equal(top1, rank == 0) and torch.equal(top10, rank < 10)
+    reference = torch.logsumexp(exact, 1) - exact.gather(1, targets[:, None])[:, 0]
+    torch.testing.assert_close(loss.mean(), reference.mean(), rtol=1e-3, atol=0)
