@@ -1,0 +1,63 @@
+"""What scoring predictions costs on top of the language-model head, per way of deciding ranks.
+
+    .venv/bin/python bench/eval_cost.py [--tokens 4096] [--repeats 7]
+
+On the embedded model's real final hidden states (`prose`), timed in turns, medians:
+  head only   the bf16 head over every position (what a plain full forward also pays)
+  compiled    selprune's evaluation: the head + rank band counted in one compiled pass + loss
+  eager       the same without torch.compile (rank bounds from the top-16 candidates)
+and how many top-1 / top-10 decisions differ from a float32 head (should be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from selprune.data import load_documents, make_splits
+from selprune.evaluate import Head, score_predictions
+from selprune.models import load_model
+
+
+@torch.no_grad()
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--tokens", type=int, default=4096)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    model, tok = load_model("smollm2-135m")
+    split = make_splits(load_documents("prose"), tok, chunk_len=512, score_tokens=512, eval_tokens=args.tokens)
+    ids, mask = split.eval.input_ids, split.eval.attention_mask
+    valid = (mask[:, :-1] * mask[:, 1:]).bool()
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1][valid]
+    targets = ids[:, 1:][valid]
+    head = Head(model)
+
+    ways = {"head only": lambda: [head.linear(hidden[s:s + 256]) for s in range(0, len(hidden), 256)],
+            "compiled": lambda: score_predictions(hidden, head, targets, fused=True),
+            "eager": lambda: score_predictions(hidden, head, targets, fused=False)}
+    results = {name: fn() for name, fn in ways.items()}  # warm-up (compiles)
+    times = {name: [] for name in ways}
+    for _ in range(args.repeats):
+        for name, fn in ways.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+
+    exact = hidden.float() @ head.linear.weight.float().T
+    rank = (exact > exact.gather(1, targets[:, None])).sum(1)
+    base = statistics.median(times["head only"])
+    print(f"# {len(targets)} positions of prose, {model.dtype}, {torch.get_num_threads()} threads, "
+          f"median of {args.repeats}, interleaved")
+    print("| way | seconds | over the head | top-1 / top-10 differences from a float32 head |\n|---|---|---|---|")
+    for name, ts in times.items():
+        diff = "" if name == "head only" else (f"{int(((rank == 0) != results[name][0]).sum())} / "
+                                               f"{int(((rank < 10) != results[name][1]).sum())}")
+        print(f"| {name} | {statistics.median(ts):.3f} | {statistics.median(ts) / base:.2f}x | {diff} |")
+
+
+if __name__ == "__main__":
+    main()
