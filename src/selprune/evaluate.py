@@ -155,11 +155,13 @@ def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool 
             logits = head.linear(h)
         exact = head.exact(h, t[:, None])[:, 0]
         band = head.band(h, exact)
-        better, maybe, block_loss = bounds(logits, t, exact - band, exact + band, head.cap)
+        below, above = exact - band, exact + band
+        better, maybe, block_loss = bounds(logits, t, below, above, head.cap)
         unsure = ((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))
-        if unsure.any():  # in-band logits are the maybe (+ the target) best: re-score them exactly
+        if unsure.any():  # the logits at or above the band's floor are the row's best: re-score them exactly
             r = unsure.nonzero()[:, 0]
-            cand = logits[r].topk(min(int(maybe[r].max()) + 1, logits.shape[-1]), dim=-1).indices
+            near = logits[r]
+            cand = near.topk(int((near >= below[r, None]).sum(-1).max()), dim=-1).indices
             better[r] = ((head.exact(h[r], cand) > exact[r, None]) & (cand != t[r, None])).sum(-1)
         top1.append(better == 0)
         top10.append(better < 10)
