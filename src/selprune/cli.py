@@ -45,8 +45,9 @@ def _run_parser(sub) -> None:
     p.add_argument("--seed", type=int, help=f"seed for splits, masking and the random scorer (default {d.seed})")
     p.add_argument("--batch-size", type=int, help="chunks per batch (default: automatic)")
     p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
-                   help="collect statistics without torch.compile (it costs ~30 s once, then saves ~25%% "
-                   "of each scoring pass on CPU)")
+                   help="no torch.compile of the statistics and the evaluation's rank counts (compiling "
+                   "costs ~30 s once; on CPU it then saves ~25%% of each scoring pass and ~10%% of each "
+                   "evaluation pass)")
     p.add_argument("--dtype", help="auto (bf16 where native), float32, bfloat16 or float16")
     p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--device-map", help="auto: shard a model too large for one device (accelerate)")

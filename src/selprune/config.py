@@ -43,7 +43,7 @@ class RunConfig:
     skip_top_tokens: int = 50  # the "skip" metrics ignore the dataset's most frequent targets
     seed: int = 0
     batch_size: int = 0  # chunks per batch; 0 = automatic
-    compile: bool = True  # fuse the statistics reductions with torch.compile (falls back to eager)
+    compile: bool = True  # fuse the statistics and evaluation reductions with torch.compile (else eager)
     dtype: str = "auto"
     device: str = "auto"
     device_map: str = ""  # "auto": shard a model too large for one device with accelerate
