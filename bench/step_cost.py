@@ -2,13 +2,14 @@
 
     .venv/bin/python bench/step_cost.py [--tokens 8192] [--repeats 5] [--dtype auto] [--no-compile]
 
-Times (medians over repeats), on forget=code and retain=prose chunks of the same size:
+Times (medians over interleaved rounds), on forget=code and retain=prose chunks of the same size:
   plain base forward   the model without its head over both datasets' scoring chunks (the floor of scoring)
   plain full forward   the whole model, logits included, over both datasets' evaluation chunks
   scoring pass         statistics hooks on, both datasets
   evaluation pass      accuracy/loss with exact fp32 re-scoring of candidates, both datasets
   whole step           scoring + selection + pruning + evaluation, through the real run loop
-and prints the ratios that docs/PERFORMANCE.md records.
+and prints the ratios that docs/PERFORMANCE.md records: for each, the median over rounds of the ratio
+within a round, and the range over rounds.
 """
 
 from __future__ import annotations
@@ -31,17 +32,27 @@ from selprune.run import Run
 from selprune.scoring import select
 
 
-def interleaved(passes: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each pass, timed in turns so that drifts of a shared machine hit all alike."""
+def interleaved(passes: dict, repeats: int) -> list[dict[str, float]]:
+    """Seconds of each pass per round. Passes run in turns, in reverse order every other round, so that
+    the drifts of a shared machine and the order of the turns hit all alike."""
     for fn in passes.values():
         fn()  # warm-up: first calls allocate, pick kernels and compile
-    times = {name: [] for name in passes}
-    for _ in range(repeats):
-        for name, fn in passes.items():
+    rounds = []
+    for r in range(repeats):
+        names = list(passes) if r % 2 == 0 else list(reversed(passes))
+        times = {}
+        for name in names:
             t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+            passes[name]()
+            times[name] = time.perf_counter() - t0
+        rounds.append(times)
+    return rounds
+
+
+def ratio(rounds: list[dict[str, float]], num: str, *den: str) -> str:
+    """Median over rounds of the ratio within each round (pairs passes timed a minute apart), and its range."""
+    values = sorted(r[num] / sum(r[d] for d in den) for r in rounds)
+    return f"{statistics.median(values):.3f}  (rounds: {values[0]:.3f} to {values[-1]:.3f})"
 
 
 @torch.no_grad()
@@ -97,27 +108,27 @@ def main() -> None:
             for d in data:
                 run.evaluate(d)
 
-        t = interleaved({"plain base forward": base_forward, "plain full forward": full_forward,
-                         "scoring pass": scoring, "evaluation pass": evaluation, "whole step": step},
-                        args.repeats)
+        rounds = interleaved({"plain base forward": base_forward, "plain full forward": full_forward,
+                              "scoring pass": scoring, "evaluation pass": evaluation, "whole step": step},
+                             args.repeats)
 
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     tokens = 2 * args.tokens
     print(f"# step cost: {args.model} {model.dtype} group={args.group}, {tokens} scoring + {tokens} evaluation "
           f"tokens (2 datasets), chunks of {args.chunk_len}, batch {batch}, compile={args.compile}, "
-          f"median of {args.repeats}, interleaved")
+          f"medians of {args.repeats} interleaved rounds")
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, commit {commit}")
     print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")
     print("| pass | seconds | tokens/s |")
     print("|---|---|---|")
-    for name, sec in t.items():
+    for name in rounds[0]:
+        sec = statistics.median(r[name] for r in rounds)
         n = tokens * (2 if name == "whole step" else 1)
         print(f"| {name} | {sec:.2f} | {n / sec:,.0f} |")
-    floor = t["plain base forward"] + t["plain full forward"]
-    print(f"\nscoring / plain base forward      = {t['scoring pass'] / t['plain base forward']:.3f}")
-    print(f"evaluation / plain full forward   = {t['evaluation pass'] / t['plain full forward']:.3f}")
-    print(f"whole step / (base + full)        = {t['whole step'] / floor:.3f}")
+    print(f"\nscoring / plain base forward      = {ratio(rounds, 'scoring pass', 'plain base forward')}")
+    print(f"evaluation / plain full forward   = {ratio(rounds, 'evaluation pass', 'plain full forward')}")
+    print(f"whole step / (base + full)        = {ratio(rounds, 'whole step', 'plain base forward', 'plain full forward')}")
     print(f"peak resident memory              = {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB")
 
 
