@@ -18,6 +18,7 @@ import sys
 
 import torch
 
+from selprune.allocator import keep_freed_memory
 from selprune.arch import NeuronGroup
 from selprune.data import load_documents, make_splits
 from selprune.evaluate import evaluate_causal
@@ -31,6 +32,7 @@ def rss_mib() -> float:
 
 
 def measure(model_spec: str, shape: str | None, tokens: int, batch: int) -> dict:
+    keep_freed_memory()  # as `selprune run` does
     if shape:
         model = opt_model(shape, "cpu")
         loaded = rss_mib()

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from selprune.allocator import keep_freed_memory
 from selprune.config import RunConfig
 from selprune.pruning import apply
 from selprune.run import Run
@@ -75,6 +76,7 @@ def main() -> None:
     p.add_argument("--group", default="ff")
     p.add_argument("--no-compile", dest="compile", action="store_false")
     args = p.parse_args()
+    keep_freed_memory()  # as `selprune run` does
 
     with tempfile.TemporaryDirectory() as tmp:
         config = RunConfig(model=args.model, score_tokens=args.tokens, eval_tokens=args.tokens,

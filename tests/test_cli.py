@@ -1,10 +1,12 @@
 """The command line: listings, and bad input as one clear line with exit status 2."""
 
 import json
+import platform
 
 import pytest
 
 from selprune import __version__
+from selprune.allocator import keep_freed_memory
 from selprune.arch import ARCHITECTURES
 from selprune.cli import main
 
@@ -83,3 +85,9 @@ def test_existing_output_folder_is_not_overwritten(capsys, tmp_path):
 def test_resume_of_nothing(capsys, tmp_path):
     code, _, err = run_cli(capsys, "run", "--resume", "--output", str(tmp_path / "none"))
     one_error_line(code, err, "nothing to resume")
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
+def test_allocator_tuning_takes_on_glibc():
+    """`selprune run` keeps freed CPU memory mapped (bench/allocator.py: no page faults per forward)."""
+    assert keep_freed_memory()

@@ -77,8 +77,10 @@ def config_from_args(args) -> RunConfig:
 
 
 def cmd_run(args) -> None:
+    from .allocator import keep_freed_memory
     from .run import run
 
+    keep_freed_memory()
     run(config_from_args(args), resume=args.resume, quiet=args.quiet)
 
 
