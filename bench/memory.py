@@ -5,7 +5,9 @@
 
 Each budget runs in a fresh process: load the model, one scoring pass and one evaluation pass on
 `code` (or on random token ids with --shape); it prints the resident memory (ru_maxrss) after
-loading and at the peak, so the difference is what the passes added.
+loading and at the peak, so the difference is what the passes added. glibc keeps its default
+thresholds here (unlike `selprune run`, see bench/allocator.py): with freed memory kept, the passes
+reuse what loading freed and the difference would read 0.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import sys
 
 import torch
 
-from selprune.allocator import keep_freed_memory
 from selprune.arch import NeuronGroup
 from selprune.data import load_documents, make_splits
 from selprune.evaluate import evaluate_causal
@@ -32,7 +33,6 @@ def rss_mib() -> float:
 
 
 def measure(model_spec: str, shape: str | None, tokens: int, batch: int) -> dict:
-    keep_freed_memory()  # as `selprune run` does
     if shape:
         model = opt_model(shape, "cpu")
         loaded = rss_mib()
