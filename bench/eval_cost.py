@@ -12,14 +12,13 @@ and how many top-1 / top-10 decisions differ from a float32 head (should be 0).
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from selprune.data import load_documents, make_splits
 from selprune.evaluate import Head, score_predictions
 from selprune.models import load_model
+from timing import interleaved, median
 
 
 @torch.no_grad()
@@ -39,24 +38,20 @@ def main() -> None:
     ways = {"head only": lambda: [head.linear(hidden[s:s + 256]) for s in range(0, len(hidden), 256)],
             "compiled": lambda: score_predictions(hidden, head, targets, fused=True),
             "eager": lambda: score_predictions(hidden, head, targets, fused=False)}
-    results = {name: fn() for name, fn in ways.items()}  # warm-up (compiles)
-    times = {name: [] for name in ways}
-    for _ in range(args.repeats):
-        for name, fn in ways.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
+    rounds = interleaved(ways, args.repeats)
+    results = {name: fn() for name, fn in ways.items()}
 
     exact = hidden.float() @ head.linear.weight.float().T
     rank = (exact > exact.gather(1, targets[:, None])).sum(1)
-    base = statistics.median(times["head only"])
+    base = median(rounds, "head only")
     print(f"# {len(targets)} positions of prose, {model.dtype}, {torch.get_num_threads()} threads, "
-          f"median of {args.repeats}, interleaved")
+          f"median of {args.repeats} interleaved rounds")
     print("| way | seconds | over the head | top-1 / top-10 differences from a float32 head |\n|---|---|---|---|")
-    for name, ts in times.items():
+    for name in ways:
+        sec = median(rounds, name)
         diff = "" if name == "head only" else (f"{int(((rank == 0) != results[name][0]).sum())} / "
                                                f"{int(((rank < 10) != results[name][1]).sum())}")
-        print(f"| {name} | {statistics.median(ts):.3f} | {statistics.median(ts) / base:.2f}x | {diff} |")
+        print(f"| {name} | {sec:.3f} | {sec / base:.2f}x | {diff} |")
 
 
 if __name__ == "__main__":

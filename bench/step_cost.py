@@ -21,7 +21,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
@@ -31,23 +30,7 @@ from selprune.config import RunConfig
 from selprune.pruning import apply
 from selprune.run import Run
 from selprune.scoring import select
-
-
-def interleaved(passes: dict, repeats: int) -> list[dict[str, float]]:
-    """Seconds of each pass per round. Passes run in turns, in reverse order every other round, so that
-    the drifts of a shared machine and the order of the turns hit all alike."""
-    for fn in passes.values():
-        fn()  # warm-up: first calls allocate, pick kernels and compile
-    rounds = []
-    for r in range(repeats):
-        names = list(passes) if r % 2 == 0 else list(reversed(passes))
-        times = {}
-        for name in names:
-            t0 = time.perf_counter()
-            passes[name]()
-            times[name] = time.perf_counter() - t0
-        rounds.append(times)
-    return rounds
+from timing import interleaved, median
 
 
 def ratio(rounds: list[dict[str, float]], num: str, *den: str) -> str:
@@ -125,7 +108,7 @@ def main() -> None:
     print("| pass | seconds | tokens/s |")
     print("|---|---|---|")
     for name in rounds[0]:
-        sec = statistics.median(r[name] for r in rounds)
+        sec = median(rounds, name)
         n = tokens * (2 if name == "whole step" else 1)
         print(f"| {name} | {sec:.2f} | {n / sec:,.0f} |")
     print(f"\nscoring / plain base forward      = {ratio(rounds, 'scoring pass', 'plain base forward')}")

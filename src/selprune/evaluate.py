@@ -192,9 +192,12 @@ def _evaluate(model, tensors, batch_size, skip_ids, progress, score_batch) -> tu
 
 @torch.no_grad()
 def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None,
-                    fused: bool = False) -> tuple[Metrics, int]:
-    """Next-token prediction at every position whose next token is real; `fused` compiles the rank counts."""
-    head = Head(model)
+                    fused: bool = False, head: Head | None = None) -> tuple[Metrics, int]:
+    """Next-token prediction at every position whose next token is real; `fused` compiles the rank counts.
+
+    Pruning never touches the head, so a caller that evaluates repeatedly can pass one Head built once.
+    """
+    head = head or Head(model)
     at_head = head.linear.weight.device  # differs from the input's device when the model is sharded
 
     def score_batch(ids, mask):

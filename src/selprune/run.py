@@ -24,7 +24,7 @@ from .batching import auto_batch_size
 from .config import RunConfig
 from .data import load_documents, make_splits, mask_for_mlm
 from .errors import UserError
-from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
+from .evaluate import Head, Metrics, evaluate_causal, evaluate_masked, frequent_tokens
 from .models import load_model
 from .pruning import PrunedRecord, apply
 from .scoring import importance, random_scores, scores, select
@@ -83,6 +83,7 @@ class Run:
                                                 trust_remote_code=c.trust_remote_code,
                                                 device_map=c.device_map or None)
         self.masked_lm = architecture_of(self.model.config).masked_lm
+        self.head = None if self.masked_lm else Head(self.model)  # its band constants, once per run
         self.view = NeuronGroup(self.model, c.group)
         self.device = next(self.model.parameters()).device
         self.batch_size = c.batch_size or auto_batch_size(self.model, c.chunk_len, self.device)
@@ -112,7 +113,7 @@ class Run:
                                                      self.batch_size, d.skip_ids, bar)
             else:
                 m, self.batch_size = evaluate_causal(self.model, d.eval_ids, d.eval_mask, self.batch_size,
-                                                     d.skip_ids, bar, fused=self.config.compile)
+                                                     d.skip_ids, bar, self.config.compile, self.head)
         return m
 
     def importance(self, d: Dataset) -> torch.Tensor:
