@@ -8,7 +8,6 @@ import sys
 
 import pytest
 
-from tiny import TEXT, save_tiny
 
 
 def free_port() -> int:
@@ -32,12 +31,9 @@ def metrics(folder):
 
 
 @pytest.mark.parametrize("group", ["ff", "attn-value"])
-def test_two_processes_prune_the_same_neurons_as_one(tmp_path, group):
-    model = save_tiny("llama", tmp_path / "model")
-    for name, text in (("forget", TEXT[:160]), ("retain", TEXT[160:])):
-        (tmp_path / name).mkdir()
-        for i in range(5):  # an odd number of chunks: the two shards differ in size
-            (tmp_path / name / f"{i}.txt").write_text(text * 3 + str(i))
+def test_two_processes_prune_the_same_neurons_as_one(tmp_path, group, tiny_llama, make_datasets):
+    model = tiny_llama
+    make_datasets(tmp_path, documents=5)  # an odd number of chunks: the two shards differ in size
     common = ["run", "--model", str(model), "--forget", str(tmp_path / "forget"), "--retain",
               str(tmp_path / "retain"), "--group", group, "--steps", "3", "--fraction", "0.1",
               "--score-tokens", "330", "--eval-tokens", "200", "--chunk-len", "32", "--batch-size", "2",

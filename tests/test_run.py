@@ -12,40 +12,14 @@ from selprune.config import RunConfig
 from selprune.errors import UserError
 from selprune.models import load_model
 from selprune.pruning import PrunedRecord
-from tiny import TEXT, save_tiny
 
-STEPS = 3
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """Two small 'datasets' of different text, a few documents each."""
-    root = tmp_path_factory.mktemp("data")
-    for name, text in (("forget", TEXT[:160]), ("retain", TEXT[160:])):
-        folder = root / name
-        folder.mkdir()
-        for i in range(6):
-            (folder / f"doc{i}.txt").write_text(text * 3 + f" {i}")
-    return root
-
-
-def tiny_config(folder, data, out, **kw) -> RunConfig:
-    settings = dict(model=str(folder), forget=str(data / "forget"), retain=str(data / "retain"),
-                    steps=STEPS, fraction=0.1, score_tokens=300, eval_tokens=200, chunk_len=32,
-                    batch_size=3, output=str(out), dtype="float32", skip_top_tokens=5, compile=False)
-    settings.update(kw)
-    return RunConfig(**settings)
+STEPS = 3  # as conftest's tiny_config
 
 
 @pytest.fixture(scope="module")
-def llama(tmp_path_factory):
-    return save_tiny("llama", tmp_path_factory.mktemp("llama"))
-
-
-@pytest.fixture(scope="module")
-def finished(llama, data, tmp_path_factory):
+def finished(tiny_config, tmp_path_factory):
     out = tmp_path_factory.mktemp("runs") / "full"
-    run_module.run(tiny_config(llama, data, out, save_model=True), quiet=True)
+    run_module.run(tiny_config(out, save_model=True), quiet=True)
     return out
 
 
@@ -77,9 +51,9 @@ def test_each_step_prunes_exactly_the_budget_and_never_twice(finished):
     assert int(rows[-1]["neurons_pruned"]) == len(seen)
 
 
-def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finished, llama):
+def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finished, tiny_llama):
     reloaded = AutoModelForCausalLM.from_pretrained(finished / "model").eval()
-    model, _ = load_model(str(llama), dtype="float32")
+    model, _ = load_model(str(tiny_llama), dtype="float32")
     record = PrunedRecord.from_json(json.loads((finished / "pruned.json").read_text()))
     from selprune.arch import NeuronGroup
     from selprune.pruning import apply
@@ -88,7 +62,7 @@ def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finishe
     ids = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
-        base, _ = load_model(str(llama), dtype="float32")
+        base, _ = load_model(str(tiny_llama), dtype="float32")
         assert not torch.equal(base(ids).logits, model(ids).logits)
 
 
@@ -97,9 +71,9 @@ class Crash(Exception):
 
 
 @pytest.mark.parametrize("crash_at", ["select", "metrics"])
-def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, llama, data, tmp_path, monkeypatch, crash_at):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, tiny_config, tmp_path, monkeypatch, crash_at):
     out = tmp_path / "crashed"
-    config = tiny_config(llama, data, out, save_model=True)
+    config = tiny_config(out, save_model=True)
     calls = {"n": 0}
     if crash_at == "select":  # killed while scoring step 2
         real = run_module.select
@@ -134,47 +108,47 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, llama, data,
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
 
 
-def test_finished_run_is_not_redone(finished, llama, data, monkeypatch):
+def test_finished_run_is_not_redone(finished, tiny_config, monkeypatch):
     def fail(*args, **kw):
         raise AssertionError("a finished run pruned again")
 
     monkeypatch.setattr(run_module, "select", fail)
     before = (finished / "metrics.csv").read_text()
-    run_module.run(tiny_config(llama, data, finished, save_model=True), resume=True, quiet=True)
+    run_module.run(tiny_config(finished, save_model=True), resume=True, quiet=True)
     assert (finished / "metrics.csv").read_text() == before
 
 
-def test_resume_with_other_settings_is_refused(finished, llama, data):
+def test_resume_with_other_settings_is_refused(finished, tiny_config):
     from selprune.errors import UserError
 
     with pytest.raises(UserError, match="different settings.*steps"):
-        run_module.run(tiny_config(llama, data, finished, steps=2), resume=True, quiet=True)
+        run_module.run(tiny_config(finished, steps=2), resume=True, quiet=True)
 
 
 @pytest.mark.parametrize("group", ["attn-value", "attn-head"])
-def test_attention_groups_and_random_scorer_run(llama, data, tmp_path, group):
-    out = run_module.run(tiny_config(llama, data, tmp_path / group, group=group, scorer="random", steps=2),
+def test_attention_groups_and_random_scorer_run(tiny_config, tmp_path, group):
+    out = run_module.run(tiny_config(tmp_path / group, group=group, scorer="random", steps=2),
                          quiet=True)
     assert len(read_metrics(out)) == 6
 
 
-def test_masked_lm_run(data, tmp_path):
+def test_masked_lm_run(tiny_config, tmp_path, save_tiny):
     folder = save_tiny("roberta", tmp_path / "roberta")
-    out = run_module.run(tiny_config(folder, data, tmp_path / "mlm", steps=1), quiet=True)
+    out = run_module.run(tiny_config(tmp_path / "mlm", model=str(folder), steps=1), quiet=True)
     rows = read_metrics(out)
     assert len(rows) == 4 and all(0 <= float(r["top1"]) <= 1 for r in rows)
 
 
-def test_device_map_auto_gives_the_same_run(finished, llama, data, tmp_path):
+def test_device_map_auto_gives_the_same_run(finished, tiny_config, tmp_path):
     """accelerate's device_map="auto" (how big models are sharded) places this tiny one on the CPU."""
-    out = run_module.run(tiny_config(llama, data, tmp_path / "mapped", device_map="auto"), quiet=True)
+    out = run_module.run(tiny_config(tmp_path / "mapped", device_map="auto"), quiet=True)
     assert (out / "pruned.json").read_text() == (finished / "pruned.json").read_text()
     assert read_metrics(out) == read_metrics(finished)
 
 
-def test_offloaded_weights_are_refused(llama):
+def test_offloaded_weights_are_refused(tiny_llama):
     """accelerate reloads offloaded weights for every forward: zeroing them would silently prune nothing."""
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
                   "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
     with pytest.raises(UserError, match="offloaded .* model.layers.1"):
-        load_model(str(llama), device_map=device_map)
+        load_model(str(tiny_llama), device_map=device_map)

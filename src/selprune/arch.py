@@ -69,7 +69,7 @@ ARCHITECTURES: dict[str, Architecture] = {
 }
 
 
-def _text_config(config):
+def text_config(config):
     """Multimodal wrappers (gemma3) keep the language model's numbers in a sub-config."""
     return getattr(config, "text_config", None) or config
 
@@ -142,7 +142,7 @@ class NeuronGroup:
             raise UserError(f"unknown neuron group {group!r}: use one of {', '.join(GROUPS)}")
         self.model, self.group = model, group
         self.arch = architecture_of(model.config)
-        cfg = _text_config(model.config)
+        cfg = text_config(model.config)
         self.blocks = self._find_blocks(model)
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from .arch import text_config
 from .errors import UserError
 
 CPU_TOKENS_PER_BATCH = 4096  # measured sweet spot for small models on a 2-core CPU (bench/)
@@ -15,7 +16,7 @@ def auto_batch_size(model, chunk_len: int, device: torch.device) -> int:
     if device.type != "cuda":
         return max(1, CPU_TOKENS_PER_BATCH // chunk_len)
     free, _ = torch.cuda.mem_get_info(device)
-    cfg = getattr(model.config, "text_config", None) or model.config
+    cfg = text_config(model.config)
     vocab = getattr(cfg, "vocab_size", 50_000)
     per_token = GPU_BYTES_PER_TOKEN_FACTOR * cfg.hidden_size * 2 + vocab * 6
     return max(1, min(256, int(0.5 * free) // (per_token * chunk_len)))

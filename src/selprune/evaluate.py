@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from . import distributed
+from .arch import text_config
 from .batching import for_each_batch
 from .fusion import Fused
 
@@ -70,8 +71,7 @@ class Head:
 
     def __init__(self, model):
         self.linear = model.get_output_embeddings()
-        config = getattr(model.config, "text_config", None) or model.config
-        self.cap = getattr(config, "final_logit_softcapping", None)
+        self.cap = getattr(text_config(model.config), "final_logit_softcapping", None)
         w = self.linear.weight
         self.eps = torch.finfo(w.dtype).eps
         self.w_norm = torch.linalg.vector_norm(w, dim=1, dtype=torch.float32).max()

@@ -1,0 +1,27 @@
+"""Batches that shrink on out-of-memory instead of failing."""
+
+import pytest
+import torch
+
+from selprune.batching import for_each_batch
+from selprune.errors import UserError
+
+
+def test_out_of_memory_halves_the_batch_and_loses_nothing():
+    done = []
+
+    def work(start, stop):
+        if stop - start > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        done.append((start, stop))
+
+    assert for_each_batch(7, 8, work) == 2
+    assert done == [(0, 2), (2, 4), (4, 6), (6, 7)]
+
+
+def test_out_of_memory_with_one_chunk_is_a_clear_error():
+    def work(start, stop):
+        raise torch.OutOfMemoryError("out of memory")
+
+    with pytest.raises(UserError, match="out of memory with one chunk per batch"):
+        for_each_batch(3, 4, work)
