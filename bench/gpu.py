@@ -64,7 +64,7 @@ def main() -> None:
     model = opt_model(args.shape, device, attn=args.attn)
     body = sum(m.weight.numel() for m in model.base_model.modules() if isinstance(m, torch.nn.Linear))
     head = model.get_output_embeddings().weight.numel()
-    view = NeuronGroup(model, "ff")
+    neurons = NeuronGroup(model, "ff")
     batch = args.batch_size or auto_batch_size(model, args.chunk_len, device)
 
     n_chunks = -(-args.tokens // args.chunk_len)
@@ -87,7 +87,7 @@ def main() -> None:
         plain(1, model)
 
     def scoring():
-        imp = [importance(collect(model, view, ids[0], mask, batch, moments=("sum_abs",), fused=args.compile)[0],
+        imp = [importance(collect(model, neurons, ids[0], mask, batch, moments=("sum_abs",), fused=args.compile)[0],
                           "abs") for ids in data.values()]
         return scores(imp[0], imp[1], 1e-3)
 
@@ -95,12 +95,12 @@ def main() -> None:
         for ids in data.values():
             evaluate_causal(model, ids[1], mask, batch, skip, fused=args.compile)
 
-    pruned = torch.zeros(view.layers, view.size, dtype=torch.bool)
-    per_step = round(0.02 * view.total)
+    pruned = torch.zeros(neurons.layers, neurons.units_per_layer, dtype=torch.bool)
+    per_step = round(0.02 * neurons.total_units)
 
     def step():
         new = select(scoring(), pruned, per_step)
-        apply(view, new)
+        apply(neurons, new)
         pruned.__ior__(new)
         evaluation()
 

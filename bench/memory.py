@@ -44,8 +44,8 @@ def measure(model_spec: str, shape: str | None, tokens: int, batch: int) -> dict
         split = make_splits(load_documents("code"), tok, chunk_len=512, score_tokens=tokens, eval_tokens=tokens)
         (score_ids, score_mask), (eval_ids, eval_mask) = ((s.input_ids, s.attention_mask)
                                                           for s in (split.score, split.eval))
-    view = NeuronGroup(model, "ff")
-    stats, _ = collect(model, view, score_ids, score_mask, batch)
+    neurons = NeuronGroup(model, "ff")
+    stats, _ = collect(model, neurons, score_ids, score_mask, batch)
     evaluate_causal(model, eval_ids, eval_mask, batch, torch.empty(0, dtype=torch.long))
     stat_bytes = sum(v.numel() * v.element_size() for v in stats.moments().values())
     return {"tokens": tokens, "after_load_mib": loaded, "peak_mib": rss_mib(), "stats_bytes": stat_bytes,

@@ -78,17 +78,17 @@ def main() -> None:
                 plain(model, d.eval_ids, d.eval_mask, batch, head=True)
 
         def scoring():
-            run.score(1)
+            run.step_scores(1)
 
         def evaluation():
             for d in data:
                 run.evaluate(d)
 
-        pruned = torch.zeros(run.view.layers, run.view.size, dtype=torch.bool)
+        pruned = torch.zeros(run.neurons.layers, run.neurons.units_per_layer, dtype=torch.bool)
 
         def step():
-            new = select(run.score(1), pruned, run.units_per_step())
-            apply(run.view, new)
+            new = select(run.step_scores(1), pruned, run.units_per_step())
+            apply(run.neurons, new)
             pruned.__ior__(new)
             for d in data:
                 run.evaluate(d)

@@ -1,12 +1,15 @@
 """Shared fixtures: tiny random-initialised models (one per supported architecture), built from configs
 with no download, a tiny tokenizer, and two small datasets of different text for whole runs."""
 
+from pathlib import Path
+
 import pytest
 import torch
 import transformers as tf
 
 from selprune.arch import ARCHITECTURES
 from selprune.config import RunConfig
+from selprune.rundir import COLUMNS, RunFolder
 
 VOCAB = 96
 _IDS = dict(bos_token_id=1, eos_token_id=2)
@@ -143,3 +146,24 @@ def tiny_config(tiny_llama, tiny_data):
                         retain=str(tiny_data / "retain"), output=str(out))
         return RunConfig(**{**settings, **overrides})
     return make
+
+
+def write_run_folder(path, config: RunConfig, rows: list[dict], record) -> Path:
+    """A run folder written the way a run writes it (rundir), from partial metrics rows: each row needs
+    step, role, dataset, fraction_pruned, top1 and perplexity; the other columns get plain values."""
+    filled = []
+    for row in rows:
+        plain = {"units_pruned": 0, "tokens": 1000, "top10": 0.9, "loss": 1.0, "top1_skip": row["top1"],
+                 "top10_skip": 0.9, "loss_skip": 1.0, "perplexity_skip": row["perplexity"],
+                 "top1_drop_rel": 0.0, "top1_drop_abs": 0.0}
+        filled.append({k: {**plain, **row}[k] for k in COLUMNS})
+    folder = RunFolder(path)
+    folder.path.mkdir(parents=True)
+    folder.commit(max(r["step"] for r in rows), config, record, filled)
+    return folder.path
+
+
+@pytest.fixture(scope="session")
+def write_run():
+    """Factory: write_run(path, config, rows, record) -> path (see write_run_folder)."""
+    return write_run_folder

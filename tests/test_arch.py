@@ -1,4 +1,4 @@
-"""The neuron-group view on a tiny model of every supported architecture."""
+"""The neuron groups on a tiny model of every supported architecture: activations, and zeroing = masking."""
 
 import copy
 
@@ -9,6 +9,7 @@ from transformers.pytorch_utils import Conv1D
 
 from selprune.arch import ARCHITECTURES, GROUPS, NeuronGroup, architecture_of, text_config
 from selprune.errors import UserError
+from selprune.pruning import zero
 
 TYPES = sorted(ARCHITECTURES)
 
@@ -19,15 +20,15 @@ def test_every_architecture_has_a_tiny_model(tiny_model):
 
 
 def capture(model, group, ids, mask):
-    view = NeuronGroup(model, group)
+    neurons = NeuronGroup(model, group)
     seen = {}
-    handles = view.add_hooks(lambda layer, z: seen.__setitem__(layer, z.detach().clone()))
+    handles = neurons.add_hooks(lambda layer, z: seen.__setitem__(layer, z.detach().clone()))
     try:
         out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
     finally:
         for h in handles:
             h.remove()
-    return view, seen, out
+    return neurons, seen, out
 
 
 def linear(module, x):
@@ -52,15 +53,15 @@ def test_ff_activations_equal_manual_mid_layer(model_type, tiny_model, tiny_batc
     arch = architecture_of(model.config)
     inputs = {}
     first_in = arch.ff_in[0].split(":")[0]
-    view = NeuronGroup(model, "ff")
-    hooks = [view.blocks[i].get_submodule(first_in).register_forward_pre_hook(
-        lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i in range(view.layers)]
+    neurons = NeuronGroup(model, "ff")
+    hooks = [neurons.blocks[i].get_submodule(first_in).register_forward_pre_hook(
+        lambda m, a, i=i: inputs.__setitem__(i, a[0])) for i in range(neurons.layers)]
     _, seen, _ = capture(model, "ff", ids, mask)
     for h in hooks:
         h.remove()
     act = activation_fn(model.config)
-    for layer in range(view.layers):
-        block = view.blocks[layer]
+    for layer in range(neurons.layers):
+        block = neurons.blocks[layer]
         x = inputs[layer]
         if len(arch.ff_in) == 2:  # separate gate and up
             gate, up = (linear(block.get_submodule(p), x) for p in arch.ff_in)
@@ -70,7 +71,7 @@ def test_ff_activations_equal_manual_mid_layer(model_type, tiny_model, tiny_batc
             manual = act(gate) * up
         else:
             manual = act(linear(block.get_submodule(first_in), x))
-        assert seen[layer].shape[-1] == view.size
+        assert seen[layer].shape[-1] == neurons.units_per_layer
         torch.testing.assert_close(seen[layer], manual, rtol=1e-5, atol=1e-5)
 
 
@@ -79,11 +80,11 @@ def test_preout_is_attention_times_value(model_type, tiny_model, tiny_batch):
     """Pre-out dims = sum over keys of attention weights x value dims of the head's KV head."""
     model = tiny_model(model_type)
     ids, mask = tiny_batch()
-    view, values, out = capture(model, "attn-value", ids, mask)
+    neurons, values, out = capture(model, "attn-value", ids, mask)
     _, preout, _ = capture(model, "attn-preout", ids, mask)
     B, T = ids.shape
-    hd, H, KV = view.head_dim, view.heads, view.kv_heads
-    for layer in range(view.layers):
+    hd, H, KV = neurons.head_dim, neurons.heads, neurons.kv_heads
+    for layer in range(neurons.layers):
         attn = out.attentions[layer]  # [B, H, T, T]
         v = values[layer].reshape(B, T, KV, hd).repeat_interleave(H // KV, dim=2)  # [B, T, H, hd]
         manual = torch.einsum("bhts,bshd->bthd", attn, v).reshape(B, T, H * hd)
@@ -91,8 +92,8 @@ def test_preout_is_attention_times_value(model_type, tiny_model, tiny_batch):
 
 
 def masked_logits(model, group, layer, units, ids, mask):
-    view = NeuronGroup(model, group)
-    dims = view.expand(torch.tensor(units))
+    neurons = NeuronGroup(model, group)
+    dims = neurons.expand(torch.tensor(units))
 
     def zero_dims(at, z):
         if at != layer:
@@ -101,7 +102,7 @@ def masked_logits(model, group, layer, units, ids, mask):
         z[..., dims] = 0
         return z
 
-    handles = view.add_hooks(zero_dims, edit=True)
+    handles = neurons.add_hooks(zero_dims, edit=True)
     try:
         return model(input_ids=ids, attention_mask=mask).logits
     finally:
@@ -114,16 +115,15 @@ def masked_logits(model, group, layer, units, ids, mask):
 def test_zeroing_weights_equals_masking_activations(model_type, group, tiny_model, tiny_batch):
     model = tiny_model(model_type)
     ids, mask = tiny_batch()
-    view = NeuronGroup(model, group)
-    units = [0, view.size // 2 + 1, view.size - 1]
+    neurons = NeuronGroup(model, group)
+    units = [0, neurons.units_per_layer // 2 + 1, neurons.units_per_layer - 1]
     base = model(input_ids=ids, attention_mask=mask).logits
     expected = masked_logits(model, group, 1, units, ids, mask)
     assert not torch.allclose(base, expected, atol=1e-6), "masking must change the output"
 
     pruned = copy.deepcopy(model)
     before = {k: v.clone() for k, v in pruned.state_dict().items()}
-    pruned_view = NeuronGroup(pruned, group)
-    pruned_view.zero(1, torch.tensor(units))
+    zero(NeuronGroup(pruned, group), 1, torch.tensor(units))
     got = pruned(input_ids=ids, attention_mask=mask).logits
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
@@ -132,8 +132,8 @@ def test_zeroing_weights_equals_masking_activations(model_type, group, tiny_mode
     assert changed and all(".1." in k for k in changed), changed
     _, seen_before, _ = capture(model, group, ids, mask)
     _, seen_after, _ = capture(pruned, group, ids, mask)
-    keep = torch.ones(view.width, dtype=torch.bool)
-    keep[view.expand(torch.tensor(units))] = False
+    keep = torch.ones(neurons.width, dtype=torch.bool)
+    keep[neurons.expand(torch.tensor(units))] = False
     torch.testing.assert_close(seen_after[1][..., keep], seen_before[1][..., keep], rtol=1e-5, atol=1e-5)
     if group in ("ff", "attn-value"):  # the neuron itself is silenced at its source
         assert seen_after[1][..., ~keep].abs().max() == 0

@@ -6,29 +6,23 @@ import re
 import pytest
 
 from selprune.errors import UserError
-from selprune.report import summarize, write_report
+from selprune.config import RunConfig
+from selprune.pruning import PrunedRecord
+from selprune.report import write_report
+from selprune.rundir import COLUMNS, summarize
 
-HEADER = ("step,fraction_pruned,neurons_pruned,role,dataset,tokens,top1,top10,loss,perplexity,"
-          "top1_skip,top10_skip,loss_skip,perplexity_skip,top1_drop_rel,top1_drop_abs")
-
-
-def make_run(path, name, forget_top1, retain_top1, group="ff", scorer="abs"):
-    """A run directory: 2% of 4 x 50 neurons per step. The drop columns are deliberately wrong (0):
+def make_run(write_run, path, name, forget_top1, retain_top1, group="ff", scorer="abs"):
+    """A run folder: 2% of 4 x 50 neurons per step. The drop columns are deliberately wrong (0):
     the report must recompute drops from top1."""
-    path.mkdir(parents=True)
-    (path / "config.toml").write_text(
-        f'name = "{name}"\nmodel = "tiny-llama"\nforget = "code"\nretain = "prose"\ngroup = "{group}"\n'
-        f'scorer = "{scorer}"\nsteps = {len(forget_top1) - 1}\nfraction = 0.02\nselection = "global"\n'
-    )
-    lines = [HEADER]
-    for step, (f, r) in enumerate(zip(forget_top1, retain_top1)):
-        for role, dataset, top1, ppl in (("forget", "code", f, 3.0 * (step + 1)), ("retain", "prose", r, 20.0 + step)):
-            lines.append(f"{step},{0.02 * step},{4 * step},{role},{dataset},1000,{top1},0.9,1.0,{ppl},"
-                         f"{top1},0.9,1.0,{ppl},0,0")
-    (path / "metrics.csv").write_text("\n".join(lines) + "\n")
-    steps = [{"step": s, "pruned": {"0": [s, 10 + s], "3": [20 + s, 30 + s]}} for s in range(1, len(forget_top1))]
-    (path / "pruned.json").write_text(json.dumps({"group": group, "layers": 4, "neurons_per_layer": 50, "steps": steps}))
-    return path
+    config = RunConfig(name=name, model="tiny-llama", forget="code", retain="prose", group=group, scorer=scorer,
+                       steps=len(forget_top1) - 1, fraction=0.02)
+    rows = [{"step": step, "fraction_pruned": 0.02 * step, "units_pruned": 4 * step, "role": role,
+             "dataset": dataset, "top1": top1, "perplexity": ppl}
+            for step, (f, r) in enumerate(zip(forget_top1, retain_top1))
+            for role, dataset, top1, ppl in (("forget", "code", f, 3.0 * (step + 1)), ("retain", "prose", r, 20.0 + step))]
+    record = PrunedRecord(group, 4, 50, [{"step": s, "pruned": {"0": [s, 10 + s], "3": [20 + s, 30 + s]}}
+                                         for s in range(1, len(forget_top1))])
+    return write_run(path, config, rows, record)
 
 
 FORGET = [0.60, 0.45, 0.24, 0.06]  # relative drops 0, 25, 60, 90 %   absolute 0, 15, 36, 54 points
@@ -36,8 +30,8 @@ RETAIN = [0.40, 0.38, 0.36, 0.20]  # relative drops 0,  5, 10, 50 %   absolute 0
 
 
 @pytest.fixture
-def run(tmp_path):
-    return make_run(tmp_path / "sel", "selective-abs", FORGET, RETAIN)
+def run(tmp_path, write_run):
+    return make_run(write_run, tmp_path / "sel", "selective-abs", FORGET, RETAIN)
 
 
 def test_summary_matches_hand_computation(run):
@@ -60,14 +54,14 @@ def test_summary_matches_hand_computation(run):
     assert (s["forget_dataset"], s["retain_dataset"], s["last_step"]) == ("code", "prose", 3)
 
 
-def test_threshold_never_reached_is_none(tmp_path):
-    s = summarize(make_run(tmp_path / "rnd", "random", [0.6, 0.55, 0.5], [0.4, 0.37, 0.33]))
+def test_threshold_never_reached_is_none(tmp_path, write_run):
+    s = summarize(make_run(write_run, tmp_path / "rnd", "random", [0.6, 0.55, 0.5], [0.4, 0.37, 0.33]))
     assert s["retain_drop_at_forget_50"] is None
     assert s["retain_drop_at_forget_80"] is None
 
 
-def test_report_is_self_contained_and_overlays_runs(run, tmp_path):
-    other = make_run(tmp_path / "rnd", "random-baseline", [0.6, 0.55, 0.5, 0.4], [0.4, 0.37, 0.33, 0.27],
+def test_report_is_self_contained_and_overlays_runs(run, tmp_path, write_run):
+    other = make_run(write_run, tmp_path / "rnd", "random-baseline", [0.6, 0.55, 0.5, 0.4], [0.4, 0.37, 0.33, 0.27],
                      scorer="random")
     out = tmp_path / "report"
     page_path = write_report([run, other], out)
@@ -90,8 +84,8 @@ def test_report_is_self_contained_and_overlays_runs(run, tmp_path):
     assert summaries[0]["summary"] == summarize(run)
 
 
-def test_duplicate_names_get_distinct_labels(run, tmp_path):
-    twin = make_run(tmp_path / "twin", "selective-abs", FORGET, RETAIN)
+def test_duplicate_names_get_distinct_labels(run, tmp_path, write_run):
+    twin = make_run(write_run, tmp_path / "twin", "selective-abs", FORGET, RETAIN)
     write_report([run, twin], tmp_path / "out")
     summaries = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summaries[0]["name"] != summaries[1]["name"]
@@ -108,7 +102,7 @@ def test_bad_metrics_are_user_errors(run):
     (run / "metrics.csv").write_text("step,role,top1\n0,forget,0.5\n")
     with pytest.raises(UserError, match="lacks the column"):
         summarize(run)
-    (run / "metrics.csv").write_text(HEADER + "\n1,0.02,4,forget,code,1000,0.5,0.9,1,3,0.5,0.9,1,3,0,0\n")
+    (run / "metrics.csv").write_text(",".join(COLUMNS) + "\n1,0.02,4,forget,code,1000,0.5,0.9,1,3,0.5,0.9,1,3,0,0\n")
     with pytest.raises(UserError, match="step-0"):
         summarize(run)
 
@@ -118,8 +112,8 @@ def test_no_runs_is_a_user_error(tmp_path):
         write_report([], tmp_path)
 
 
-def test_run_with_only_the_unpruned_step_still_reports(tmp_path):
-    run = make_run(tmp_path / "new", "just-started", [0.6], [0.4])
+def test_run_with_only_the_unpruned_step_still_reports(tmp_path, write_run):
+    run = make_run(write_run, tmp_path / "new", "just-started", [0.6], [0.4])
     s = summarize(run)
     assert (s["max_rel_diff"], s["area_rel"], s["last_step"]) == (0.0, 0.0, 0)
     assert write_report([run], tmp_path / "out").is_file()

@@ -14,61 +14,55 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from selprune.config import RunConfig
+from selprune.pruning import PrunedRecord
 from selprune.report import write_report
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs headless Chromium: apt-get install chromium")
 
-HEADER = ("step,fraction_pruned,neurons_pruned,role,dataset,tokens,top1,top10,loss,perplexity,"
-          "top1_skip,top10_skip,loss_skip,perplexity_skip,top1_drop_rel,top1_drop_abs")
 LAYERS, NEURONS, STEPS, FRACTION = 30, 1536, 25, 0.02
 
 
-def realistic_run(path, name, group, scorer, forget_drop, retain_drop, layer_profile, seed):
+def realistic_run(write_run, path, name, group, scorer, forget_drop, retain_drop, layer_profile, seed):
     """A run shaped like SmolLM2-135M (code ~63% top-1, prose ~33%) pruned 25 x 2%.
     forget_drop / retain_drop map the fraction pruned to a relative drop in %; layer_profile gives
     the layer weights of the pruned neurons."""
     rng = np.random.default_rng(seed)
-    path.mkdir(parents=True)
-    (path / "config.toml").write_text(
-        f'name = "{name}"\nmodel = "smollm2-135m"\nforget = "code"\nretain = "prose"\ngroup = "{group}"\n'
-        f'scorer = "{scorer}"\nsteps = {STEPS}\nfraction = {FRACTION}\nselection = "global"\n'
-    )
+    config = RunConfig(name=name, model="smollm2-135m", forget="code", retain="prose", group=group, scorer=scorer,
+                       steps=STEPS, fraction=FRACTION)
     per_step = int(FRACTION * LAYERS * NEURONS)
-    lines, steps = [HEADER], []
+    rows, steps = [], []
     for step in range(STEPS + 1):
         fraction = step * FRACTION
         for role, base, base_loss, drop in (("forget", 0.63, 1.2, forget_drop), ("retain", 0.33, 3.1, retain_drop)):
             rel = min(99.0, max(0.0, drop(fraction) + (rng.normal(0, 0.7) if step else 0)))
             top1 = base * (1 - rel / 100)
             loss = base_loss + 4 * rel / 100
-            lines.append(f"{step},{fraction:.4f},{step * per_step},{role},{role == 'forget' and 'code' or 'prose'},"
-                         f"100000,{top1:.5f},{min(1, top1 + 0.25):.5f},{loss:.4f},{np.exp(loss):.3f},"
-                         f"{top1 * 0.8:.5f},{min(1, top1 + 0.2):.5f},{loss + 0.3:.4f},{np.exp(loss + 0.3):.3f},"
-                         f"{rel:.3f},{100 * (base - top1):.3f}")
+            rows.append({"step": step, "fraction_pruned": fraction, "units_pruned": step * per_step, "role": role,
+                         "dataset": "code" if role == "forget" else "prose", "tokens": 100000, "top1": top1,
+                         "top10": min(1, top1 + 0.25), "loss": loss, "perplexity": float(np.exp(loss)),
+                         "top1_skip": top1 * 0.8, "top1_drop_rel": rel, "top1_drop_abs": 100 * (base - top1)})
         if step:
             weights = layer_profile(np.arange(LAYERS), step)
             counts = rng.multinomial(per_step, weights / weights.sum())
             pruned = {str(layer): sorted(rng.choice(NEURONS, c, replace=False).tolist())
                       for layer, c in enumerate(counts) if c}
             steps.append({"step": step, "pruned": pruned})
-    (path / "metrics.csv").write_text("\n".join(lines) + "\n")
-    (path / "pruned.json").write_text(json.dumps({"group": group, "layers": LAYERS, "neurons_per_layer": NEURONS,
-                                                  "steps": steps}))
-    return path
+    return write_run(path, config, rows, PrunedRecord(group, LAYERS, NEURONS, steps))
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, write_run):
     root = tmp_path_factory.mktemp("runs")
     runs = [
-        realistic_run(root / "ff-abs", "ff-abs", "ff", "abs",
+        realistic_run(write_run, root / "ff-abs", "ff-abs", "ff", "abs",
                       lambda f: 92 * (1 - np.exp(-f / 0.1)), lambda f: 45 * (f / 0.5) ** 2,
                       lambda layer, step: np.exp(-((layer - 22 + step / 5) / 4) ** 2) + 0.05, seed=1),
-        realistic_run(root / "attn-value-abs", "attn-value-abs", "attn-value", "abs",
+        realistic_run(write_run, root / "attn-value-abs", "attn-value-abs", "attn-value", "abs",
                       lambda f: 70 * (1 - np.exp(-f / 0.2)), lambda f: 35 * (f / 0.5) ** 1.5,
                       lambda layer, step: np.exp(-((layer - 8) / 6) ** 2) + 0.2, seed=2),
-        realistic_run(root / "ff-random", "ff-random", "ff", "random",
+        realistic_run(write_run, root / "ff-random", "ff-random", "ff", "random",
                       lambda f: 55 * (f / 0.5) ** 1.5, lambda f: 60 * (f / 0.5) ** 1.5,
                       lambda layer, step: np.ones_like(layer, dtype=float), seed=3),
     ]

@@ -5,13 +5,16 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
 from selprune import run as run_module
 from selprune.config import RunConfig
 from selprune.errors import UserError
 from selprune.models import load_model
-from selprune.pruning import PrunedRecord
+from selprune.arch import NeuronGroup
+from selprune.pruning import apply
+from selprune.rundir import RunFolder
 
 STEPS = 3  # as conftest's tiny_config
 
@@ -39,7 +42,7 @@ def test_run_folder_has_every_output(finished):
 
 
 def test_each_step_prunes_exactly_the_budget_and_never_twice(finished):
-    record = PrunedRecord.from_json(json.loads((finished / "pruned.json").read_text()))
+    record = RunFolder(finished).record()
     total = record.layers * record.units_per_layer
     seen = set()
     for entry in record.steps:
@@ -48,16 +51,13 @@ def test_each_step_prunes_exactly_the_budget_and_never_twice(finished):
         assert not units & seen
         seen |= units
     rows = read_metrics(finished)
-    assert int(rows[-1]["neurons_pruned"]) == len(seen)
+    assert int(rows[-1]["units_pruned"]) == len(seen)
 
 
 def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finished, tiny_llama):
     reloaded = AutoModelForCausalLM.from_pretrained(finished / "model").eval()
     model, _ = load_model(str(tiny_llama), dtype="float32")
-    record = PrunedRecord.from_json(json.loads((finished / "pruned.json").read_text()))
-    from selprune.arch import NeuronGroup
-    from selprune.pruning import apply
-
+    record = RunFolder(finished).record()
     apply(NeuronGroup(model, "ff"), record.mask())
     ids = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -102,8 +102,6 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, tiny_config,
     run_module.run(config, resume=True, quiet=True)
     for name in ("metrics.csv", "pruned.json"):
         assert (out / name).read_text() == (finished / name).read_text(), name
-    from safetensors.torch import load_file
-
     resumed, whole = (load_file(d / "model" / "model.safetensors") for d in (out, finished))
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
 
@@ -119,8 +117,6 @@ def test_finished_run_is_not_redone(finished, tiny_config, monkeypatch):
 
 
 def test_resume_with_other_settings_is_refused(finished, tiny_config):
-    from selprune.errors import UserError
-
     with pytest.raises(UserError, match="different settings.*steps"):
         run_module.run(tiny_config(finished, steps=2), resume=True, quiet=True)
 

@@ -55,7 +55,7 @@ def test_std_is_not_rms_and_heads_average_their_dims():
     s = stats_of([(z, torch.ones(2, 1))])
     np.testing.assert_allclose(importance(s, "std")[0].numpy(), [1, 0, 3, 0])
     np.testing.assert_allclose(importance(s, "rms")[0].numpy(), [math.sqrt(5), 2, 3, 5])
-    np.testing.assert_allclose(importance(s, "abs", unit=2)[0].numpy(), [(2 + 2) / 2, (3 + 5) / 2])
+    np.testing.assert_allclose(importance(s, "abs", dims_per_unit=2)[0].numpy(), [(2 + 2) / 2, (3 + 5) / 2])
 
 
 def test_collect_on_a_model_matches_hooked_activations(tiny_model, tiny_batch):

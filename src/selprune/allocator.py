@@ -1,10 +1,11 @@
 """Keep freed CPU memory mapped between batches (glibc).
 
-glibc gives large freed blocks back to the kernel, and the next batch faults them in again page by
-page: about 340,000 page faults per 4,096-token forward of the embedded model, which cost about a fifth
-of that forward on this project's (virtual) machine (bench/allocator.py). Raising glibc's mmap and trim
-thresholds keeps those blocks in the heap for reuse. `selprune run` does this; since it changes the
-whole process, the Python API leaves it to the caller.
+Every batch allocates activations of the same large sizes and frees them again. By default glibc
+returns such large freed blocks to the kernel, so the next batch faults the same memory in again page
+by page, and page faults are slow, especially on virtual machines. Raising glibc's mmap and trim
+thresholds keeps those blocks in the heap for the next batch to reuse, at the cost of a somewhat higher
+resident set. bench/allocator.py measures the effect; docs/PERFORMANCE.md records what it found.
+`selprune run` does this; since it changes the whole process, the Python API leaves it to the caller.
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Where the prunable neurons live, per architecture, as data; and one view that serves them all.
 
 A neuron group is read at one point of every block (the input of a projection, or some outputs of a
-projection) and zeroed in the weights around that point, exactly as DESIGN.md section 2 defines:
+projection), and its weights sit around that point (docs/METHOD.md, "Neuron groups"):
 
-    ff           input of the down-projection; zero its column there and its rows in the in/gate projections
-    attn-value   output dims of the value projection; zero those rows (and bias entries)
-    attn-preout  input of the attention output projection; zero that column
-    attn-head    a whole head of pre-out dims; zero all of its columns
+    ff           input of the down-projection: its column there, its rows in the in/gate projections
+    attn-value   output dims of the value projection: those rows (and bias entries)
+    attn-preout  input of the attention output projection: that column
+    attn-head    a whole head of pre-out dims: all of its columns
 
-Zeroing is exact: the pruned model equals the unpruned model with those activations masked to 0.
+`NeuronGroup.weights_of` names those weights; pruning.py zeroes them.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ class Architecture:
     value: str  # value projection, maybe fused with q and k
     out: str  # attention output projection: its input is the pre-out neuron
     masked_lm: bool = False
-    base: str = "causal-lm"
 
 
 _LLAMA = Architecture(("model.layers", "model.language_model.layers"),
@@ -88,32 +87,8 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path.split(":")[0])
 
 
-def _out_features(module: nn.Module) -> int:
-    return module.weight.shape[1] if isinstance(module, Conv1D) else module.weight.shape[0]
-
-
 def _in_features(module: nn.Module) -> int:
     return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
-
-
-def _zero_outputs(module: nn.Module, rows: torch.Tensor) -> None:
-    """Zero the weights (and biases) producing the given output dims of a Linear or GPT-2 Conv1D."""
-    rows = rows.to(module.weight.device)
-    if isinstance(module, Conv1D):
-        module.weight[:, rows] = 0
-    else:
-        module.weight[rows] = 0
-    if getattr(module, "bias", None) is not None:
-        module.bias[rows] = 0
-
-
-def _zero_inputs(module: nn.Module, cols: torch.Tensor) -> None:
-    """Zero the weights reading the given input dims of a Linear or GPT-2 Conv1D."""
-    cols = cols.to(module.weight.device)
-    if isinstance(module, Conv1D):
-        module.weight[cols] = 0
-    else:
-        module.weight[:, cols] = 0
 
 
 def _fused_rows(layout: str | None, n: int, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
@@ -131,10 +106,10 @@ def _fused_rows(layout: str | None, n: int, heads: int, kv_heads: int, head_dim:
 
 
 class NeuronGroup:
-    """One neuron group of one loaded model: read its activations, zero its neurons.
+    """One neuron group of one loaded model: read its activations, say where its weights are.
 
-    Activations are `width` numbers per block. A unit (what is scored and pruned) is `unit` of them:
-    1 for neurons, head_dim for whole heads. So `size` = width // unit units per layer.
+    Activations are `width` numbers per block. A unit (what is scored and pruned) is `dims_per_unit` of
+    them: 1 for neurons, head_dim for whole heads; `units_per_layer` = width // dims_per_unit.
     """
 
     def __init__(self, model: nn.Module, group: str):
@@ -154,8 +129,8 @@ class NeuronGroup:
             self.width = self.kv_heads * self.head_dim
         else:
             self.width = self.heads * self.head_dim
-        self.unit = self.head_dim if group == "attn-head" else 1
-        self.size = self.width // self.unit
+        self.dims_per_unit = self.head_dim if group == "attn-head" else 1
+        self.units_per_layer = self.width // self.dims_per_unit
         self.layers = len(self.blocks)
 
     def _find_blocks(self, model: nn.Module) -> nn.ModuleList:
@@ -168,8 +143,8 @@ class NeuronGroup:
                         "is it a base model without the language-model head?")
 
     @property
-    def total(self) -> int:
-        return self.layers * self.size
+    def total_units(self) -> int:
+        return self.layers * self.units_per_layer
 
     # -- reading activations -------------------------------------------------------------------
 
@@ -197,31 +172,29 @@ class NeuronGroup:
                 handles.append(module.register_forward_pre_hook(_input_hook(fn, layer, edit)))
         return handles
 
-    # -- pruning -------------------------------------------------------------------------------
+    # -- where a unit's weights are ------------------------------------------------------------
 
-    def expand(self, units: torch.Tensor) -> torch.Tensor:
+    def expand(self, units) -> torch.Tensor:
         """Activation dims covered by the given units (identity except for whole heads)."""
         units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
-        return (units[:, None] * self.unit + torch.arange(self.unit)).reshape(-1)
+        return (units[:, None] * self.dims_per_unit + torch.arange(self.dims_per_unit)).reshape(-1)
 
-    @torch.no_grad()
-    def zero(self, layer: int, units) -> None:
-        """Zero the given units of one layer in the weights."""
+    def weights_of(self, layer: int, units) -> list[tuple[nn.Module, str, torch.Tensor]]:
+        """(projection, side, indices) holding the given units of one layer: side "in" = the weights that
+        read those dims (columns), "out" = the weights and bias entries that produce them (rows)."""
         dims = self.expand(units)
-        if dims.numel() == 0:
-            return
         block = self.blocks[layer]
         if self.group == "ff":
-            _zero_inputs(_get(block, self.arch.ff_out), dims)
+            weights = [(_get(block, self.arch.ff_out), "in", dims)]
             for path in self.arch.ff_in:
                 layout = path.partition(":")[2] or None
                 rows = _fused_rows(layout, self.width, self.heads, self.kv_heads, self.head_dim)
-                _zero_outputs(_get(block, path), rows[dims].reshape(-1))
-        elif self.group == "attn-value":
+                weights.append((_get(block, path), "out", rows[dims].reshape(-1)))
+            return weights
+        if self.group == "attn-value":
             rows = self._value_rows()
-            _zero_outputs(_get(block, self.arch.value), dims if rows is None else rows[dims])
-        else:
-            _zero_inputs(_get(block, self.arch.out), dims)
+            return [(_get(block, self.arch.value), "out", dims if rows is None else rows[dims])]
+        return [(_get(block, self.arch.out), "in", dims)]
 
 
 def _input_hook(fn, layer, edit):

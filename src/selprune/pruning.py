@@ -1,10 +1,16 @@
-"""Applying a selection to the weights, and the record of what was pruned at each step."""
+"""Pruning: zeroing units in the weights, and the record of what each step pruned.
+
+Zeroing is exact: the pruned model equals the unpruned one with those activations masked to 0
+(tests/test_arch.py checks it for every architecture and group).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
 import torch
+from torch import nn
+from transformers.pytorch_utils import Conv1D
 
 from .arch import NeuronGroup
 
@@ -19,15 +25,20 @@ class PrunedRecord:
     steps: list[dict] = field(default_factory=list)  # {"step": k, "pruned": {"layer": [units]}}
 
     @classmethod
-    def for_view(cls, view: NeuronGroup) -> PrunedRecord:
-        return cls(view.group, view.layers, view.size)
+    def for_group(cls, neurons: NeuronGroup) -> PrunedRecord:
+        return cls(neurons.group, neurons.layers, neurons.units_per_layer)
 
-    def mask(self) -> torch.Tensor:
+    def mask(self, steps=None) -> torch.Tensor:
+        """[layers, units] True where pruned, by all steps or by the given ones."""
         mask = torch.zeros(self.layers, self.units_per_layer, dtype=torch.bool)
         for entry in self.steps:
-            for layer, units in entry["pruned"].items():
-                mask[int(layer), units] = True
+            if steps is None or entry["step"] in steps:
+                for layer, units in entry["pruned"].items():
+                    mask[int(layer), torch.as_tensor(units, dtype=torch.long)] = True
         return mask
+
+    def mask_of(self, step: int) -> torch.Tensor:
+        return self.mask((step,))
 
     def add(self, step: int, new: torch.Tensor) -> None:
         pruned = {str(layer): row.nonzero().flatten().tolist() for layer, row in enumerate(new) if row.any()}
@@ -36,22 +47,55 @@ class PrunedRecord:
     def truncate(self, last_step: int) -> None:
         self.steps = [s for s in self.steps if s["step"] <= last_step]
 
-    @property
-    def last_step(self) -> int:
-        return self.steps[-1]["step"] if self.steps else 0
-
     def to_json(self) -> dict:
-        return {"group": self.group, "layers": self.layers, "neurons_per_layer": self.units_per_layer,
+        return {"group": self.group, "layers": self.layers, "units_per_layer": self.units_per_layer,
                 "steps": self.steps}
 
     @classmethod
     def from_json(cls, data: dict) -> PrunedRecord:
-        return cls(data["group"], data["layers"], data["neurons_per_layer"], list(data["steps"]))
+        """Raises ValueError (or KeyError / TypeError) on anything that is not a record's shape."""
+        layers, units = int(data["layers"]), int(data["units_per_layer"])
+        steps = list(data["steps"])
+        for entry in steps:
+            if not isinstance(entry["step"], int) or entry["step"] < 1 or not isinstance(entry["pruned"], dict):
+                raise ValueError(f"step entry {entry!r} is not {{'step': int, 'pruned': {{layer: [units]}}}}")
+            for layer, ids in entry["pruned"].items():
+                if not (layer.isdigit() and int(layer) < layers and all(
+                        isinstance(u, int) and 0 <= u < units for u in ids)):
+                    raise ValueError(f"step {entry['step']}: layer {layer} or its units are out of range")
+        return cls(str(data["group"]), layers, units, steps)
 
 
-def apply(view: NeuronGroup, mask: torch.Tensor) -> None:
+@torch.no_grad()
+def zero(neurons: NeuronGroup, layer: int, units) -> None:
+    """Zero the given units of one layer in the weights."""
+    if len(units) == 0:
+        return
+    for module, side, index in neurons.weights_of(layer, units):
+        (_zero_inputs if side == "in" else _zero_outputs)(module, index)
+
+
+def apply(neurons: NeuronGroup, mask: torch.Tensor) -> None:
     """Zero, in the weights, every unit marked in mask [layers, units]."""
     for layer, row in enumerate(mask):
-        units = row.nonzero().flatten()
-        if units.numel():
-            view.zero(layer, units)
+        zero(neurons, layer, row.nonzero().flatten())
+
+
+def _zero_outputs(module: nn.Module, rows: torch.Tensor) -> None:
+    """Zero the weights (and biases) producing the given output dims of a Linear or GPT-2 Conv1D."""
+    rows = rows.to(module.weight.device)
+    if isinstance(module, Conv1D):
+        module.weight[:, rows] = 0
+    else:
+        module.weight[rows] = 0
+    if getattr(module, "bias", None) is not None:
+        module.bias[rows] = 0
+
+
+def _zero_inputs(module: nn.Module, cols: torch.Tensor) -> None:
+    """Zero the weights reading the given input dims of a Linear or GPT-2 Conv1D."""
+    cols = cols.to(module.weight.device)
+    if isinstance(module, Conv1D):
+        module.weight[cols] = 0
+    else:
+        module.weight[:, cols] = 0

@@ -1,20 +1,18 @@
 """Plots and a self-contained HTML report of one or more pruning runs.
 
 The headline numbers are accuracy drops relative to the unpruned model (step 0), in percent of the base
-accuracy (DESIGN.md section 2); absolute drops in percentage points are shown beside them, never instead.
-Everything is computed from the files of a run directory: config.toml, metrics.csv and pruned.json.
+accuracy (docs/METHOD.md, "Headline metrics"); absolute drops in percentage points are shown beside them,
+never instead. Everything comes from run folders, read through rundir.py.
 """
 
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
 import math
 import re
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -24,146 +22,7 @@ from matplotlib.figure import Figure
 
 from . import atomic
 from .errors import UserError
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:
-    import tomli as tomllib
-
-ROLES = ("forget", "retain")
-NUMERIC_COLUMNS = ("fraction_pruned", "top1", "perplexity")
-REQUIRED_COLUMNS = ("step", "role", "dataset", *NUMERIC_COLUMNS)
-
-
-# ---------------------------------------------------------------- reading a run directory
-
-
-def _require(path: Path) -> Path:
-    if not path.is_file():
-        raise UserError(
-            f"{path} not found: give a selprune run directory (config.toml, metrics.csv, pruned.json)"
-        )
-    return path
-
-
-def _read_metrics(run_dir: Path) -> dict:
-    """metrics.csv as arrays over the steps that have both a forget and a retain row, step 0 first.
-
-    Returns {"step", "fraction_pruned", "forget": {...}, "retain": {...}} where each role holds
-    "dataset", "top1", "perplexity" and the recomputed "drop_rel" (% of base) and "drop_abs" (points).
-    """
-    path = _require(run_dir / "metrics.csv")
-    rows: dict[str, dict[int, dict]] = {role: {} for role in ROLES}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: regenerate it with selprune")
-        for line, row in enumerate(reader, start=2):
-            role = row["role"]
-            if role not in rows:
-                raise UserError(f"{path} line {line}: role {role!r} must be 'forget' or 'retain'")
-            try:
-                step = int(row["step"])
-                values = {c: float(row[c]) for c in NUMERIC_COLUMNS}
-            except (TypeError, ValueError):
-                raise UserError(f"{path} line {line}: step, fraction_pruned, top1 and perplexity must be numbers")
-            if step in rows[role]:
-                raise UserError(f"{path} line {line}: a second {role} row for step {step}; "
-                                "keep one forget and one retain row per step")
-            rows[role][step] = {"dataset": row["dataset"], **values}
-
-    steps = sorted(rows["forget"].keys() & rows["retain"].keys())
-    if not steps or steps[0] != 0:
-        raise UserError(f"{path} has no step-0 rows for both forget and retain: "
-                        "the unpruned evaluation must come first")
-    metrics = {
-        "step": np.array(steps),
-        "fraction_pruned": np.array([rows["forget"][s]["fraction_pruned"] for s in steps]),
-    }
-    for role in ROLES:
-        top1 = np.array([rows[role][s]["top1"] for s in steps])
-        with np.errstate(divide="ignore", invalid="ignore"):  # a base of 0 has no relative drop: NaN
-            drop_rel = np.where(top1[0] > 0, 100 * (top1[0] - top1) / top1[0], np.nan)
-        metrics[role] = {
-            "dataset": rows[role][0]["dataset"],
-            "top1": top1,
-            "perplexity": np.array([rows[role][s]["perplexity"] for s in steps]),
-            "drop_rel": drop_rel,
-            "drop_abs": 100 * (top1[0] - top1),
-        }
-    return metrics
-
-
-def _read_config(run_dir: Path) -> dict:
-    path = _require(run_dir / "config.toml")
-    try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise UserError(f"{path} is not valid TOML ({e}): fix it or rerun to regenerate it")
-
-
-def _read_pruned(run_dir: Path) -> np.ndarray:
-    """pruned.json as a (layers x steps) array: how many neurons each step newly pruned in each layer."""
-    path = _require(run_dir / "pruned.json")
-    try:
-        record = json.loads(path.read_text())
-        layers = int(record["layers"])
-        counts = np.zeros((layers, max((int(s["step"]) for s in record["steps"]), default=0)), dtype=int)
-        for entry in record["steps"]:
-            step = int(entry["step"])
-            for layer, neurons in entry["pruned"].items():
-                if not (0 <= int(layer) < layers and step >= 1):
-                    raise ValueError(f"layer {layer} or step {step} out of range")
-                counts[int(layer), step - 1] += len(neurons)
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise UserError(f"{path} is malformed ({e}): regenerate it with selprune")
-    return counts
-
-
-# ---------------------------------------------------------------- numbers
-
-
-def _summary(metrics: dict) -> dict:
-    forget, retain = metrics["forget"], metrics["retain"]
-    rel_gap = forget["drop_rel"] - retain["drop_rel"]
-    abs_gap = forget["drop_abs"] - retain["drop_abs"]
-    best_rel, best_abs = int(np.argmax(rel_gap)), int(np.argmax(abs_gap))
-    fraction = metrics["fraction_pruned"]
-
-    def retain_drop_when_forget_drops(level: float) -> float | None:
-        reached = np.flatnonzero(forget["drop_rel"] >= level)
-        return float(retain["drop_rel"][reached[0]]) if reached.size else None
-
-    return {
-        "forget_dataset": forget["dataset"],
-        "retain_dataset": retain["dataset"],
-        "last_step": int(metrics["step"][-1]),
-        "fraction_pruned": float(fraction[-1]),
-        "base_top1_forget": float(forget["top1"][0]),
-        "base_top1_retain": float(retain["top1"][0]),
-        "max_rel_diff": float(rel_gap[best_rel]),
-        "max_rel_diff_step": int(metrics["step"][best_rel]),
-        "max_abs_diff": float(abs_gap[best_abs]),
-        "max_abs_diff_step": int(metrics["step"][best_abs]),
-        "area_rel": float(np.sum(np.diff(fraction) * (rel_gap[1:] + rel_gap[:-1]) / 2)),
-        "retain_drop_at_forget_50": retain_drop_when_forget_drops(50),
-        "retain_drop_at_forget_80": retain_drop_when_forget_drops(80),
-        "final_perplexity_forget": float(forget["perplexity"][-1]),
-        "final_perplexity_retain": float(retain["perplexity"][-1]),
-    }
-
-
-def summarize(run_dir) -> dict:
-    """Headline numbers of one run, from its metrics.csv (drops recomputed from top1).
-
-    Relative drops are in percent of the step-0 accuracy, absolute drops in percentage points:
-    max_rel_diff / max_abs_diff = max over steps of (forget drop - retain drop) and the step where it
-    happens; area_rel = trapezoid area of (forget - retain) relative drop over fraction_pruned;
-    retain_drop_at_forget_50/80 = retain relative drop at the first step where the forget relative drop
-    reaches 50% / 80% (None if it never does).
-    """
-    return _summary(_read_metrics(Path(run_dir)))
+from .rundir import RunFolder, summary_of
 
 
 # ---------------------------------------------------------------- plots
@@ -242,7 +101,7 @@ def _plot_neurons(run: dict) -> bytes:
                       interpolation="nearest", cmap="magma_r",
                       extent=(0.5, max(steps, 1) + 0.5, -0.5, layers - 0.5))
     fig.colorbar(image, ax=ax, label=f"{unit} pruned in the step")
-    ax.set_title(f"{run['label']}: where the {counts.sum()} pruned {unit} are ({run['config'].get('group', '?')})")
+    ax.set_title(f"{run['label']}: where the {counts.sum()} pruned {unit} are ({run['config'].group})")
     ax.set_xlabel("pruning step")
     ax.set_ylabel("layer")
     return _png(fig)
@@ -252,21 +111,29 @@ def _plot_neurons(run: dict) -> bytes:
 
 
 def _load_run(run_dir, color) -> dict:
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UserError(f"{run_dir} is not a directory: give the run directories to report on")
-    config = _read_config(run_dir)
-    metrics = _read_metrics(run_dir)
+    folder = RunFolder(run_dir)
+    config = folder.read_config()
+    metrics = folder.metrics()
     return {
-        "dir": run_dir,
-        "label": str(config.get("name") or run_dir.name),
+        "dir": folder.path,
+        "label": config.name or folder.path.name,
         "config": config,
         "metrics": metrics,
-        "summary": _summary(metrics),
-        "pruned": _read_pruned(run_dir),
-        "unit": "heads" if config.get("group") == "attn-head" else "neurons",
+        "summary": summary_of(metrics),
+        "pruned": _pruned_per_step(folder),
+        "unit": "heads" if config.group == "attn-head" else "neurons",
         "color": color,
     }
+
+
+def _pruned_per_step(folder: RunFolder) -> np.ndarray:
+    """[layers, steps]: how many units each step newly pruned in each layer."""
+    record = folder.record()
+    steps = [entry["step"] for entry in record.steps]
+    counts = np.zeros((record.layers, max(steps, default=0)), dtype=int)
+    for step in steps:
+        counts[:, step - 1] += record.mask_of(step).sum(1).numpy()
+    return counts
 
 
 def _number(value, spec: str, unit: str = "") -> str:
@@ -286,7 +153,7 @@ def _table(runs: list[dict]) -> str:
         s, config = run["summary"], run["config"]
         cells = [
             f'<span class="swatch" style="background:{run["color"]}"></span>{html.escape(run["label"])}',
-            *(html.escape(str(config.get(key, "—"))) for key in ("model", "group", "scorer")),
+            *(html.escape(str(getattr(config, key))) for key in ("model", "group", "scorer")),
             html.escape(s["forget_dataset"]),
             html.escape(s["retain_dataset"]),
             f'{s["last_step"]} ({_number(100 * s["fraction_pruned"], ".1f", "%")})',

@@ -1,14 +1,11 @@
 """The iterative loop: data -> model -> (statistics -> scores -> pruning -> evaluation) x steps -> report.
 
-Every step ends with atomic writes of pruned.json, metrics.csv and state/progress.json (the commit
-point), so a killed run resumes from its last completed step with the same result.
+Every step ends in a commit of the run folder (rundir.py), so a killed run resumes from its last
+completed step with the same result.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import shutil
 import time
@@ -27,14 +24,9 @@ from .errors import UserError
 from .evaluate import Head, Metrics, evaluate_causal, evaluate_masked, frequent_tokens
 from .models import load_model
 from .pruning import PrunedRecord, apply
+from .rundir import COLUMNS, RunFolder
 from .scoring import importance, random_scores, scores, select
 from .stats import NEEDS, collect
-
-COLUMNS = ["step", "fraction_pruned", "neurons_pruned", "role", "dataset", "tokens", "top1", "top10",
-           "loss", "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip",
-           "top1_drop_rel", "top1_drop_abs"]
-# Settings that may change between a run and its resumption without changing its result.
-RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "device_map", "output", "compile"}
 
 
 @dataclass
@@ -57,15 +49,18 @@ class Run:
     def __init__(self, config: RunConfig, resume: bool = False, quiet: bool = False):
         config.validate()
         distributed.init_from_env()
-        self.out = config.output_dir
-        self.config = _resume_config(self.out, config) if resume else config
-        if not resume and distributed.is_main():
-            _claim_output(self.out)
-        distributed.barrier()
+        self.config = config
+        self.folder = RunFolder(config.output_dir)
         self.main = distributed.is_main()
+        if self.main:  # the folder is held by rank 0 for the whole run
+            if resume:
+                self.folder.open_for_resume(config)
+            else:
+                self.folder.create()
+        distributed.barrier()
         self.quiet = quiet or not self.main
-        self.log(f"selprune: forget={self.config.forget} retain={self.config.retain} "
-                 f"model={self.config.model} group={self.config.group} scorer={self.config.scorer} -> {self.out}")
+        self.log(f"selprune: forget={config.forget} retain={config.retain} model={config.model} "
+                 f"group={config.group} scorer={config.scorer} -> {self.folder}")
 
     def log(self, line: str) -> None:
         if not self.quiet:
@@ -84,14 +79,29 @@ class Run:
                                                 device_map=c.device_map or None)
         self.masked_lm = architecture_of(self.model.config).masked_lm
         self.head = None if self.masked_lm else Head(self.model)  # its band constants, once per run
-        self.view = NeuronGroup(self.model, c.group)
+        self.neurons = NeuronGroup(self.model, c.group)
+        self._check_budget()
         self.device = next(self.model.parameters()).device
         self.batch_size = c.batch_size or auto_batch_size(self.model, c.chunk_len, self.device)
         self.data = [self._dataset(role, spec, docs[role]) for role, spec in
                      (("forget", c.forget), ("retain", c.retain))]
+        n = self.neurons
         self.log(f"model: {type(self.model).__name__} {self.model.dtype} on {self.device}; "
-                 f"{self.view.layers} layers x {self.view.size} {c.group} units = {self.view.total}; "
+                 f"{n.layers} layers x {n.units_per_layer} {c.group} units = {n.total_units}; "
                  f"{c.score_tokens} scoring + {c.eval_tokens} evaluation tokens per dataset")
+
+    def _check_budget(self) -> None:
+        """Refuse a fraction that prunes nothing per step, or that would run out of units before the end."""
+        c, n = self.config, self.neurons
+        pool = n.units_per_layer if c.selection == "per-layer" else n.total_units
+        per_step = self.units_per_step() // (n.layers if c.selection == "per-layer" else 1)
+        where = "of a layer's" if c.selection == "per-layer" else "of the"
+        if per_step == 0:
+            raise UserError(f"--fraction {c.fraction} prunes 0 {where} {pool} {c.group} units per step: use at "
+                            f"least --fraction {1 / pool:.3g}")
+        if per_step * c.steps > pool:
+            raise UserError(f"{c.steps} steps x {per_step} {where} {pool} {c.group} units per step is more than "
+                            f"there are: use at most --steps {pool // per_step}, or a smaller --fraction")
 
     def _dataset(self, role: str, spec: str, docs) -> Dataset:
         c = self.config
@@ -116,76 +126,70 @@ class Run:
                                                      d.skip_ids, bar, self.config.compile, self.head)
         return m
 
-    def importance(self, d: Dataset) -> torch.Tensor:
+    def measure(self, d: Dataset) -> torch.Tensor:
+        """Per-unit importance on one dataset's scoring chunks, under the current pruning."""
         with self._bar(int(d.score_mask.sum()), f"stats {d.role}") as bar:
-            stats, self.batch_size = collect(self.model, self.view, d.score_ids, d.score_mask,
+            stats, self.batch_size = collect(self.model, self.neurons, d.score_ids, d.score_mask,
                                              self.batch_size, bar, NEEDS[self.config.scorer],
                                              fused=self.config.compile)
-        return importance(stats, self.config.scorer, self.view.unit)
+        return importance(stats, self.config.scorer, self.neurons.dims_per_unit)
 
-    def score(self, step: int) -> torch.Tensor:
+    def step_scores(self, step: int) -> torch.Tensor:
         c = self.config
         if c.scorer == "random":
-            return random_scores((self.view.layers, self.view.size), c.seed, step)
-        forget, retain = (self.importance(d) for d in self.data)
+            return random_scores((self.neurons.layers, self.neurons.units_per_layer), c.seed, step)
+        forget, retain = (self.measure(d) for d in self.data)
         return scores(forget, retain, c.eps_value, c.eps_relative)
 
     def units_per_step(self) -> int:
-        c, v = self.config, self.view
+        c, n = self.config, self.neurons
         if c.selection == "per-layer":
-            return round(c.fraction * v.size) * v.layers
-        return round(c.fraction * v.total)
+            return round(c.fraction * n.units_per_layer) * n.layers
+        return round(c.fraction * n.total_units)
 
     # -- the loop ------------------------------------------------------------------------------
 
     def execute(self) -> Path:
         self.load()
-        c = self.config
-        if self.main:
-            atomic.write_text(self.out / "config.toml", c.to_toml())
-        done = _completed_step(self.out)
-        record = _load_record(self.out, self.view, done)
-        rows = _load_rows(self.out, done)
-        apply(self.view, record.mask())
+        c, n = self.config, self.neurons
+        done, record, rows = self.folder.committed(c, n.layers, n.units_per_layer, self.units_per_step(),
+                                                   tuple(d.role for d in self.data))
+        pruned = record.mask()
+        apply(n, pruned)
         if done >= 0:
             self.log(f"resuming after step {done} of {c.steps}")
-        if done < 0:
+        else:
             t0 = time.perf_counter()
             rows = [self._row(0, 0, d, self.evaluate(d), None) for d in self.data]
             self._commit(0, record, rows)
             self._print_step(0, rows, time.perf_counter() - t0)
         base = {r["role"]: float(r["top1"]) for r in rows if int(r["step"]) == 0}
-        pruned = record.mask()
         for step in range(max(done, 0) + 1, c.steps + 1):
             t0 = time.perf_counter()
-            new = select(self.score(step), pruned, self.units_per_step(), c.selection == "per-layer")
-            apply(self.view, new)
+            new = select(self.step_scores(step), pruned, self.units_per_step(), c.selection == "per-layer")
+            apply(n, new)
             pruned |= new
             record.add(step, new)
-            n = int(pruned.sum())
-            rows += [self._row(step, n, d, self.evaluate(d), base[d.role]) for d in self.data]
+            count = int(pruned.sum())
+            rows += [self._row(step, count, d, self.evaluate(d), base[d.role]) for d in self.data]
             self._commit(step, record, rows)
-            self._print_step(step, rows[-2:], time.perf_counter() - t0)
+            self._print_step(step, rows[-len(self.data):], time.perf_counter() - t0)
         if done >= c.steps:
             self.log("run already complete; nothing to redo")
         self.finish()
-        return self.out
+        return self.folder.path
 
-    def _row(self, step: int, n: int, d: Dataset, m: Metrics, base: float | None) -> dict:
+    def _row(self, step: int, count: int, d: Dataset, m: Metrics, base: float | None) -> dict:
         base = m.top1 if base is None else base
-        row = {"step": step, "fraction_pruned": n / self.view.total, "neurons_pruned": n, "role": d.role,
-               "dataset": d.spec, **m.as_dict(),
+        row = {"step": step, "fraction_pruned": count / self.neurons.total_units, "units_pruned": count,
+               "role": d.role, "dataset": d.spec, **m.as_dict(),
                "top1_drop_rel": 100 * (base - m.top1) / base if base else float("nan"),
                "top1_drop_abs": 100 * (base - m.top1)}
         return {k: row[k] for k in COLUMNS}
 
     def _commit(self, step: int, record: PrunedRecord, rows: list[dict]) -> None:
-        if not self.main:
-            return
-        atomic.write_text(self.out / "pruned.json", json.dumps(record.to_json()))
-        atomic.write_text(self.out / "metrics.csv", _csv(rows))
-        (self.out / "state").mkdir(exist_ok=True)
-        atomic.write_text(self.out / "state" / "progress.json", json.dumps({"completed_step": step}))
+        if self.main:
+            self.folder.commit(step, self.config, record, rows)
 
     def _print_step(self, step: int, rows: list[dict], seconds: float) -> None:
         f, r = rows
@@ -199,15 +203,16 @@ class Run:
             return
         from .report import write_report
 
-        report = write_report([self.out], self.out)
+        report = write_report([self.folder.path], self.folder.path)
         self.log(f"report: {report}")
         if self.config.save_model:
             self.save_model()
+        self.folder.unlock()
 
     def save_model(self) -> None:
         """The pruned model and tokenizer in Hugging Face format, moved into place when complete."""
-        target = self.out / "model"
-        tmp = self.out / f".model.tmp{os.getpid()}"
+        target = self.folder.model_path
+        tmp = target.with_name(f".model.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
         self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
@@ -224,57 +229,3 @@ def _documents(spec: str, c: RunConfig):
     """Streamed hub datasets stop after ample text for the budgets (~4 characters a token, x4)."""
     limit = 16 * (c.score_tokens + c.eval_tokens) if spec.startswith("hf:") else None
     return load_documents(spec, max_chars=limit)
-
-
-# -- run-folder helpers ------------------------------------------------------------------------
-
-def _claim_output(out: Path) -> None:
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"output folder {out} already exists: add --resume to continue it, "
-                        "or choose another with --output or --name")
-    out.mkdir(parents=True, exist_ok=True)
-
-
-def _resume_config(out: Path, config: RunConfig) -> RunConfig:
-    saved_path = out / "config.toml"
-    if not saved_path.is_file():
-        raise UserError(f"nothing to resume in {out}: it has no config.toml; start it without --resume")
-    saved = RunConfig.from_toml(saved_path)
-    given, kept = config.to_dict(), saved.to_dict()
-    changed = sorted(k for k in set(given) | set(kept)
-                     if k not in RESUMABLE_CHANGES and given.get(k) != kept.get(k))
-    if changed:
-        raise UserError(f"cannot resume {out} with different settings ({', '.join(changed)}): "
-                        "resume with the same settings, or start a new run with --output")
-    return config
-
-
-def _completed_step(out: Path) -> int:
-    path = out / "state" / "progress.json"
-    return json.loads(path.read_text())["completed_step"] if path.is_file() else -1
-
-
-def _load_record(out: Path, view: NeuronGroup, done: int) -> PrunedRecord:
-    path = out / "pruned.json"
-    if done < 1 or not path.is_file():
-        return PrunedRecord.for_view(view)
-    record = PrunedRecord.from_json(json.loads(path.read_text()))
-    record.truncate(done)
-    return record
-
-
-def _load_rows(out: Path, done: int) -> list[dict]:
-    path = out / "metrics.csv"
-    if done < 0 or not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return [r for r in csv.DictReader(f) if int(r["step"]) <= done]
-
-
-def _csv(rows: list[dict]) -> str:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()

@@ -7,7 +7,7 @@ import torch
 from .stats import NEEDS, Stats
 
 
-def importance(stats: Stats, kind: str, unit: int = 1) -> torch.Tensor:
+def importance(stats: Stats, kind: str, dims_per_unit: int = 1) -> torch.Tensor:
     """Paper Definition 1, per activation dim, then averaged over each unit's dims: [layers, units].
 
     freq = P(z > 0); abs = mean |z|; rms = sqrt(mean z^2); std = population std of z.
@@ -27,7 +27,7 @@ def importance(stats: Stats, kind: str, unit: int = 1) -> torch.Tensor:
     else:
         raise ValueError(f"no importance function {kind!r}")
     layers, width = value.shape
-    return value.reshape(layers, width // unit, unit).mean(-1)
+    return value.reshape(layers, width // dims_per_unit, dims_per_unit).mean(-1)
 
 
 def scores(forget: torch.Tensor, retain: torch.Tensor, eps: float, relative: bool = False) -> torch.Tensor:

@@ -82,7 +82,7 @@ def reduce_batch(z: torch.Tensor, keep: torch.Tensor | None, moments=MOMENTS,
 
 
 @torch.no_grad()
-def collect(model, view: NeuronGroup, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+def collect(model, neurons: NeuronGroup, input_ids: torch.Tensor, attention_mask: torch.Tensor,
             batch_size: int, progress=None, moments=MOMENTS, fused: bool = False) -> tuple[Stats, int]:
     """Statistics of one dataset's chunks; runs the base model only (no language-model head).
 
@@ -94,7 +94,7 @@ def collect(model, view: NeuronGroup, input_ids: torch.Tensor, attention_mask: t
     """
     input_ids, attention_mask = distributed.shard(input_ids, attention_mask)
     device = next(model.parameters()).device
-    total = Stats.zeros(view.layers, view.width, moments, device)
+    total = Stats.zeros(neurons.layers, neurons.width, moments, device)
     pending: dict[int, dict] = {}
     keep: list = [None]
 
@@ -110,12 +110,12 @@ def collect(model, view: NeuronGroup, input_ids: torch.Tensor, attention_mask: t
         positions = int(flat.sum())
         keep[0] = None if positions == flat.numel() else flat
         model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
-        total.add(Stats(float(positions), **{m: torch.stack([pending[layer][m] for layer in range(view.layers)])
+        total.add(Stats(float(positions), **{m: torch.stack([pending[layer][m] for layer in range(neurons.layers)])
                                              .double() for m in moments}))
         if progress is not None:
             progress.update(positions)
 
-    handles = view.add_hooks(hook)
+    handles = neurons.add_hooks(hook)
     try:
         batch_size = for_each_batch(len(input_ids), batch_size, one_batch)
     finally:

@@ -1,0 +1,353 @@
+"""The one owner of a run folder's files: where each lives, how it is written, read, verified and summarised.
+
+    RUN/config.toml            every setting (RunConfig); `selprune run --config` repeats the run
+    RUN/metrics.csv            one row per step and dataset, the columns in COLUMNS
+    RUN/pruned.json            per step and layer, the units that step pruned
+    RUN/state/progress.json    the commit point: the last completed step and checksums of what it committed
+    RUN/report.html, *.png, summary.json    the report (report.py)
+    RUN/model/                 the pruned model, with --save-model
+    RUN/.lock                  locked (flock) by the process running in the folder; the OS frees it on exit
+
+Every file is replaced atomically. A step is committed when progress.json names it, written last. Files
+written after that commit belong to a step that did not finish, and resume drops them. Resume does not
+trust the files: the committed part of metrics.csv and pruned.json must hash to the checksums that
+progress.json recorded, and agree with the config and the model. A damaged, truncated or foreign file is
+refused with a line that names it, never silently repaired.
+"""
+
+from __future__ import annotations
+
+import csv
+import fcntl
+import hashlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from . import atomic
+from .config import RunConfig
+from .errors import UserError
+from .pruning import PrunedRecord
+
+COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens", "top1", "top10", "loss",
+           "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip", "top1_drop_rel",
+           "top1_drop_abs")
+ROLES = ("forget", "retain")
+FORMAT = 1  # of progress.json; a folder made by another format is refused on resume
+LOCK = ".lock"
+# Settings that may change between a run and its resumption without changing its result.
+RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "device_map", "output", "compile"}
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def metrics_text(rows: list[dict]) -> str:
+    """metrics.csv's exact bytes: floats as repr (round-trips), strings as read, so re-writing is exact."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
+    return buf.getvalue()
+
+
+def pruned_text(record: PrunedRecord) -> str:
+    return json.dumps(record.to_json())
+
+
+class RunFolder:
+    """A run folder on disk. Create or open it (taking its lock) before writing; reading needs no lock."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = None
+
+    config_path = property(lambda self: self.path / "config.toml")
+    metrics_path = property(lambda self: self.path / "metrics.csv")
+    pruned_path = property(lambda self: self.path / "pruned.json")
+    progress_path = property(lambda self: self.path / "state" / "progress.json")
+    model_path = property(lambda self: self.path / "model")
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    # -- holding the folder --------------------------------------------------------------------
+
+    def lock(self) -> None:
+        """Hold the folder for this process's lifetime: a second selprune refuses instead of mixing files."""
+        if self.path.exists() and not self.path.is_dir():
+            raise UserError(f"output {self.path} is a file, not a folder: choose another --output")
+        self.path.mkdir(parents=True, exist_ok=True)
+        handle = open(self.path / LOCK, "a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise UserError(f"{self.path} is in use by another selprune process (pid {holder}): wait for it "
+                            "to finish, or choose another --output") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing releases the flock
+            self._lock = None
+
+    def create(self) -> None:
+        """Lock a new run's folder; refuse one that holds any other run's files (an empty one is reused)."""
+        self.lock()
+        if any(p.name != LOCK for p in self.path.iterdir()):
+            self.unlock()
+            raise UserError(f"output folder {self.path} already exists: add --resume to continue it, or give "
+                            "a new --output (or --name) to start another run, e.g. to repeat it from its "
+                            "config.toml")
+
+    def open_for_resume(self, given: RunConfig) -> RunConfig:
+        """Lock an existing run's folder and check that `given` may continue it; returns the config to use."""
+        if not self.config_path.is_file():
+            if self.path.is_dir() and not any(p.name != LOCK for p in self.path.iterdir()):
+                raise UserError(f"nothing to resume in {self.path}: no step was finished; start it without --resume")
+            raise UserError(f"nothing to resume in {self.path}: it has no config.toml; start it without --resume")
+        self.lock()
+        saved, kept = self.read_config().to_dict(), given.to_dict()
+        changed = sorted(k for k in set(saved) | set(kept)
+                         if k not in RESUMABLE_CHANGES and saved.get(k) != kept.get(k))
+        if changed:
+            self.unlock()
+            raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): "
+                            "resume with the same settings, or start a new run with --output")
+        return given
+
+    # -- config ----------------------------------------------------------------------------------
+
+    def read_config(self) -> RunConfig:
+        self._require(self.config_path)
+        return RunConfig.from_toml(self.config_path)
+
+    # -- the commit ------------------------------------------------------------------------------
+
+    def commit(self, step: int, config: RunConfig, record: PrunedRecord, rows: list[dict]) -> None:
+        """Write a completed step: the files first, then progress.json with their checksums (the commit)."""
+        metrics, pruned = metrics_text(rows), pruned_text(record)
+        atomic.write_text(self.config_path, config.to_toml())
+        atomic.write_text(self.pruned_path, pruned)
+        atomic.write_text(self.metrics_path, metrics)
+        self.progress_path.parent.mkdir(exist_ok=True)
+        progress = {"format": FORMAT, "completed_step": step,
+                    "sha256": {"metrics.csv": _sha256(metrics), "pruned.json": _sha256(pruned)}}
+        atomic.write_text(self.progress_path, json.dumps(progress))
+
+    def completed_step(self) -> int:
+        """The last committed step, -1 before step 0 is committed."""
+        return -1 if not self.progress_path.is_file() else self._progress()["completed_step"]
+
+    def _progress(self) -> dict:
+        path = self.progress_path
+        try:
+            data = json.loads(path.read_text())
+            step, sums = data["completed_step"], data["sha256"]
+            ok = (data.get("format") == FORMAT and isinstance(step, int) and not isinstance(step, bool)
+                  and step >= 0 and isinstance(sums, dict) and all(isinstance(sums.get(name), str)
+                                                                   for name in ("metrics.csv", "pruned.json")))
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            raise self._damaged(path, "is not a progress record selprune wrote")
+        return data
+
+    def committed(self, config: RunConfig, layers: int, units_per_layer: int, units_per_step: int,
+                  roles: tuple[str, ...]) -> tuple[int, PrunedRecord, list[dict]]:
+        """What earlier sessions committed, verified: (last step, pruned record, metrics rows).
+
+        Nothing committed yet: (-1, an empty record, []). Uncommitted leftovers of an interrupted step
+        are dropped; anything else that disagrees with progress.json, the config or the model is refused.
+        """
+        empty = PrunedRecord(config.group, layers, units_per_layer)
+        if not self.progress_path.is_file():
+            self._refuse_orphans()
+            return -1, empty, []
+        progress = self._progress()
+        done = progress["completed_step"]
+        if done > config.steps:
+            raise self._damaged(self.progress_path, f"says step {done} was completed of a {config.steps}-step run")
+        record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
+        rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
+        return done, record, rows
+
+    def _refuse_orphans(self) -> None:
+        """Without progress.json nothing was committed, so there can be no metrics past step 0."""
+        if self.metrics_path.is_file():
+            steps = {int(r["step"]) for r in self.rows() if r["step"].isdigit()}
+            if any(s > 0 for s in steps):
+                raise self._damaged(self.progress_path, f"is missing, but metrics.csv has steps up to {max(steps)}")
+
+    def _verified_record(self, done: int, checksum: str, empty: PrunedRecord, per_step: int) -> PrunedRecord:
+        record = self.record()
+        record.truncate(done)
+        if (record.group, record.layers, record.units_per_layer) != (empty.group, empty.layers, empty.units_per_layer):
+            raise self._damaged(self.pruned_path, f"is for {record.layers} layers x {record.units_per_layer} "
+                                f"{record.group} units, the model has {empty.layers} x {empty.units_per_layer} "
+                                f"{empty.group} units")
+        steps = [s["step"] for s in record.steps]
+        if steps != list(range(1, done + 1)):
+            raise self._damaged(self.pruned_path, f"has steps {steps}, progress.json says 1 to {done} were completed")
+        counts = [int(record.mask_of(s).sum()) for s in steps]
+        if any(c != per_step for c in counts) or int(record.mask().sum()) != sum(counts):
+            raise self._damaged(self.pruned_path, f"prunes {counts} units per step; this run prunes {per_step} "
+                                "distinct units a step")
+        if _sha256(pruned_text(record)) != checksum:
+            raise self._damaged(self.pruned_path, f"differs from what step {done} committed")
+        return record
+
+    def _verified_rows(self, done: int, checksum: str, record: PrunedRecord, config: RunConfig,
+                       roles: tuple[str, ...]) -> list[dict]:
+        rows = [r for r in self.rows() if _int(r["step"]) is not None and _int(r["step"]) <= done]
+        expected = [(s, role) for s in range(done + 1) for role in roles]
+        if [(_int(r["step"]), r["role"]) for r in rows] != expected or _sha256(metrics_text(rows)) != checksum:
+            raise self._damaged(self.metrics_path, f"differs from what step {done} committed (a row is missing, "
+                                "cut or changed)")
+        pruned = np.cumsum([0] + [int(record.mask_of(s["step"]).sum()) for s in record.steps])
+        specs = {"forget": config.forget, "retain": config.retain}
+        for r in rows:
+            if _int(r["units_pruned"]) != pruned[int(r["step"])] or r["dataset"] != specs.get(r["role"], r["dataset"]):
+                raise self._damaged(self.metrics_path, f"step {r['step']} ({r['role']}) disagrees with pruned.json "
+                                    "or config.toml")
+        return rows
+
+    def _damaged(self, path: Path, what: str) -> UserError:
+        return UserError(f"cannot resume: {path} {what}; the files of {self.path} disagree, so nothing was "
+                         f"changed. Runs are deterministic: redo it in a new folder with `selprune run --config "
+                         f"{self.config_path} --output NEW`")
+
+    # -- reading ---------------------------------------------------------------------------------
+
+    def _require(self, path: Path) -> Path:
+        if not self.path.is_dir():
+            raise UserError(f"{self.path} is not a folder: give a selprune run folder")
+        if not path.is_file():
+            raise UserError(f"{path} not found: give a selprune run folder (config.toml, metrics.csv, pruned.json)")
+        return path
+
+    def rows(self) -> list[dict[str, str]]:
+        """metrics.csv's rows as strings, in file order, with every column present."""
+        path = self._require(self.metrics_path)
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+                rows = list(reader)
+        except (UnicodeDecodeError, csv.Error) as exc:
+            raise UserError(f"{path} is not a CSV file selprune wrote ({exc}): regenerate it with selprune") from None
+        if missing:
+            raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: regenerate it with selprune")
+        for line, row in enumerate(rows, start=2):
+            if None in row or any(row[c] is None for c in COLUMNS):
+                raise UserError(f"{path} line {line} does not have {len(COLUMNS)} fields: the file is damaged")
+        return rows
+
+    def record(self) -> PrunedRecord:
+        """pruned.json, checked for shape: steps of layer -> unit indices inside the group."""
+        path = self._require(self.pruned_path)
+        try:
+            record = PrunedRecord.from_json(json.loads(path.read_text(encoding="utf-8")))
+            record.mask()  # indices out of range or of the wrong type fail here
+        except (ValueError, KeyError, TypeError, IndexError, AttributeError, RuntimeError) as exc:
+            raise UserError(f"{path} is malformed ({type(exc).__name__}: {exc}): regenerate it with selprune") from None
+        return record
+
+    def metrics(self) -> dict:
+        """metrics.csv as arrays over the steps that have a forget and a retain row, step 0 first.
+
+        {"step", "fraction_pruned", "forget": {...}, "retain": {...}}: each role holds "dataset", "top1",
+        "perplexity" and the drops recomputed from top1: "drop_rel" (% of base) and "drop_abs" (points).
+        """
+        path = self.metrics_path
+        by_role: dict[str, dict[int, dict]] = {role: {} for role in ROLES}
+        for line, row in enumerate(self.rows(), start=2):
+            role = row["role"]
+            if role not in by_role:
+                continue  # other roles (watched datasets) have no place in the forget/retain headline
+            try:
+                step = int(row["step"])
+                values = {c: float(row[c]) for c in ("fraction_pruned", "top1", "perplexity")}
+            except ValueError:
+                raise UserError(f"{path} line {line}: step, fraction_pruned, top1 and perplexity must be "
+                                "numbers") from None
+            if step in by_role[role]:
+                raise UserError(f"{path} line {line}: a second {role} row for step {step}; "
+                                "keep one forget and one retain row per step")
+            by_role[role][step] = {"dataset": row["dataset"], **values}
+        steps = sorted(by_role["forget"].keys() & by_role["retain"].keys())
+        if not steps or steps[0] != 0:
+            raise UserError(f"{path} has no step-0 rows for both forget and retain: "
+                            "the unpruned evaluation must come first")
+        metrics = {"step": np.array(steps),
+                   "fraction_pruned": np.array([by_role["forget"][s]["fraction_pruned"] for s in steps])}
+        for role, rows in by_role.items():
+            top1 = np.array([rows[s]["top1"] for s in steps])
+            with np.errstate(divide="ignore", invalid="ignore"):  # a base of 0 has no relative drop: NaN
+                drop_rel = np.where(top1[0] > 0, 100 * (top1[0] - top1) / top1[0], np.nan)
+            metrics[role] = {"dataset": rows[0]["dataset"], "top1": top1, "drop_rel": drop_rel,
+                             "perplexity": np.array([rows[s]["perplexity"] for s in steps]),
+                             "drop_abs": 100 * (top1[0] - top1)}
+        return metrics
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
+
+
+def summary_of(metrics: dict) -> dict:
+    """Headline numbers from RunFolder.metrics(); see summarize()."""
+    forget, retain = metrics["forget"], metrics["retain"]
+    rel_gap = forget["drop_rel"] - retain["drop_rel"]
+    abs_gap = forget["drop_abs"] - retain["drop_abs"]
+    best_rel, best_abs = int(np.argmax(rel_gap)), int(np.argmax(abs_gap))
+    fraction = metrics["fraction_pruned"]
+
+    def retain_drop_when_forget_drops(level: float) -> float | None:
+        reached = np.flatnonzero(forget["drop_rel"] >= level)
+        return float(retain["drop_rel"][reached[0]]) if reached.size else None
+
+    return {
+        "forget_dataset": forget["dataset"],
+        "retain_dataset": retain["dataset"],
+        "last_step": int(metrics["step"][-1]),
+        "fraction_pruned": float(fraction[-1]),
+        "base_top1_forget": float(forget["top1"][0]),
+        "base_top1_retain": float(retain["top1"][0]),
+        "max_rel_diff": float(rel_gap[best_rel]),
+        "max_rel_diff_step": int(metrics["step"][best_rel]),
+        "max_abs_diff": float(abs_gap[best_abs]),
+        "max_abs_diff_step": int(metrics["step"][best_abs]),
+        "area_rel": float(np.sum(np.diff(fraction) * (rel_gap[1:] + rel_gap[:-1]) / 2)),
+        "retain_drop_at_forget_50": retain_drop_when_forget_drops(50),
+        "retain_drop_at_forget_80": retain_drop_when_forget_drops(80),
+        "final_perplexity_forget": float(forget["perplexity"][-1]),
+        "final_perplexity_retain": float(retain["perplexity"][-1]),
+    }
+
+
+def summarize(run_dir) -> dict:
+    """Headline numbers of one run, from its metrics.csv (drops recomputed from top1).
+
+    Relative drops are in percent of the step-0 accuracy, absolute drops in percentage points:
+    max_rel_diff / max_abs_diff = max over steps of (forget drop - retain drop) and the step where it
+    happens; area_rel = trapezoid area of (forget - retain) relative drop over fraction_pruned;
+    retain_drop_at_forget_50/80 = retain relative drop at the first step where the forget relative drop
+    reaches 50% / 80% (None if it never does).
+    """
+    return summary_of(RunFolder(run_dir).metrics())
