@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from selprune.batching import for_each_batch
-from selprune.errors import UserError
+from selprune.errors import OutOfMemory
 
 
 def test_out_of_memory_halves_the_batch_and_loses_nothing():
@@ -19,9 +19,11 @@ def test_out_of_memory_halves_the_batch_and_loses_nothing():
     assert done == [(0, 2), (2, 4), (4, 6), (6, 7)]
 
 
-def test_out_of_memory_with_one_chunk_is_a_clear_error():
+def test_out_of_memory_with_one_chunk_is_out_of_memory_not_bad_input():
+    """OutOfMemory, so the command line exits 3 (errors.py), with what to lower."""
     def work(start, stop):
         raise torch.OutOfMemoryError("out of memory")
 
-    with pytest.raises(UserError, match="out of memory with one chunk per batch"):
+    with pytest.raises(OutOfMemory, match="out of memory with one chunk per batch") as exc:
         for_each_batch(3, 4, work)
+    assert "--chunk-len" in str(exc.value) and "--dtype bfloat16" in str(exc.value)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import torch
 
 from .arch import text_config
-from .errors import UserError
+from .errors import OutOfMemory
 
 CPU_TOKENS_PER_BATCH = 4096  # measured sweet spot for small models on a 2-core CPU (bench/)
-GPU_BYTES_PER_TOKEN_FACTOR = 24  # activations per token ~ factor x hidden x layers bytes, a safe guess
+# Bytes per token in flight ~ FACTOR x hidden x 2 (about FACTOR hidden-wide 2-byte activations alive at once;
+# layers run one after another, so depth does not enter) + vocab x 6 (the logits and a float32 copy).
+GPU_BYTES_PER_TOKEN_FACTOR = 24  # a safe guess
 
 
 def auto_batch_size(model, chunk_len: int, device: torch.device) -> int:
@@ -22,8 +24,12 @@ def auto_batch_size(model, chunk_len: int, device: torch.device) -> int:
     return max(1, min(256, int(0.5 * free) // (per_token * chunk_len)))
 
 
+OOM_MESSAGES = ("out of memory", "can't allocate memory", "not enough memory")  # CUDA, CPU allocators
+
+
 def is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    text = str(exc).lower()
+    return isinstance(exc, torch.OutOfMemoryError) or any(m in text for m in OOM_MESSAGES)
 
 
 def for_each_batch(n: int, batch_size: int, fn) -> int:
@@ -41,8 +47,8 @@ def for_each_batch(n: int, batch_size: int, fn) -> int:
             if not is_oom(exc):
                 raise
             if batch_size == 1:
-                raise UserError("out of memory with one chunk per batch: use a shorter --chunk-len, "
-                                "--dtype bfloat16, or a larger device") from None
+                raise OutOfMemory("out of memory with one chunk per batch: use a shorter --chunk-len, "
+                                  "--dtype bfloat16, or a larger device") from None
             batch_size //= 2
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -1,62 +1,75 @@
-"""The `selprune` command: parses arguments and calls the Python API. Bad input -> one line, exit 2."""
+"""The `selprune` command: parses arguments and calls the Python API.
+
+Every failure ends with one line on stderr and an exit status that says what kind it was (errors.py).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
 import os
+import signal
 import sys
+import traceback
+from pathlib import Path
+
+import torch
 
 from . import __version__
-from .config import PRESETS, SCORERS, SELECTIONS, RunConfig, preset
-from .errors import UserError
+from .batching import is_oom
+from .config import FIELD_TYPES, PRESETS, RunConfig, flag, preset, safe_name
+from .errors import (
+    EXIT_BAD_INPUT,
+    EXIT_BUG,
+    EXIT_ENVIRONMENT,
+    EXIT_INTERRUPTED,
+    EXIT_OUT_OF_MEMORY,
+    EXIT_TERMINATED,
+    OutOfMemory,
+    Terminated,
+    UserError,
+)
 
-EXIT_BAD_INPUT = 2
+SHORT_FLAGS = {"output": "-o"}
+COMPARE_NAMES, COMPARE_NAME_CHARS = 3, 40  # runs/compare/<name1>+<name2>...: at most 3 names of 40 characters
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one line (usage is one --help away), like every other bad input."""
+
+    def error(self, message):
+        self.exit(EXIT_BAD_INPUT, f"selprune: error: {message} (see {self.prog} --help)\n")
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per RunConfig field, typed by its annotation, with its help and choices from its metadata.
+
+    A flag left out parses to None, so it overrides neither the preset nor the config file. Every bool has
+    an off form (--no-compile) and an on form (--compile), to undo a preset or a file either way.
+    """
+    defaults = RunConfig()
+    for field in dataclasses.fields(RunConfig):
+        kind = FIELD_TYPES[field.name][0]
+        default = getattr(defaults, field.name)
+        shown = ("on" if default else "off") if kind is bool else default
+        text = field.metadata["help"] + (f" (default {shown})" if shown not in ("", None) else "")
+        names = [flag(field.name), *([SHORT_FLAGS[field.name]] if field.name in SHORT_FLAGS else [])]
+        if kind is bool:
+            parser.add_argument(*names, action=argparse.BooleanOptionalAction, help=text)
+        else:
+            parser.add_argument(*names, type=kind, choices=field.metadata["choices"], help=text)
 
 
 def _run_parser(sub) -> None:
     p = sub.add_parser("run", help="prune a model selectively and evaluate it after every step",
                        description="Selective pruning: remove what --forget needs and --retain does not.")
-    d = RunConfig()
-    p.add_argument("--preset", choices=sorted(PRESETS), help="named settings: paper, demo (README, ~10 min "
-                   "on 2 CPU cores) or tiny (smoke test); flags override it")
-    p.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file (as saved in a run folder)")
-    p.add_argument("--model", help=f"alias, Hugging Face id, local folder or .gguf (default {d.model})")
-    p.add_argument("--forget", help=f"dataset to forget: built-in name, file, folder[/glob], .jsonl, "
-                   f"hf:NAME[:CONFIG][:SPLIT] (default {d.forget})")
-    p.add_argument("--retain", help=f"dataset to retain, same forms (default {d.retain})")
-    p.add_argument("--group", choices=["ff", "attn-value", "attn-preout", "attn-head"],
-                   help=f"what to prune (default {d.group})")
-    p.add_argument("--scorer", choices=SCORERS, help=f"importance function (default {d.scorer})")
-    p.add_argument("--steps", type=int, help=f"pruning steps (default {d.steps})")
-    p.add_argument("--fraction", type=float, help=f"fraction of the group's units pruned per step "
-                   f"(default {d.fraction})")
-    p.add_argument("--score-tokens", type=int, help=f"scoring tokens per dataset (default {d.score_tokens})")
-    p.add_argument("--eval-tokens", type=int, help=f"evaluation tokens per dataset (default {d.eval_tokens})")
-    p.add_argument("--chunk-len", type=int, help=f"tokens per chunk (default {d.chunk_len})")
-    p.add_argument("--selection", choices=SELECTIONS, help="rank units across layers (global, the default) "
-                   "or prune the same fraction in every layer")
-    p.add_argument("--eps", type=float, help="score = I(forget) / (I(retain) + eps); default 1e-3 for ff, "
-                   "1e-4 for attention")
-    p.add_argument("--eps-relative", action="store_const", const=True,
-                   help="eps is a multiple of the median retain importance")
-    p.add_argument("--skip-top-tokens", type=int, help="the skip metrics ignore this many most frequent "
-                   f"tokens (default {d.skip_top_tokens})")
-    p.add_argument("--seed", type=int, help=f"seed for splits, masking and the random scorer (default {d.seed})")
-    p.add_argument("--batch-size", type=int, help="chunks per batch (default: automatic)")
-    p.add_argument("--no-compile", dest="compile", action="store_const", const=False,
-                   help="no torch.compile of the statistics and the evaluation's rank counts (compiling "
-                   "costs ~30 s once; on CPU it then saves ~25%% of each scoring pass and ~10%% of each "
-                   "evaluation pass)")
-    p.add_argument("--dtype", help="auto (bf16 where native), float32, bfloat16 or float16")
-    p.add_argument("--device", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--device-map", help="auto: shard a model too large for one device (accelerate)")
-    p.add_argument("--trust-remote-code", action="store_const", const=True,
-                   help="allow model code from the hub (off by default)")
-    p.add_argument("--save-model", action="store_const", const=True,
-                   help="save the pruned model (Hugging Face format) in RUN/model")
-    p.add_argument("--name", help="run name (default: from datasets, group and scorer)")
-    p.add_argument("--output", "-o", help="run folder (default runs/NAME)")
+    p.add_argument("--preset", choices=sorted(PRESETS), help="named settings: paper (the paper's protocol, with "
+                   "1,024-token chunks), demo (a short run, as in the README) or tiny (a smoke test); flags override it")
+    p.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file (as saved in a run folder); "
+                   "flags override it")
+    add_config_flags(p)
     p.add_argument("--resume", action="store_true", help="continue the run in the output folder")
     p.add_argument("--quiet", "-q", action="store_true", help="no console output")
 
@@ -67,13 +80,13 @@ def config_from_args(args) -> RunConfig:
     if args.config:
         config = RunConfig.from_toml(args.config, config)
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-             if getattr(args, f.name, None) is not None}
+             if getattr(args, f.name) is not None}
     if args.resume:
         folder = flags.get("output") or str(RunConfig.from_dict(flags, config).output_dir)
         saved = os.path.join(folder, "config.toml")
         if os.path.isfile(saved):
             config = RunConfig.from_toml(saved)
-    return RunConfig.from_dict(flags, config)
+    return RunConfig.from_dict(flags, config, source="command line")
 
 
 def cmd_run(args) -> None:
@@ -87,8 +100,27 @@ def cmd_run(args) -> None:
 def cmd_report(args) -> None:
     from .report import write_report
 
-    out = args.output or args.runs[0]
-    print(write_report(args.runs, out))
+    print(write_report(args.runs, report_folder(args.runs, args.output)))
+
+
+def report_folder(runs: list[str], output: str | None) -> Path:
+    """Where `selprune report` writes. Never into a run folder other than the one run reported: its
+    report.html is that run's own. Several runs go to runs/compare/<name1>+<name2>... by default."""
+    if output is None:
+        return Path(runs[0]) if len(runs) == 1 else Path("runs", "compare", compare_name(runs))
+    out = Path(output)
+    own = len(runs) == 1 and out.resolve() == Path(runs[0]).resolve()
+    if (out / "metrics.csv").is_file() and not own:
+        raise UserError(f"{out} is a run folder, and its report.html is that run's own: "
+                        "write the report elsewhere, such as -o runs/compare/NAME, or leave out -o")
+    return out
+
+
+def compare_name(runs: list[str]) -> str:
+    """<name1>+<name2>... of the runs' folder names; a long list ends +N-more, so the name stays a legal one."""
+    names = [(safe_name(Path(run).resolve().name).lstrip(".") or "run")[:COMPARE_NAME_CHARS] for run in runs]
+    more = len(names) - COMPARE_NAMES
+    return "+".join(names[:COMPARE_NAMES] + ([f"{more}-more"] if more > 0 else []))
 
 
 def cmd_list(args) -> None:
@@ -117,33 +149,76 @@ def cmd_list(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="selprune", description="Machine unlearning by selective pruning.")
+    parser = Parser(prog="selprune", description="Machine unlearning by selective pruning.")
     parser.add_argument("--version", action="version", version=f"selprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     rep = sub.add_parser("report", help="HTML report and plots of one or more runs (overlaid)")
     rep.add_argument("runs", nargs="+", help="run folders")
-    rep.add_argument("--output", "-o", help="where to write the report (default: the first run folder)")
+    rep.add_argument("--output", "-o", help="where to write the report (default: the run's own folder for one "
+                     "run, runs/compare/NAME1+NAME2... for several); never another run's folder")
     lst = sub.add_parser("list", help="list built-in models, supported architectures or built-in datasets")
     lst.add_argument("what", choices=["models", "architectures", "datasets"])
     return parser
+
+
+@contextlib.contextmanager
+def sigterm_raises():
+    """Within: SIGTERM raises Terminated, instead of ending the process on the spot."""
+    def terminate(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+SAVED = "finished steps are saved (continue with --resume)"
+OUT_OF_MEMORY = "out of memory: lower --batch-size or --chunk-len, or use --dtype bfloat16"
+ENVIRONMENT_FAILURES = {
+    errno.ENOSPC: "the disk is full: free some space, or write elsewhere with --output",
+    errno.EDQUOT: "the disk quota is used up: free some space, or write elsewhere with --output",
+    errno.EACCES: "permission denied: change the permissions, or write elsewhere with --output",
+    errno.EPERM: "operation not permitted: change the permissions, or write elsewhere with --output",
+    errno.EROFS: "the file system is read-only: write elsewhere with --output",
+    errno.EIO: "input/output error: the disk or network file system failed; check it, then run again",
+}
+BUG = "selprune: internal error: this is a bug; please report it with the traceback above"
+
+
+def explain(exc: BaseException) -> tuple[int, str]:
+    """The exit status for exc (errors.py) and the line that says what happened and what to do."""
+    if isinstance(exc, UserError):
+        return EXIT_BAD_INPUT, f"selprune: error: {exc}"
+    if isinstance(exc, OutOfMemory):
+        return EXIT_OUT_OF_MEMORY, f"selprune: error: {exc}"
+    if isinstance(exc, (MemoryError, torch.OutOfMemoryError)) or (isinstance(exc, RuntimeError) and is_oom(exc)):
+        return EXIT_OUT_OF_MEMORY, f"selprune: error: {OUT_OF_MEMORY}"
+    if isinstance(exc, OSError):
+        cause = ENVIRONMENT_FAILURES.get(exc.errno) or exc.strerror or str(exc)
+        paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
+        return EXIT_ENVIRONMENT, f"selprune: error: {paths + ': ' if paths else ''}{cause}"
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED, f"selprune: interrupted; {SAVED}"
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED, f"selprune: terminated; {SAVED}"
+    return EXIT_BUG, BUG
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "report": cmd_report, "list": cmd_list}[args.command]
     try:
-        handler(args)
-    except UserError as exc:
-        print(f"selprune: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except KeyboardInterrupt:
-        print("selprune: interrupted; finished steps are saved (continue with --resume)", file=sys.stderr)
-        return 130
-    except MemoryError:
-        print("selprune: error: out of memory: use a smaller --batch-size or --chunk-len, or --dtype bfloat16",
-              file=sys.stderr)
-        return EXIT_BAD_INPUT
+        with sigterm_raises():
+            handler(args)
+    except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 (a bug's traceback is printed)
+        status, line = explain(exc)
+        if status == EXIT_BUG:
+            traceback.print_exc()
+        print(line, file=sys.stderr)
+        return status
     return 0
 
 

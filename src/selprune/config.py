@@ -1,18 +1,23 @@
 """One RunConfig: everything that decides a run. TOML in, TOML out (saved in every run folder).
 
-Precedence: defaults (the paper's protocol) < preset < config file < command-line flags.
+Precedence: defaults (the paper's protocol) < preset < config file < command-line flags. Each field's
+metadata holds its help text and choices, so the command line (cli.py) makes one flag per field.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import math
 import re
 import sys
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 
 import tomli_w
 
+from .arch import GROUPS
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -23,34 +28,55 @@ else:  # pragma: no cover
 SCORERS = ("abs", "freq", "rms", "std", "random")
 SELECTIONS = ("global", "per-layer")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
+
+
+def flag(key: str) -> str:
+    """The command-line flag of a RunConfig field: --chunk-len for chunk_len."""
+    return "--" + key.replace("_", "-")
+
+
+def _setting(default, text: str, choices: tuple[str, ...] | None = None):
+    """A RunConfig field that documents itself: the command line shows `text` as its help and offers `choices`."""
+    return dataclasses.field(default=default, metadata={"help": text, "choices": choices})
+
+
+def safe_name(raw: str) -> str:
+    """raw with every run of characters that are unsafe in a folder name replaced by one '_'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
 
 
 @dataclass
 class RunConfig:
-    model: str = "smollm2-135m"
-    forget: str = "code"
-    retain: str = "prose"
-    group: str = "ff"  # ff | attn-value | attn-preout | attn-head
-    scorer: str = "abs"
-    steps: int = 50
-    fraction: float = 0.02  # of all the group's neurons, per step
-    score_tokens: int = 100_000  # per dataset
-    eval_tokens: int = 100_000  # per dataset
-    chunk_len: int = 512
-    selection: str = "global"
-    eps: float | None = None  # None: 1e-3 for ff, 1e-4 for attention groups
-    eps_relative: bool = False  # eps x median retain importance, for scale-free scoring
-    skip_top_tokens: int = 50  # the "skip" metrics ignore the dataset's most frequent targets
-    seed: int = 0
-    batch_size: int = 0  # chunks per batch; 0 = automatic
-    compile: bool = True  # fuse the statistics and evaluation reductions with torch.compile (else eager)
-    dtype: str = "auto"
-    device: str = "auto"
-    device_map: str = ""  # "auto": shard a model too large for one device with accelerate
-    trust_remote_code: bool = False
-    save_model: bool = False
-    name: str = ""  # default: derived from the datasets, group and scorer
-    output: str = ""  # default: runs/<name>
+    model: str = _setting("smollm2-135m", "alias, Hugging Face id, local folder or .gguf")
+    forget: str = _setting("code", "dataset to forget: built-in name, file, folder[/glob], .jsonl or "
+                           "hf:NAME[:CONFIG][:SPLIT]")
+    retain: str = _setting("prose", "dataset to retain, in the same forms as --forget")
+    group: str = _setting("ff", "which neurons to prune", GROUPS)
+    scorer: str = _setting("abs", "importance function", SCORERS)
+    steps: int = _setting(50, "pruning steps")
+    fraction: float = _setting(0.02, "fraction of all the group's units pruned per step")
+    score_tokens: int = _setting(100_000, "scoring tokens per dataset")
+    eval_tokens: int = _setting(100_000, "evaluation tokens per dataset")
+    chunk_len: int = _setting(512, "tokens per chunk")
+    selection: str = _setting("global", "rank units across all layers (global), or prune the same "
+                              "fraction in every layer", SELECTIONS)
+    eps: float | None = _setting(None, "score = I(forget) / (I(retain) + eps); default 1e-3 for ff, "
+                                 "1e-4 for attention groups")
+    eps_relative: bool = _setting(False, "eps is a multiple of the median retain importance, which makes "
+                                  "the score independent of the importance's scale")
+    skip_top_tokens: int = _setting(50, "the skip metrics ignore this many of the dataset's most frequent targets")
+    seed: int = _setting(0, "seed for the splits, the masking and the random scorer")
+    batch_size: int = _setting(0, "chunks per batch; 0 = automatic")
+    compile: bool = _setting(True, "fuse the statistics and the evaluation's rank counts with torch.compile; "
+                             "off: eager PyTorch, with no time spent compiling")
+    dtype: str = _setting("auto", "auto = bfloat16 where the hardware computes it natively, else float32", DTYPES)
+    device: str = _setting("auto", "auto, cpu, cuda or cuda:N")
+    device_map: str = _setting("", "auto: shard a model too large for one device (accelerate)")
+    trust_remote_code: bool = _setting(False, "allow model code from the hub")
+    save_model: bool = _setting(False, "save the pruned model (Hugging Face format) in RUN/model")
+    name: str = _setting("", "run name, a plain folder name (default: from the datasets, group and scorer)")
+    output: str = _setting("", "run folder (default: runs/NAME)")
 
     @property
     def eps_value(self) -> float:
@@ -62,8 +88,7 @@ class RunConfig:
     def run_name(self) -> str:
         if self.name:
             return self.name
-        raw = f"{self.forget}-vs-{self.retain}-{self.group}-{self.scorer}"
-        return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
+        return safe_name(f"{self.forget}-vs-{self.retain}-{self.group}-{self.scorer}")
 
     @property
     def output_dir(self) -> Path:
@@ -71,8 +96,9 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot make a meaningful run, before any expensive work."""
-        from .arch import GROUPS
-
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{flag(key)} is {value}: give a finite number")
         if self.group not in GROUPS:
             raise UserError(f"unknown group {self.group!r}: use one of {', '.join(GROUPS)}")
         if self.scorer not in SCORERS:
@@ -102,6 +128,11 @@ class RunConfig:
             raise UserError(f"unknown dtype {self.dtype!r}: use {', '.join(DTYPES)}")
         if self.eps is not None and self.eps <= 0:
             raise UserError(f"eps must be positive, got {self.eps}")
+        if self.skip_top_tokens < 0:
+            raise UserError(f"skip-top-tokens must be 0 (skip nothing) or positive, got {self.skip_top_tokens}")
+        if self.name and not _is_plain_folder_name(self.name):
+            raise UserError(f"--name {self.name!r} is not a plain folder name: use letters, digits, '-', '_' and "
+                            "'.', without '/', '\\', '..' or a leading '.' (the run goes to runs/NAME)")
 
     # -- TOML --------------------------------------------------------------------------------
 
@@ -113,23 +144,52 @@ class RunConfig:
         return tomli_w.dumps(self.to_dict())
 
     @classmethod
-    def from_dict(cls, data: dict, base: RunConfig | None = None) -> RunConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+    def from_dict(cls, data: dict, base: RunConfig | None = None, source: str = "settings") -> RunConfig:
+        """base (or the defaults) with data's settings; `source` names where data came from, for messages."""
+        unknown = sorted(set(data) - set(FIELD_TYPES))
         if unknown:
-            raise UserError(f"unknown config key(s) {', '.join(unknown)}: valid keys are {', '.join(sorted(names))}")
-        return dataclasses.replace(base or cls(), **data)
+            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}: valid keys are "
+                            f"{', '.join(sorted(FIELD_TYPES))}")
+        checked = {key: _typed(key, value, source) for key, value in data.items()}
+        return dataclasses.replace(base or cls(), **checked)
 
     @classmethod
     def from_toml(cls, path: str | Path, base: RunConfig | None = None) -> RunConfig:
         path = Path(path)
+        if path.is_dir():
+            raise UserError(f"config file {path} is a folder: give a TOML file, such as a run folder's config.toml")
         try:
-            data = tomllib.loads(path.read_text())
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist") from None
+            raise UserError(f"config file {path} does not exist: check the path") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#x}): "
+                            "save it as UTF-8") from None
         except tomllib.TOMLDecodeError as exc:
             raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-        return cls.from_dict(data, base)
+        return cls.from_dict(data, base, source=f"config file {path}")
+
+
+# Each field's accepted types, from its annotation: (int,) for steps, (float, NoneType) for eps.
+FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    key: typing.get_args(hint) or (hint,) for key, hint in typing.get_type_hints(RunConfig).items()}
+
+
+def _typed(key: str, value, source: str):
+    """value, if the field `key` accepts its type. An int is also a number (fraction = 1 means 1.0), but a bool
+    is not an integer, though Python says it is: `steps = true` is a mistake."""
+    types = FIELD_TYPES[key]
+    if float in types and type(value) is int:
+        return float(value)
+    if isinstance(value, types) and (bool in types or not isinstance(value, bool)):
+        return value
+    expected = " or ".join(TYPE_NAMES[t] for t in types if t in TYPE_NAMES)
+    raise UserError(f"{source}: {key} = {json.dumps(value, default=str)} should be {expected}")
+
+
+def _is_plain_folder_name(name: str) -> bool:
+    """True if `name` names one folder inside its parent: not a path, not hidden, not '..', not blank."""
+    return bool(name.strip()) and not any(part in name for part in ("/", "\\", "..")) and not name.startswith(".")
 
 
 # Presets: small named departures from the paper's protocol.
@@ -143,4 +203,4 @@ PRESETS: dict[str, dict] = {
 def preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise UserError(f"unknown preset {name!r}: use one of {', '.join(PRESETS)}")
-    return RunConfig.from_dict(PRESETS[name])
+    return RunConfig.from_dict(PRESETS[name], source=f"preset {name}")

@@ -22,3 +22,10 @@ class UserError(Exception):
 
 class OutOfMemory(Exception):
     """The device ran out of memory even at one chunk per batch; the message says what to lower."""
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised wherever the program is, so that it unwinds (finally blocks, locks) as on Ctrl-C.
+
+    A BaseException, as KeyboardInterrupt is, so that no `except Exception` swallows it.
+    """
