@@ -5,8 +5,24 @@ import math
 import pytest
 import torch
 
-from selprune import evaluate as evaluate_module
-from selprune.evaluate import Head, evaluate_causal, evaluate_masked, frequent_tokens, score_predictions
+from selprune import head as head_module
+from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens
+from selprune.head import Head, score_predictions
+
+
+def _assert_metrics_of(m, logits, targets, skip):
+    """m is what float64 logits [N, V] at the predicted positions say of their targets [N]."""
+    target = logits.gather(1, targets[:, None])[:, 0]
+    rank = (logits > target[:, None]).sum(1)
+    loss = torch.logsumexp(logits, 1) - target
+    keep = ~torch.isin(targets, skip)
+    assert m.tokens == len(targets) and 0 < keep.sum() < len(keep)
+    assert m.top1 == pytest.approx(float((rank == 0).double().mean()))
+    assert m.top10 == pytest.approx(float((rank < 10).double().mean()))
+    assert m.loss == pytest.approx(float(loss.mean()), rel=1e-5)
+    assert m.perplexity == pytest.approx(math.exp(float(loss.mean())), rel=1e-5)
+    assert m.top1_skip == pytest.approx(float((rank[keep] == 0).double().mean()))
+    assert m.loss_skip == pytest.approx(float(loss[keep].mean()), rel=1e-5)
 
 
 def test_causal_evaluation_equals_naive_logits(tiny_model, tiny_batch):
@@ -16,17 +32,7 @@ def test_causal_evaluation_equals_naive_logits(tiny_model, tiny_batch):
     m, _ = evaluate_causal(model, ids, mask, batch_size=2, skip_ids=skip)
     logits = model(input_ids=ids, attention_mask=mask).logits.double()
     valid = (mask[:, :-1] * mask[:, 1:]).bool()
-    lg, tg = logits[:, :-1][valid], ids[:, 1:][valid]
-    rank = (lg > lg.gather(1, tg[:, None])).sum(1)
-    loss = torch.logsumexp(lg, 1) - lg.gather(1, tg[:, None])[:, 0]
-    keep = ~torch.isin(tg, skip)
-    assert m.tokens == int(valid.sum())
-    assert m.top1 == pytest.approx(float((rank == 0).double().mean()))
-    assert m.top10 == pytest.approx(float((rank < 10).double().mean()))
-    assert m.loss == pytest.approx(float(loss.mean()), rel=1e-5)
-    assert m.perplexity == pytest.approx(math.exp(float(loss.mean())), rel=1e-5)
-    assert m.top1_skip == pytest.approx(float((rank[keep] == 0).double().mean()))
-    assert m.loss_skip == pytest.approx(float(loss[keep].mean()), rel=1e-5)
+    _assert_metrics_of(m, logits[:, :-1][valid], ids[:, 1:][valid], skip)
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
@@ -54,21 +60,53 @@ def test_bf16_ranks_equal_exact_ranks(arch, scale, fused, tiny_model, tiny_batch
     ref = torch.logsumexp(capped, 1) - capped.gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(loss.double().mean(), ref.mean(), rtol=2e-2, atol=1e-2)
     if fused:
-        assert not evaluate_module.fused_count_bounds.failed, "fell back to eager: nothing was compiled"
+        assert not head_module.fused_count_bounds.failed, "fell back to eager: nothing was compiled"
 
 
-def test_masked_evaluation_counts_only_masked_positions(tiny_model, tiny_batch):
-    model = tiny_model("roberta")
-    ids, mask = tiny_batch(batch=2, length=12)
-    labels = torch.full_like(ids, -100)
-    labels[0, 3], labels[1, 5] = ids[0, 3], ids[1, 5]
-    masked = ids.clone()
-    masked[labels != -100] = 4
-    m, _ = evaluate_masked(model, masked, labels, mask, 2, torch.empty(0, dtype=torch.long))
-    logits = model(input_ids=masked, attention_mask=mask).logits
-    top = logits.argmax(-1)
-    assert m.tokens == 2
-    assert m.top1 == pytest.approx(float((top[0, 3] == ids[0, 3]).float() + (top[1, 5] == ids[1, 5]).float()) / 2)
+def _masked_batch(tiny_batch, batch=3, length=12):
+    """A third of the real positions masked (id 4), labels -100 elsewhere."""
+    ids, mask = tiny_batch(batch=batch, length=length)
+    labels = torch.where((torch.arange(length) % 3 == 1) & mask.bool(), ids, -100)
+    return ids.masked_fill(labels != -100, 4), labels, mask
+
+
+def _output_layer_input(model, ids, mask):
+    """What enters the output layer (after RoBERTa's dense + norm), from a plain forward."""
+    seen = []
+    handle = model.get_output_embeddings().register_forward_hook(lambda layer, args, out: seen.append(args[0]))
+    model(input_ids=ids, attention_mask=mask)
+    handle.remove()
+    return seen[0]
+
+
+@pytest.mark.parametrize("arch", ["roberta", "bert"])
+def test_masked_evaluation_equals_naive_logits(arch, tiny_model, tiny_batch):
+    """Only masked positions count, and they count as in float64 logits of the whole model."""
+    model = tiny_model(arch)
+    ids, labels, mask = _masked_batch(tiny_batch)
+    skip = frequent_tokens(ids, mask, 5)
+    m, _ = evaluate_masked(model, ids, labels, mask, 2, skip)
+    sel = labels != -100
+    _assert_metrics_of(m, model(input_ids=ids, attention_mask=mask).logits.double()[sel], labels[sel], skip)
+
+
+def test_masked_bf16_ranks_equal_exact_ranks(tiny_model, tiny_batch):
+    """Two tokens whose logits tie once rounded to bf16 but not exactly: the exactly larger one wins."""
+    model = tiny_model("roberta").to(torch.bfloat16)
+    out = model.get_output_embeddings()
+    out.weight[5].mul_(400)  # token 5 far above (or below) every other token
+    out.weight[7] = out.weight[5]
+    out.bias[5], out.bias[7] = 2.0 ** -6, 2.0 ** -6 * (1 - 2.0 ** -8)  # token 7 one bf16 step below 5
+    ids, labels, mask = _masked_batch(tiny_batch, batch=4, length=24)
+    sel = labels != -100
+    labels[sel] = torch.where(torch.arange(int(sel.sum())) % 2 == 0, 5, 7)
+    m, _ = evaluate_masked(model, ids, labels, mask, len(ids), torch.empty(0, dtype=torch.long))
+    exact = _output_layer_input(model, ids, mask)[sel].double() @ out.weight.double().T + out.bias.double()
+    rank = (exact > exact.gather(1, labels[sel][:, None])).sum(1)
+    rounded = exact.to(torch.bfloat16)
+    assert (rounded[:, 5] == rounded[:, 7]).all() and (exact[:, 5] > exact[:, 7]).all(), "needs bf16-only ties"
+    assert 0 < int((rank == 0).sum()) < len(rank), "the check needs hits and misses"
+    assert m.top1 == float((rank == 0).double().mean()) and m.top10 == float((rank < 10).double().mean())
 
 
 def test_frequent_tokens_ignores_padding():

@@ -21,7 +21,8 @@ from .batching import auto_batch_size
 from .config import RunConfig
 from .data import load_documents, make_splits, mask_for_mlm
 from .errors import UserError
-from .evaluate import Head, Metrics, evaluate_causal, evaluate_masked, frequent_tokens
+from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
+from .head import Head
 from .models import load_model
 from .pruning import PrunedRecord, apply
 from .rundir import COLUMNS, RunFolder
@@ -78,7 +79,7 @@ class Run:
                                                 trust_remote_code=c.trust_remote_code,
                                                 device_map=c.device_map or None)
         self.masked_lm = architecture_of(self.model.config).masked_lm
-        self.head = None if self.masked_lm else Head(self.model)  # its band constants, once per run
+        self.head = Head(self.model)  # its band constants, once per run: pruning never touches the head
         self.neurons = NeuronGroup(self.model, c.group)
         self._check_budget()
         self.device = next(self.model.parameters()).device
@@ -120,7 +121,8 @@ class Run:
         with self._bar(int(d.eval_mask.sum()), f"eval {d.role}") as bar:
             if self.masked_lm:
                 m, self.batch_size = evaluate_masked(self.model, d.eval_ids, d.eval_labels, d.eval_mask,
-                                                     self.batch_size, d.skip_ids, bar)
+                                                     self.batch_size, d.skip_ids, bar, self.config.compile,
+                                                     self.head)
             else:
                 m, self.batch_size = evaluate_causal(self.model, d.eval_ids, d.eval_mask, self.batch_size,
                                                      d.skip_ids, bar, self.config.compile, self.head)

@@ -1,0 +1,113 @@
+"""Exact ranks of targets among the output layer's logits, at the cost of a model-dtype head.
+
+In bf16 the rounded logits tie often: a plain argmax then picks one of the tied tokens and under-counts
+top-1, while counting ties as hits over-counts it. Ranks here are those of float32 logits instead (ties
+with the target's float32 logit count as hits): every logit is compared with the target's float32 logit,
+and a logit is re-scored in float32 only where its model-dtype value falls within the rounding band of
+that logit, too close to call. The loss is the cross-entropy of the model-dtype logits, summed in float32.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import torch
+
+from .arch import text_config
+from .fusion import Fused
+
+
+class Head:
+    """The output layer with what exact ranks need: its soft-cap and the constants of the rounding band.
+
+    Pruning never touches the head, so a caller that evaluates repeatedly can build one Head once.
+    """
+
+    def __init__(self, model):
+        self.linear = model.get_output_embeddings()
+        self.cap = getattr(text_config(model.config), "final_logit_softcapping", None)
+        w = self.linear.weight
+        self.eps = torch.finfo(w.dtype).eps
+        self.w_norm = torch.linalg.vector_norm(w, dim=1, dtype=torch.float32).max()
+        self.b_max = 0.0 if self.linear.bias is None else self.linear.bias.abs().max().float()
+
+    def exact(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """float32 logits (before any soft-capping) of token ids [N, K] from hidden states [N, D]."""
+        out = torch.einsum("nd,nkd->nk", hidden.float(), self.linear.weight[ids].float())
+        if self.linear.bias is not None:
+            out = out + self.linear.bias[ids].float()
+        return out
+
+    def band(self, hidden: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+        """Half-width around an exact logit beyond which a model-dtype logit ranks surely above or below it.
+
+        A model-dtype logit is off its float32 value by at most eps x |logit| (rounding, 2x margin; the
+        bias may add one more) + the float32 summation error, at most D 2^-23 |h| max|w| (2x margin).
+        """
+        slack = hidden.shape[-1] * 2.0 ** -22 * self.w_norm * torch.linalg.vector_norm(hidden, dim=1,
+                                                                                       dtype=torch.float32)
+        return (self.eps * (exact.abs() + self.b_max) + slack) / (1 - self.eps)
+
+
+def _loss(logits, targets, cap):
+    if cap:
+        logits = torch.tanh(logits.float() / cap) * cap
+    return torch.nn.functional.cross_entropy(logits, targets, reduction="none").float()
+
+
+def _count_bounds(logits, targets, below, above, cap):
+    """Per row: logits surely above the target's, logits that may be (target excluded), and the loss.
+
+    Compiled, this reads the block's logits once; eager, each comparison reads them again.
+    """
+    surely = (logits > above[:, None]).sum(-1)
+    maybe = (logits >= below[:, None]).sum(-1) - (logits.gather(1, targets[:, None])[:, 0] >= below).long()
+    return surely, maybe, _loss(logits, targets, cap)
+
+
+fused_count_bounds = Fused(_count_bounds, "the rank counts")
+
+
+@contextmanager
+def _float32_sums(device: torch.device):
+    """cuBLAS may add bf16/fp16 products in reduced precision (split-K); the rank band assumes float32 sums."""
+    if device.type != "cuda":
+        yield
+        return
+    m = torch.backends.cuda.matmul
+    saved = m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction
+    m.allow_bf16_reduced_precision_reduction = m.allow_fp16_reduced_precision_reduction = False
+    try:
+        yield
+    finally:
+        m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
+
+
+def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool = False):
+    """Per position: top-1 hit, top-10 hit and loss, with ranks as exact as float32 logits.
+
+    hidden [N, D] is what enters the output layer. Logits outside Head.band of the target's exact logit
+    rank surely above or below it; only the few rows where the band decides top-1 or top-10 get their
+    in-band candidates re-scored in float32. `fused` compiles the counts. Rows go in blocks so that a
+    block's logits stay in cache.
+    """
+    bounds = fused_count_bounds if fused else _count_bounds
+    top1, top10, loss = [], [], []
+    for start in range(0, len(targets), rows):
+        h, t = hidden[start:start + rows], targets[start:start + rows]
+        with _float32_sums(h.device):
+            logits = head.linear(h)
+        exact = head.exact(h, t[:, None])[:, 0]
+        band = head.band(h, exact)
+        below, above = exact - band, exact + band
+        better, maybe, block_loss = bounds(logits, t, below, above, head.cap)
+        unsure = ((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))
+        if unsure.any():  # the logits at or above the band's floor are the row's best: re-score them exactly
+            r = unsure.nonzero()[:, 0]
+            near = logits[r]
+            cand = near.topk(int((near >= below[r, None]).sum(-1).max()), dim=-1).indices
+            better[r] = ((head.exact(h[r], cand) > exact[r, None]) & (cand != t[r, None])).sum(-1)
+        top1.append(better == 0)
+        top10.append(better < 10)
+        loss.append(block_loss)
+    return torch.cat(top1), torch.cat(top10), torch.cat(loss)
