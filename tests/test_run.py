@@ -148,3 +148,14 @@ def test_offloaded_weights_are_refused(tiny_llama):
                   "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
     with pytest.raises(UserError, match="offloaded .* model.layers.1"):
         load_model(str(tiny_llama), device_map=device_map)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (dict(fraction=0.005), r"prunes 0 of the 48 ff units per step: use at least --fraction 0.0208"),
+    (dict(group="attn-head", selection="per-layer", fraction=0.1), r"prunes 0 of a layer's 4 attn-head units"),
+    (dict(group="attn-value", selection="per-layer", fraction=0.19, steps=5),
+     r"5 steps x 2 of a layer's 8 attn-value units .* at most --steps 4"),
+])
+def test_a_fraction_that_prunes_nothing_or_too_much_is_refused(tiny_config, tmp_path, settings, message):
+    with pytest.raises(UserError, match=message):
+        run_module.run(tiny_config(tmp_path / "run", **settings), quiet=True)

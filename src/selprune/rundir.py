@@ -173,15 +173,19 @@ class RunFolder:
         are dropped; anything else that disagrees with progress.json, the config or the model is refused.
         """
         empty = PrunedRecord(config.group, layers, units_per_layer)
-        if not self.progress_path.is_file():
-            self._refuse_orphans()
-            return -1, empty, []
-        progress = self._progress()
-        done = progress["completed_step"]
-        if done > config.steps:
-            raise self._damaged(self.progress_path, f"says step {done} was completed of a {config.steps}-step run")
-        record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
-        rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
+        try:
+            if not self.progress_path.is_file():
+                self._refuse_orphans()
+                return -1, empty, []
+            progress = self._progress()
+            done = progress["completed_step"]
+            if done > config.steps:
+                raise self._damaged(self.progress_path, f"says step {done} of a {config.steps}-step run was completed")
+            record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
+            rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
+        except UserError as exc:
+            raise UserError(f"cannot resume: {exc}; nothing was changed. Runs are deterministic: redo this one "
+                            f"in a new folder with `selprune run --config {self.config_path} --output NEW`") from None
         return done, record, rows
 
     def _refuse_orphans(self) -> None:
@@ -224,10 +228,9 @@ class RunFolder:
                                     "or config.toml")
         return rows
 
-    def _damaged(self, path: Path, what: str) -> UserError:
-        return UserError(f"cannot resume: {path} {what}; the files of {self.path} disagree, so nothing was "
-                         f"changed. Runs are deterministic: redo it in a new folder with `selprune run --config "
-                         f"{self.config_path} --output NEW`")
+    @staticmethod
+    def _damaged(path: Path, what: str) -> UserError:
+        return UserError(f"{path} {what}")
 
     # -- reading ---------------------------------------------------------------------------------
 
