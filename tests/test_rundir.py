@@ -1,10 +1,13 @@
 """The run folder: a commit reads back verified, leftovers of an unfinished step are dropped, damage is refused."""
 
+import errno
 import json
+import os
 import shutil
 
 import pytest
 
+from selprune import atomic
 from selprune import run as run_module
 from selprune.errors import UserError
 from selprune.rundir import RunFolder, metrics_text, pruned_text
@@ -120,3 +123,17 @@ def test_an_output_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(UserError, match="is a file"):
         RunFolder(tmp_path / "file").create()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, monkeypatch):
+    """A full disk while writing: the old file stays whole, and no stale temporary file is left behind."""
+    target = tmp_path / "metrics.csv"
+    target.write_text("old")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError):
+        atomic.write_text(target, "new")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["metrics.csv"]
