@@ -11,8 +11,16 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from selprune.data import Document, list_builtin, load_documents, make_splits, mask_for_mlm
-from selprune.data import sources
+from selprune.data import (
+    PIECE_CHARS,
+    Document,
+    list_builtin,
+    load_documents,
+    make_splits,
+    mask_for_mlm,
+    sources,
+    split_text,
+)
 from selprune.errors import UserError
 
 BUILTIN = resources.files("selprune.data").joinpath("builtin")
@@ -56,16 +64,18 @@ def test_builtin_loads_with_manifest_sizes(name):
     assert len({d.id for d in docs}) == len(docs)
     assert len({" ".join(d.text.lower().split()) for d in docs}) == len(docs), "duplicate documents"
     assert min(len(d.text) for d in docs) >= 200
+    assert max(len(d.text) for d in docs) <= PIECE_CHARS, "shipped whole: none may need cutting into pieces"
     assert all(d.id.split("/", 1)[0] in {s["name"] for s in entry["sources"]} for d in docs)
 
 
-def test_code_has_six_languages_and_little_python():
+def test_code_has_seven_languages_and_little_python():
     language = {s["name"]: s["language"] for s in MANIFEST["code"]["sources"]}
     chars = {}
     for doc in load_documents("code"):
         lang = language[doc.id.split("/", 1)[0]]
         chars[lang] = chars.get(lang, 0) + len(doc.text)
-    assert len(chars) >= 6
+    assert sorted(chars) == MANIFEST["code"]["languages"] == ["C", "C++", "Go", "JavaScript", "Python", "Rust",
+                                                              "TypeScript"]
     assert chars["Python"] <= 0.2 * sum(chars.values())
 
 
@@ -125,9 +135,26 @@ def test_splits_follow_the_seed(prose, tokenizer):
 
 def test_too_few_tokens_says_how_many(tokenizer):
     docs = small_docs(3, 20)
-    have = sum(len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) + 1 for d in docs)
-    with pytest.raises(UserError, match=rf"has {have} tokens.*--score-tokens/--eval-tokens"):
+    sizes = [len(tokenizer(d.text, add_special_tokens=False)["input_ids"]) + 1 for d in docs]
+    have = sum(sizes)
+    with pytest.raises(UserError) as error:
         make_splits(docs, tokenizer, chunk_len=16, score_tokens=have, eval_tokens=10, name="tiny")
+    message = str(error.value)
+    assert f"'tiny' has {have} tokens in all, in 3 documents (or pieces of at most {PIECE_CHARS} " in message
+    assert f"too few for 10 evaluation + {have} scoring tokens" in message
+    assert message.endswith("use smaller --score-tokens/--eval-tokens or more data")
+
+
+def test_too_few_tokens_says_what_whole_documents_left(tokenizer):
+    """More tokens than asked, but the evaluation part's whole document leaves too few for scoring."""
+    text = small_docs(1, 40)[0].text
+    each = len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+    docs = [Document("a", text), Document("b", text)]
+    assert 2 * each > 10 + (each + 1)
+    with pytest.raises(UserError) as error:
+        make_splits(docs, tokenizer, chunk_len=16, score_tokens=each + 1, eval_tokens=10)
+    assert f"has {2 * each} tokens in all, in 2 documents" in str(error.value)
+    assert f"took {each}, leaving {each} for scoring" in str(error.value)
 
 
 @pytest.mark.parametrize("kwargs", [{"chunk_len": 1}, {"score_tokens": 0}, {"eval_tokens": -5}])
@@ -198,6 +225,53 @@ def test_file_folder_glob_and_jsonl(tmp_path):
     assert [d.id for d in load_documents(str(tmp_path / "**" / "*.txt"))] == ["a.txt", "sub/c.txt"]
     assert [d.text for d in load_documents(str(tmp_path / "sub" / "*.py"))] == ["print('b')"]
     assert load_documents(str(tmp_path / "d.jsonl")) == [Document("1", "first"), Document("x", "second")]
+
+
+def lines_text(paragraph: str, line: str, paragraphs: int = 80) -> str:
+    """About 4 x PIECE_CHARS of distinct lines, `line` between lines and `paragraph` between paragraphs."""
+    return paragraph.join(line.join(f"p{p} l{i} " + "words " * 40 for i in range(5)) for p in range(paragraphs))
+
+
+@pytest.mark.parametrize("paragraph, line, cut_after", [("\n\n", "\n", "\n\n"), (" ", "\n", "\n"), (" ", " ", "")],
+                         ids=["blank-lines", "lines", "hard"])
+def test_split_text_cuts_at_paragraphs_then_lines_then_anywhere(paragraph, line, cut_after):
+    text = lines_text(paragraph, line)
+    pieces = split_text(text)
+    assert "".join(pieces) == text, "the pieces are the whole text, in order"
+    assert len(pieces) > 3 and all(PIECE_CHARS // 2 < len(piece) <= PIECE_CHARS for piece in pieces[:-1])
+    assert 0 < len(pieces[-1]) <= PIECE_CHARS
+    for piece in pieces[:-1]:
+        assert piece.endswith(cut_after) if cut_after else len(piece) == PIECE_CHARS
+    assert split_text("short\n\ntext") == ["short\n\ntext"]
+
+
+def test_long_user_documents_come_in_pieces(tmp_path, monkeypatch):
+    text = lines_text("\n\n", "\n")
+    (tmp_path / "texts").mkdir()
+    (tmp_path / "texts" / "book.txt").write_text(text, encoding="utf-8")
+    (tmp_path / "texts" / "short.txt").write_text("a short one", encoding="utf-8")
+    (tmp_path / "d.jsonl").write_text(json.dumps({"id": "x", "text": text}) + "\n", encoding="utf-8")
+    book = load_documents(str(tmp_path / "texts" / "book.txt"))
+    assert [d.id for d in book] == [f"{tmp_path / 'texts' / 'book.txt'}#{n}" for n in range(1, len(book) + 1)]
+    assert "".join(d.text for d in book) == text and all(len(d.text) <= PIECE_CHARS for d in book)
+    folder = load_documents(str(tmp_path / "texts"))
+    assert [d.id for d in folder] == [f"book.txt#{n}" for n in range(1, len(book) + 1)] + ["short.txt"]
+    assert load_documents(str(tmp_path / "texts" / "*.txt")) == folder
+    assert [d.id for d in load_documents(str(tmp_path / "d.jsonl"))] == [f"x#{n}" for n in range(1, len(book) + 1)]
+    monkeypatch.setattr(sources, "_load_hf_dataset", lambda *args: [{"text": text}])
+    assert load_documents("hf:org/corpus")[-1].id == f"org/corpus/train/0#{len(book)}"
+
+
+def test_one_long_file_gives_disjoint_splits(tmp_path, prose, tokenizer):
+    """A single file used to be one document, which only one of the two parts could take."""
+    path = tmp_path / "book.txt"
+    path.write_text("\n\n".join(d.text for d in prose[:12]), encoding="utf-8")
+    docs = load_documents(str(path))
+    assert len(docs) >= 3
+    splits = make_splits(docs, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=3000)
+    assert splits.score.tokens == splits.eval.tokens == 3000
+    assert not set(splits.score.doc_ids) & set(splits.eval.doc_ids)
+    assert not rows(splits.score) & rows(splits.eval)
 
 
 def test_limits_stop_reading(tmp_path):

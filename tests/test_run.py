@@ -11,6 +11,7 @@ from transformers import AutoModelForCausalLM
 from selprune import run as run_module
 from selprune.config import RunConfig
 from selprune.errors import UserError
+from selprune import models
 from selprune.models import load_model
 from selprune.arch import NeuronGroup
 from selprune.pruning import apply
@@ -146,8 +147,12 @@ def test_offloaded_weights_are_refused(tiny_llama):
     """accelerate reloads offloaded weights for every forward: zeroing them would silently prune nothing."""
     device_map = {"model.embed_tokens": "cpu", "model.rotary_emb": "cpu", "model.layers.0": "cpu",
                   "model.layers.1": "disk", "model.norm": "cpu", "lm_head": "cpu"}
-    with pytest.raises(UserError, match="offloaded .* model.layers.1"):
+    with pytest.raises(UserError, match="cannot compute on device 'disk'"):
         load_model(str(tiny_llama), device_map=device_map)
+    model, _ = load_model(str(tiny_llama))
+    model.model.layers[1].mlp.down_proj.to("meta")  # what an offloading strategy leaves in the module
+    with pytest.raises(UserError, match="offloaded .* model.layers.1.mlp.down_proj"):
+        models._refuse_offloading(model, str(tiny_llama))
 
 
 @pytest.mark.parametrize("settings, message", [
@@ -159,3 +164,8 @@ def test_offloaded_weights_are_refused(tiny_llama):
 def test_a_fraction_that_prunes_nothing_or_too_much_is_refused(tiny_config, tmp_path, settings, message):
     with pytest.raises(UserError, match=message):
         run_module.run(tiny_config(tmp_path / "run", **settings), quiet=True)
+
+
+def test_a_chunk_longer_than_the_context_is_refused(tiny_config, tmp_path):
+    with pytest.raises(UserError, match="--chunk-len 65 is longer than the model's context of 64 tokens"):
+        run_module.run(tiny_config(tmp_path / "run", chunk_len=65), quiet=True)

@@ -1,15 +1,22 @@
 """Load a model and its tokenizer from one spec string: alias, local folder, .gguf file or hub id.
 
 GGUF files (how the embedded default ships) take ~40 s to dequantize, so they are converted once
-and cached as a safetensors folder; every later load reads the cache.
+and cached as a safetensors folder; every later load reads the cache. A hub id is read from the local
+Hugging Face cache when it is there, so only models not yet downloaded need the network.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import logging
 import os
 import shutil
+import socket
+import struct
 import sys
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +25,8 @@ import torch
 from .errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
+DEVICE_MAPS = ("auto", "balanced", "balanced_low_0", "sequential")  # accelerate's placement strategies
+HUB_PROBE_SECONDS = 2.0  # how long to wait for the hub before calling it unreachable
 
 
 @dataclass(frozen=True)
@@ -90,6 +99,7 @@ def cpu_has_bf16() -> bool:
 
 
 def resolve_device(device: str = "auto") -> torch.device:
+    """The device to compute on: selprune runs on the CPU or a visible CUDA GPU, nothing else."""
     if device == "auto":
         if torch.cuda.is_available():
             from .distributed import local_rank
@@ -99,10 +109,28 @@ def resolve_device(device: str = "auto") -> torch.device:
     try:
         dev = torch.device(device)
     except RuntimeError:
-        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise UserError(f"selprune cannot compute on device {device!r}: use auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise UserError(f"device {device!r} asked for but no CUDA GPU is visible: use --device cpu")
+        if (dev.index or 0) >= count:
+            raise UserError(f"device {device!r} asked for but only {count} CUDA GPU(s) are visible: use one of "
+                            f"{', '.join(f'cuda:{i}' for i in range(count))}")
     return dev
+
+
+def check_device_map(device_map) -> None:
+    """A device map must place every weight where selprune computes: a strategy of accelerate's, or (from
+    Python) a dict whose devices resolve_device accepts. Single devices are --device's job."""
+    if isinstance(device_map, dict):
+        for place in device_map.values():
+            resolve_device(f"cuda:{place}" if isinstance(place, int) else str(place))
+    elif device_map and device_map not in DEVICE_MAPS:
+        raise UserError(f"unknown device map {device_map!r}: use {', '.join(DEVICE_MAPS)}, or \"\" for none "
+                        "(to choose one device, use --device)")
 
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -125,6 +153,7 @@ class ModelSource:
 
     location: str  # hub id or local folder
     gguf_file: str | None = None
+    hub: bool = False  # location is a hub id
 
 
 def resolve_spec(spec: str) -> ModelSource:
@@ -145,13 +174,42 @@ def resolve_spec(spec: str) -> ModelSource:
                 f"model folder {spec!r} has no config.json: give a Hugging Face model folder, "
                 f"a .gguf file, a hub id or one of: {', '.join(ALIASES)}"
             )
+        _check_json(path / "config.json")
         return ModelSource(str(path))
     if spec.count("/") != 1 or any(c.isspace() for c in spec):
         raise UserError(
             f"unknown model {spec!r}: give one of the aliases {', '.join(ALIASES)}, "
             "a local Hugging Face folder, a .gguf file, or a hub id like facebook/opt-125m"
         )
-    return ModelSource(spec)
+    return ModelSource(spec, hub=True)
+
+
+def _check_json(path: Path) -> None:
+    """transformers reports broken JSON without saying where it breaks; json says."""
+    try:
+        json.loads(path.read_bytes())
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+        raise UserError(f"{path} is not valid JSON ({_first_line(exc)}): fix it or save the model again") from None
+
+
+def _check_files(folder: Path) -> None:
+    """Broken JSON and weight files fail deep inside transformers without naming the file; a cheap look tells."""
+    from safetensors import SafetensorError, safe_open
+
+    for path in sorted(folder.glob("*.json")):
+        _check_json(path)
+    for path in sorted(folder.glob("*.safetensors")):
+        try:
+            with safe_open(str(path), framework="pt"):  # reads and checks the header only
+                pass
+        except SafetensorError as exc:
+            raise UserError(f"{path} is not a valid safetensors file ({_first_line(exc)}): "
+                            "download or save the model again") from None
+    for path in sorted(folder.glob("pytorch_model*.bin")):
+        with path.open("rb") as file:
+            head = file.read(4)
+        if not head.startswith((b"PK\x03\x04", b"\x80")):  # a zip archive (torch >= 1.6) or a pickle
+            raise UserError(f"{path} is not a PyTorch checkpoint: download or save the model again")
 
 
 def _gguf_cache_dir(source: ModelSource) -> Path:
@@ -160,23 +218,37 @@ def _gguf_cache_dir(source: ModelSource) -> Path:
     return _cache_root() / "models" / f"{gguf.stem}-{stat.st_size}"
 
 
+# how the GGUF readers fail on a file that is not what its header promises
+_UNREADABLE = (ValueError, LookupError, TypeError, struct.error, OSError)
+
+
 def _convert_gguf(source: ModelSource, target: Path) -> None:
-    """Dequantize a GGUF once and save it as a plain Hugging Face folder (atomically)."""
+    """Dequantize a GGUF once and save it as a plain Hugging Face folder (atomically: all or nothing)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     print(f"converting {source.gguf_file} to safetensors (once; cached in {target})", file=sys.stderr)
-    kwargs = dict(gguf_file=source.gguf_file)
-    model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch.float32, **kwargs)
-    tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+    kwargs = {"gguf_file": source.gguf_file}
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch.float32, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **kwargs)
+    except _UNREADABLE as exc:
+        if isinstance(exc, OSError) and exc.errno is not None:
+            raise  # the disk failed, not the file
+        raise UserError(f"{Path(source.location) / source.gguf_file} is not a valid GGUF file, or not one "
+                        f"transformers can convert ({_first_line(exc).rstrip('.')}): download it again or give "
+                        "another model") from None
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     tmp = target.with_name(target.name + f".tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # only there when saving failed
 
 
 def local_folder(spec: str) -> ModelSource:
@@ -190,41 +262,98 @@ def local_folder(spec: str) -> ModelSource:
     return ModelSource(str(cached))
 
 
+def _hub_is_offline() -> bool:
+    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, or no connection to the hub (or the proxy before it)
+    opens within HUB_PROBE_SECONDS: the hub client would otherwise retry for half a minute."""
+    from huggingface_hub import constants
+
+    if any(os.environ.get(name, "").upper() in constants.ENV_VARS_TRUE_VALUES
+           for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):
+        return True
+    endpoint = urllib.parse.urlsplit(constants.ENDPOINT)
+    if urllib.request.getproxies().get(endpoint.scheme):
+        return False  # only the proxy knows: let the client try
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=HUB_PROBE_SECONDS).close()
+    except OSError:
+        return True
+    return False
+
+
+def _pretrained(auto, source: ModelSource, **kwargs):
+    """`auto.from_pretrained` of a source. A hub id comes from the local Hugging Face cache, without the network,
+    when the cache has it; else from the hub, if the hub can be reached, and in one line if not."""
+    if not source.hub:
+        return auto.from_pretrained(source.location, **kwargs)
+    try:
+        return auto.from_pretrained(source.location, local_files_only=True, **kwargs)
+    except OSError:
+        pass  # not (all) in the cache
+    if _hub_is_offline():
+        raise UserError(f"cannot reach the Hugging Face hub to download {source.location!r} (offline): use a "
+                        "local folder, a .gguf file or an installed alias (selprune list models)")
+    logging.getLogger("huggingface_hub.utils._http").setLevel(logging.ERROR)  # no retry lines: the error says it
+    return auto.from_pretrained(source.location, **kwargs)
+
+
 def load_config(spec: str, trust_remote_code: bool = False):
     """The model's config alone (cheap): enough to check its architecture before loading weights."""
     from transformers import AutoConfig
 
     source = local_folder(spec)
     try:
-        return AutoConfig.from_pretrained(source.location, trust_remote_code=trust_remote_code)
+        return _pretrained(AutoConfig, source, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as exc:
         raise UserError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
 
 
+def context_length(config) -> int | None:
+    """The longest input the model's position embeddings cover, or None where the config does not say.
+    RoBERTa numbers positions from pad_token_id + 1, so it has that many fewer."""
+    from .arch import text_config
+
+    text = text_config(config)
+    for name in ("max_position_embeddings", "n_positions", "n_ctx"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and value > 0:
+            return value - (text.pad_token_id + 1 if text.model_type == "roberta" else 0)
+    return None
+
+
 def load_model(spec: str = DEFAULT_MODEL, *, dtype: str = "auto", device: str = "auto",
-               trust_remote_code: bool = False, device_map: str | None = None):
-    """Returns (model in eval mode, tokenizer). The architecture must be in arch.ARCHITECTURES."""
+               trust_remote_code: bool = False, device_map: str | dict | None = None):
+    """Returns (model in eval mode, tokenizer). The architecture must be in arch.ARCHITECTURES.
+    device_map: None or "" for none, one of DEVICE_MAPS, or a dict (see check_device_map)."""
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
     from .arch import architecture_of
 
+    dev = resolve_device(device)
+    device_map = device_map or None
+    check_device_map(device_map)
+    torch_dtype = resolve_dtype(dtype, dev)
     hf_logging.disable_progress_bar()
 
     config = load_config(spec, trust_remote_code)
     arch = architecture_of(config)
-    dev = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, dev)
     source = local_folder(spec)
+    if not source.hub:
+        _check_files(Path(source.location))
     auto = AutoModelForMaskedLM if arch.masked_lm else AutoModelForCausalLM
     try:
-        model = auto.from_pretrained(
-            source.location, dtype=torch_dtype, trust_remote_code=trust_remote_code,
-            device_map=device_map,
-        )
-        tokenizer = AutoTokenizer.from_pretrained(source.location, trust_remote_code=trust_remote_code)
+        model = _pretrained(auto, source, dtype=torch_dtype, trust_remote_code=trust_remote_code,
+                            device_map=device_map)
     except OSError as exc:
         raise UserError(f"cannot load model {spec!r}: {_first_line(exc)}") from None
+    try:
+        tokenizer = _pretrained(AutoTokenizer, source, trust_remote_code=trust_remote_code)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - the tokenizers library fails on a malformed file as plain Exception
+        raise UserError(f"cannot load the tokenizer of model {spec!r} ({_first_line(exc)}): download or save "
+                        "the model again") from None
     if device_map is None:
         model.to(dev)
     else:

@@ -23,7 +23,7 @@ from .data import load_documents, make_splits, mask_for_mlm
 from .errors import UserError
 from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
 from .head import Head
-from .models import load_model
+from .models import context_length, load_model
 from .pruning import PrunedRecord, apply
 from .rundir import COLUMNS, RunFolder
 from .scoring import importance, random_scores, scores, select
@@ -78,6 +78,10 @@ class Run:
         self.model, self.tokenizer = load_model(c.model, dtype=c.dtype, device=c.device,
                                                 trust_remote_code=c.trust_remote_code,
                                                 device_map=c.device_map or None)
+        longest = context_length(self.model.config)
+        if longest is not None and c.chunk_len > longest:
+            raise UserError(f"--chunk-len {c.chunk_len} is longer than the model's context of {longest} tokens: "
+                            f"use --chunk-len {longest} or less")
         self.masked_lm = architecture_of(self.model.config).masked_lm
         self.head = Head(self.model)  # its band constants, once per run: pruning never touches the head
         self.neurons = NeuronGroup(self.model, c.group)

@@ -8,13 +8,13 @@ token counts, so runs with the same settings are comparable.
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
 
 import torch
 
 from ..errors import UserError
-from .sources import Document
+from .sources import PIECE_CHARS, Document
 
 
 @dataclass
@@ -46,12 +46,12 @@ def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 51
     order = list(documents)
     random.Random(seed).shuffle(order)
     stream = _tokenized(order, tokenizer, separator)
-    parts, used = [], 0
+    parts, used = [], []
     for budget in (eval_tokens, score_tokens):
         ids, doc_ids, doc_tokens = _fill(stream, budget)
-        used += doc_tokens
-        if len(ids) < budget:
-            raise _too_few_tokens(name, used, eval_tokens, score_tokens)
+        used.append(doc_tokens)
+        if len(ids) < budget:  # the stream is spent: `used` counts every token of the dataset
+            raise _too_few_tokens(name, len(documents), used, eval_tokens, score_tokens)
         parts.append(_pack(ids, doc_ids, chunk_len, _pad_id(tokenizer, separator)))
     return Splits(score=parts[1], eval=parts[0])
 
@@ -93,12 +93,14 @@ def _fill(stream: Iterator[tuple[str, list[int]]], budget: int) -> tuple[list[in
     return ids, doc_ids, used
 
 
-def _too_few_tokens(name: str, available: int, eval_tokens: int, score_tokens: int) -> UserError:
-    asked = eval_tokens + score_tokens
+def _too_few_tokens(name: str, documents: int, used: list[int], eval_tokens: int, score_tokens: int) -> UserError:
+    """Each part takes whole documents, so a dataset can hold more tokens than asked and still be too small."""
+    total = sum(used)
     return UserError(
-        f"dataset {name!r} has {available} tokens but {asked} were asked for ({eval_tokens} evaluation + "
-        f"{score_tokens} scoring, each part from whole documents); use smaller --score-tokens/--eval-tokens "
-        f"or more data"
+        f"dataset {name!r} has {total} tokens in all, in {documents} documents (or pieces of at most "
+        f"{PIECE_CHARS} characters), too few for {eval_tokens} evaluation + {score_tokens} scoring tokens from "
+        f"separate documents: the evaluation part's documents took {used[0]}, leaving {total - used[0]} for "
+        f"scoring; use smaller --score-tokens/--eval-tokens or more data"
     )
 
 

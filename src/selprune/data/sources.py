@@ -3,6 +3,11 @@
 A spec is a built-in name, a text file, a folder, a glob, a .jsonl file or
 `hf:NAME[:CONFIG][:SPLIT]`. Everything the user can get wrong raises UserError
 with one line that says what to change.
+
+The scoring and evaluation parts of a dataset never share a document, so a user's
+document longer than PIECE_CHARS is cut into pieces (a single large file would
+otherwise feed only one part). The built-in corpora are used as shipped: they were
+built from documents of at most PIECE_CHARS characters.
 """
 
 from __future__ import annotations
@@ -10,16 +15,17 @@ from __future__ import annotations
 import functools
 import gzip
 import json
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Iterable, Iterator
 
 from ..errors import UserError
 
 SPEC_FORMS = ("a text file, a folder, a glob such as 'src/**/*.py', a .jsonl file with a 'text' field, "
               "or hf:NAME[:CONFIG][:SPLIT]")
 GLOB_CHARS = "*?["
+PIECE_CHARS = 24_000  # longest document or piece, as in the built-in corpora (scripts/build_corpora.py)
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,7 @@ def _builtin_dir():
 
 
 def list_builtin() -> list[dict]:
-    """One summary per shipped dataset, for `selprune datasets` and error messages."""
+    """One summary per shipped dataset, for `selprune list datasets`."""
     return [
         {
             "name": name,
@@ -54,7 +60,8 @@ def list_builtin() -> list[dict]:
 
 def load_documents(spec: str, *, max_chars: int | None = None,
                    max_documents: int | None = None) -> list[Document]:
-    """Documents of `spec`; reading stops once `max_chars` characters or `max_documents` are taken."""
+    """Documents of `spec` (long ones in pieces, see split_text); reading stops once `max_chars` characters
+    or `max_documents` documents and pieces are taken."""
     docs = list(_limit(_documents(spec), max_chars, max_documents))
     if not docs:
         raise UserError(f"dataset {spec!r} has no documents with text; give it non-empty text")
@@ -62,10 +69,37 @@ def load_documents(spec: str, *, max_chars: int | None = None,
 
 
 def _documents(spec: str) -> Iterator[Document]:
-    if spec.startswith("hf:"):
-        return _hf_documents(spec)
     if spec in _manifest():
         return _builtin_documents(spec)
+    return _in_pieces(_user_documents(spec))
+
+
+def split_text(text: str, limit: int = PIECE_CHARS) -> list[str]:
+    """Consecutive pieces of at most `limit` characters that join back into `text`. Each is cut after the last
+    blank line in its second half, else the last line end there, else at `limit`."""
+    pieces = []
+    while len(text) > limit:
+        head = text[:limit]
+        ends = (head.rfind(mark) + len(mark) for mark in ("\n\n", "\n"))
+        cut = next((end for end in ends if end > limit // 2), limit)
+        pieces.append(text[:cut])
+        text = text[cut:]
+    return [*pieces, text]
+
+
+def _in_pieces(docs: Iterable[Document]) -> Iterator[Document]:
+    """Documents longer than PIECE_CHARS become their pieces, with ids `ID#1`, `ID#2`, ..."""
+    for doc in docs:
+        pieces = split_text(doc.text)
+        if len(pieces) == 1:
+            yield doc
+        else:
+            yield from (Document(f"{doc.id}#{number}", piece) for number, piece in enumerate(pieces, start=1))
+
+
+def _user_documents(spec: str) -> Iterator[Document]:
+    if spec.startswith("hf:"):
+        return _hf_documents(spec)
     if any(char in spec for char in GLOB_CHARS):
         return _glob_documents(spec)
     path = Path(spec)
@@ -188,6 +222,6 @@ def _hf_documents(spec: str) -> Iterator[Document]:
                 yield Document(f"{name}/{split}/{number}", row["text"])
     except UserError:
         raise
-    except Exception as exc:  # any failure of the optional library or the network
+    except Exception as exc:  # noqa: BLE001 - any failure of the optional library or the network
         reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise UserError(f"cannot load Hugging Face dataset {name!r} (split {split!r}): {reason}") from None
