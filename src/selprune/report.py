@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import html
+import importlib
 import io
 import json
 import math
@@ -191,6 +192,17 @@ figcaption { color: #666; font-size: 13px; }
 """
 
 
+# Analyses that hang off a run folder (e.g. RUN/relearn/): each module renders its own report section with
+# report_section(runs, out_dir) -> HTML ("" when none of the runs has it), writing its PNGs into out_dir.
+ANALYSES: tuple[str, ...] = ()
+
+
+def _analyses(runs: list[dict], out_dir: Path) -> str:
+    """The report sections of the analyses, for runs given as {"dir", "label", "color", ...} dicts."""
+    modules = (importlib.import_module(f"selprune.{name}") for name in ANALYSES)
+    return "".join(module.report_section(runs, out_dir) for module in modules)
+
+
 def write_report(run_dirs: list, out_dir) -> Path:
     """Write the plots (PNG), summary.json and a self-contained report.html for the runs; return the HTML path.
 
@@ -241,6 +253,7 @@ drop over the fraction of neurons pruned.</p>
 <div class="grid">{"".join(_figure_html(png, caption) for png, caption in plots.values())}</div>
 <h2>Where the pruned neurons are</h2>
 <div class="grid">{"".join(_figure_html(png, caption) for png, caption in heatmaps.values())}</div>
+{_analyses(runs, out_dir)}
 </body></html>
 """
     report = out_dir / "report.html"
