@@ -18,7 +18,7 @@ from selprune import __version__
 from selprune.allocator import keep_freed_memory
 from selprune.arch import ARCHITECTURES
 from selprune.cli import build_parser, config_from_args, main
-from selprune.config import FIELD_TYPES, RunConfig, flag
+from selprune.config import RunConfig, flag
 from selprune.errors import OutOfMemory
 
 
@@ -119,7 +119,7 @@ def off_flag(key: str) -> str:
 
 def other_value(field: dataclasses.Field) -> list[str]:
     """Command-line words that set `field` to something other than its default."""
-    kind = FIELD_TYPES[field.name][0]
+    kind = RunConfig.field_types()[field.name][0]
     if kind is bool:
         return [off_flag(field.name) if field.default else flag(field.name)]
     choices = field.metadata["choices"]
@@ -134,7 +134,7 @@ def test_every_config_field_has_a_flag(field):
     assert dataclasses.replace(config, **{field.name: field.default}) == RunConfig()
 
 
-@pytest.mark.parametrize("key", [key for key, types in FIELD_TYPES.items() if types == (bool,)])
+@pytest.mark.parametrize("key", [key for key, types in RunConfig.field_types().items() if types == (bool,)])
 def test_every_bool_has_an_on_and_an_off_flag(key):
     on, off = flag(key), off_flag(key)
     assert getattr(config_from_args(build_parser().parse_args(["run", off, on])), key) is True

@@ -1,7 +1,6 @@
 """Whole runs on tiny models: outputs, saved model, resume after a crash, masked LMs."""
 
 import csv
-import json
 
 import pytest
 import torch

@@ -19,7 +19,7 @@ import torch
 
 from . import __version__
 from .batching import is_oom
-from .config import FIELD_TYPES, PRESETS, RunConfig, flag, preset, safe_name
+from .config import PRESETS, RunConfig, flag, preset, safe_name
 from .errors import (
     EXIT_BAD_INPUT,
     EXIT_BUG,
@@ -43,15 +43,18 @@ class Parser(argparse.ArgumentParser):
         self.exit(EXIT_BAD_INPUT, f"selprune: error: {message} (see {self.prog} --help)\n")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """One flag per RunConfig field, typed by its annotation, with its help and choices from its metadata.
+def add_config_flags(parser: argparse.ArgumentParser, settings=RunConfig, skip=()) -> None:
+    """One flag per field of a settings dataclass, typed by its annotation, with its help and choices from
+    its metadata; fields in `skip` are left to the caller (e.g. a positional argument).
 
     A flag left out parses to None, so it overrides neither the preset nor the config file. Every bool has
     an off form (--no-compile) and an on form (--compile), to undo a preset or a file either way.
     """
-    defaults = RunConfig()
-    for field in dataclasses.fields(RunConfig):
-        kind = FIELD_TYPES[field.name][0]
+    defaults, types = settings(), settings.field_types()
+    for field in dataclasses.fields(settings):
+        if field.name in skip:
+            continue
+        kind = types[field.name][0]
         default = getattr(defaults, field.name)
         shown = ("on" if default else "off") if kind is bool else default
         text = field.metadata["help"] + (f" (default {shown})" if shown not in ("", None) else "")

@@ -1,7 +1,8 @@
-"""One RunConfig: everything that decides a run. TOML in, TOML out (saved in every run folder).
+"""Settings as dataclasses that document and check themselves; RunConfig is everything that decides a run.
 
-Precedence: defaults (the paper's protocol) < preset < config file < command-line flags. Each field's
-metadata holds its help text and choices, so the command line (cli.py) makes one flag per field.
+Each field's metadata holds its help text and choices, so the command line (cli.py) makes one flag per
+field. Values from TOML files are type-checked against the annotations. TOML in, TOML out: every run
+folder keeps its config.toml. Precedence: defaults (the paper's protocol) < preset < config file < flags.
 """
 
 from __future__ import annotations
@@ -36,8 +37,8 @@ def flag(key: str) -> str:
     return "--" + key.replace("_", "-")
 
 
-def _setting(default, text: str, choices: tuple[str, ...] | None = None):
-    """A RunConfig field that documents itself: the command line shows `text` as its help and offers `choices`."""
+def setting(default, text: str, choices: tuple[str, ...] | None = None):
+    """A field that documents itself: the command line shows `text` as its help and offers `choices`."""
     return dataclasses.field(default=default, metadata={"help": text, "choices": choices})
 
 
@@ -46,37 +47,85 @@ def safe_name(raw: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
 
 
+class Settings:
+    """Shared by the settings dataclasses: typed construction from dicts and TOML, and TOML out."""
+
+    @classmethod
+    def field_types(cls) -> dict[str, tuple[type, ...]]:
+        """Each field's accepted types, from its annotation: (int,) for steps, (float, NoneType) for eps."""
+        return {key: typing.get_args(hint) or (hint,) for key, hint in typing.get_type_hints(cls).items()
+                if key in {f.name for f in dataclasses.fields(cls)}}
+
+    def to_dict(self) -> dict:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    def to_toml(self) -> str:
+        return tomli_w.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict, base=None, source: str = "settings"):
+        """base (or the defaults) with data's settings; `source` names where data came from, for messages."""
+        types = cls.field_types()
+        unknown = sorted(set(data) - set(types))
+        if unknown:
+            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}: valid keys are "
+                            f"{', '.join(sorted(types))}")
+        checked = {key: _typed(key, value, types[key], source) for key, value in data.items()}
+        return dataclasses.replace(base or cls(), **checked)
+
+    @classmethod
+    def from_toml(cls, path: str | Path, base=None):
+        path = Path(path)
+        if path.is_dir():
+            raise UserError(f"config file {path} is a folder: give a TOML file, such as a run folder's config.toml")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise UserError(f"config file {path} does not exist: check the path") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#x}): "
+                            "save it as UTF-8") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+        return cls.from_dict(data, base, source=f"config file {path}")
+
+    def check_finite(self) -> None:
+        for key, value in dataclasses.asdict(self).items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"{flag(key)} is {value}: give a finite number")
+
+
 @dataclass
-class RunConfig:
-    model: str = _setting("smollm2-135m", "alias, Hugging Face id, local folder or .gguf")
-    forget: str = _setting("code", "dataset to forget: built-in name, file, folder[/glob], .jsonl or "
+class RunConfig(Settings):
+    model: str = setting("smollm2-135m", "alias, Hugging Face id, local folder or .gguf")
+    forget: str = setting("code", "dataset to forget: built-in name, file, folder[/glob], .jsonl or "
                            "hf:NAME[:CONFIG][:SPLIT]")
-    retain: str = _setting("prose", "dataset to retain, in the same forms as --forget")
-    group: str = _setting("ff", "which neurons to prune", GROUPS)
-    scorer: str = _setting("abs", "importance function", SCORERS)
-    steps: int = _setting(50, "pruning steps")
-    fraction: float = _setting(0.02, "fraction of all the group's units pruned per step")
-    score_tokens: int = _setting(100_000, "scoring tokens per dataset")
-    eval_tokens: int = _setting(100_000, "evaluation tokens per dataset")
-    chunk_len: int = _setting(512, "tokens per chunk")
-    selection: str = _setting("global", "rank units across all layers (global), or prune the same "
+    retain: str = setting("prose", "dataset to retain, in the same forms as --forget")
+    group: str = setting("ff", "which neurons to prune", GROUPS)
+    scorer: str = setting("abs", "importance function", SCORERS)
+    steps: int = setting(50, "pruning steps")
+    fraction: float = setting(0.02, "fraction of all the group's units pruned per step")
+    score_tokens: int = setting(100_000, "scoring tokens per dataset")
+    eval_tokens: int = setting(100_000, "evaluation tokens per dataset")
+    chunk_len: int = setting(512, "tokens per chunk")
+    selection: str = setting("global", "rank units across all layers (global), or prune the same "
                               "fraction in every layer", SELECTIONS)
-    eps: float | None = _setting(None, "score = I(forget) / (I(retain) + eps); default 1e-3 for ff, "
+    eps: float | None = setting(None, "score = I(forget) / (I(retain) + eps); default 1e-3 for ff, "
                                  "1e-4 for attention groups")
-    eps_relative: bool = _setting(False, "eps is a multiple of the median retain importance, which makes "
+    eps_relative: bool = setting(False, "eps is a multiple of the median retain importance, which makes "
                                   "the score independent of the importance's scale")
-    skip_top_tokens: int = _setting(50, "the skip metrics ignore this many of the dataset's most frequent targets")
-    seed: int = _setting(0, "seed for the splits, the masking and the random scorer")
-    batch_size: int = _setting(0, "chunks per batch; 0 = automatic")
-    compile: bool = _setting(True, "fuse the statistics and the evaluation's rank counts with torch.compile; "
+    skip_top_tokens: int = setting(50, "the skip metrics ignore this many of the dataset's most frequent targets")
+    seed: int = setting(0, "seed for the splits, the masking and the random scorer")
+    batch_size: int = setting(0, "chunks per batch; 0 = automatic")
+    compile: bool = setting(True, "fuse the statistics and the evaluation's rank counts with torch.compile; "
                              "off: eager PyTorch, with no time spent compiling")
-    dtype: str = _setting("auto", "auto = bfloat16 where the hardware computes it natively, else float32", DTYPES)
-    device: str = _setting("auto", "auto, cpu, cuda or cuda:N")
-    device_map: str = _setting("", "auto: shard a model too large for one device (accelerate)")
-    trust_remote_code: bool = _setting(False, "allow model code from the hub")
-    save_model: bool = _setting(False, "save the pruned model (Hugging Face format) in RUN/model")
-    name: str = _setting("", "run name, a plain folder name (default: from the datasets, group and scorer)")
-    output: str = _setting("", "run folder (default: runs/NAME)")
+    dtype: str = setting("auto", "auto = bfloat16 where the hardware computes it natively, else float32", DTYPES)
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    device_map: str = setting("", "auto: shard a model too large for one device (accelerate)")
+    trust_remote_code: bool = setting(False, "allow model code from the hub")
+    save_model: bool = setting(False, "save the pruned model (Hugging Face format) in RUN/model")
+    name: str = setting("", "run name, a plain folder name (default: from the datasets, group and scorer)")
+    output: str = setting("", "run folder (default: runs/NAME)")
 
     @property
     def eps_value(self) -> float:
@@ -96,9 +145,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """Refuse settings that cannot make a meaningful run, before any expensive work."""
-        for key, value in dataclasses.asdict(self).items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"{flag(key)} is {value}: give a finite number")
+        self.check_finite()
         if self.group not in GROUPS:
             raise UserError(f"unknown group {self.group!r}: use one of {', '.join(GROUPS)}")
         if self.scorer not in SCORERS:
@@ -134,51 +181,10 @@ class RunConfig:
             raise UserError(f"--name {self.name!r} is not a plain folder name: use letters, digits, '-', '_' and "
                             "'.', without '/', '\\', '..' or a leading '.' (the run goes to runs/NAME)")
 
-    # -- TOML --------------------------------------------------------------------------------
 
-    def to_dict(self) -> dict:
-        data = dataclasses.asdict(self)
-        return {k: v for k, v in data.items() if v is not None}
-
-    def to_toml(self) -> str:
-        return tomli_w.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict, base: RunConfig | None = None, source: str = "settings") -> RunConfig:
-        """base (or the defaults) with data's settings; `source` names where data came from, for messages."""
-        unknown = sorted(set(data) - set(FIELD_TYPES))
-        if unknown:
-            raise UserError(f"{source}: unknown key(s) {', '.join(unknown)}: valid keys are "
-                            f"{', '.join(sorted(FIELD_TYPES))}")
-        checked = {key: _typed(key, value, source) for key, value in data.items()}
-        return dataclasses.replace(base or cls(), **checked)
-
-    @classmethod
-    def from_toml(cls, path: str | Path, base: RunConfig | None = None) -> RunConfig:
-        path = Path(path)
-        if path.is_dir():
-            raise UserError(f"config file {path} is a folder: give a TOML file, such as a run folder's config.toml")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist: check the path") from None
-        except UnicodeDecodeError as exc:
-            raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#x}): "
-                            "save it as UTF-8") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
-        return cls.from_dict(data, base, source=f"config file {path}")
-
-
-# Each field's accepted types, from its annotation: (int,) for steps, (float, NoneType) for eps.
-FIELD_TYPES: dict[str, tuple[type, ...]] = {
-    key: typing.get_args(hint) or (hint,) for key, hint in typing.get_type_hints(RunConfig).items()}
-
-
-def _typed(key: str, value, source: str):
+def _typed(key: str, value, types: tuple[type, ...], source: str):
     """value, if the field `key` accepts its type. An int is also a number (fraction = 1 means 1.0), but a bool
     is not an integer, though Python says it is: `steps = true` is a mistake."""
-    types = FIELD_TYPES[key]
     if float in types and type(value) is int:
         return float(value)
     if isinstance(value, types) and (bool in types or not isinstance(value, bool)):
