@@ -123,6 +123,8 @@ def other_value(field: dataclasses.Field) -> list[str]:
     if kind is bool:
         return [off_flag(field.name) if field.default else flag(field.name)]
     choices = field.metadata["choices"]
+    if kind is tuple:
+        return [flag(field.name), "one", "two"]
     value = choices[-1] if choices else {int: "7", float: "0.25", str: "other"}[kind]
     return [flag(field.name), value]
 

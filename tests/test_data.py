@@ -124,6 +124,20 @@ def test_splits_are_disjoint_exact_and_padded_last(prose, tokenizer):
         assert (part.input_ids[part.attention_mask == 0] == tokenizer.pad_token_id).all()
 
 
+def test_the_relearn_split_is_disjoint_and_leaves_the_others_as_they_were(prose, tokenizer):
+    two = make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, seed=1)
+    three = make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, seed=1,
+                        relearn_tokens=1500, relearn_chunk_len=32)
+    assert two.relearn is None and three.relearn.tokens == 1500 and three.relearn.input_ids.shape[1] == 32
+    for part in ("score", "eval"):
+        assert torch.equal(getattr(two, part).input_ids, getattr(three, part).input_ids)
+    docs = [set(part.doc_ids) for part in (three.eval, three.score, three.relearn)]
+    assert not (docs[0] & docs[1]) and not (docs[0] & docs[2]) and not (docs[1] & docs[2])
+    with pytest.raises(UserError, match=r"too few for 2000 evaluation \+ 3000 scoring \+ \d+ relearning .*"
+                                        r"--relearn-tokens"):
+        make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, relearn_tokens=10**9)
+
+
 def test_splits_follow_the_seed(prose, tokenizer):
     def split(seed):
         return make_splits(prose, tokenizer, chunk_len=32, score_tokens=500, eval_tokens=500, seed=seed)
@@ -142,7 +156,7 @@ def test_too_few_tokens_says_how_many(tokenizer):
     message = str(error.value)
     assert f"'tiny' has {have} tokens in all, in 3 documents (or pieces of at most {PIECE_CHARS} " in message
     assert f"too few for 10 evaluation + {have} scoring tokens" in message
-    assert message.endswith("use smaller --score-tokens/--eval-tokens or more data")
+    assert message.endswith("use smaller --eval-tokens/--score-tokens or more data")
 
 
 def test_too_few_tokens_says_what_whole_documents_left(tokenizer):

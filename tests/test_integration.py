@@ -13,7 +13,9 @@ import csv
 import pytest
 
 from selprune.config import preset
+from selprune.relearn import COLUMNS, RelearnConfig, relearn
 from selprune.run import run
+from selprune.rundir import read_csv
 
 pytestmark = pytest.mark.slow
 
@@ -28,14 +30,19 @@ def drops(out):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
+def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("integration")
     result = {}
     for scorer in ("abs", "random"):
         config = preset("tiny")
         config.scorer, config.output = scorer, str(root / scorer)
-        result[scorer] = drops(run(config, quiet=True))
+        result[scorer] = run(config, quiet=True)
     return result
+
+
+@pytest.fixture(scope="module")
+def runs(folders):
+    return {scorer: drops(folder) for scorer, folder in folders.items()}
 
 
 def test_pruning_for_code_hurts_code_far_more_than_prose(runs):
@@ -50,3 +57,15 @@ def test_selective_pruning_beats_random_pruning_at_the_same_budget(runs):
     assert runs["abs"][1]["forget"] > runs["random"][1]["forget"] + 15, runs
     random_best = max(d["forget"] - d["retain"] for d in runs["random"].values())
     assert random_best < 10, runs["random"]
+
+
+def test_fine_tuning_on_forget_data_brings_some_forget_accuracy_back(folders):
+    """The relearning attack on the abs run after step 1 (5% of ff units): 4 AdamW steps of 4 x 256 tokens of
+    held-out code. Measured here: see the numbers in the assertion message of a failing run; the check only
+    asks that forget accuracy rises above the pruned model's, and that pruned ff weights stay zero."""
+    config = RelearnConfig(run=str(folders["abs"]), step=1, max_steps=4, eval_tokens=1024, random_control=False)
+    relearn(config, quiet=True)
+    rows = [r for r in read_csv(folders["abs"] / "relearn" / "relearn.csv", COLUMNS) if r["model"] == "pruned"]
+    forget = {int(r["step"]): float(r["forget_top1"]) for r in rows}
+    assert forget[4] > forget[0] + 0.01, forget
+    assert rows[-1]["pruned_zero"] == "True"

@@ -17,6 +17,7 @@ import pytest
 from selprune.config import RunConfig
 from selprune.pruning import PrunedRecord
 from selprune.report import write_report
+from selprune.rundir import RunFolder
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="needs headless Chromium: apt-get install chromium")
@@ -52,13 +53,38 @@ def realistic_run(write_run, path, name, group, scorer, forget_drop, retain_drop
     return write_run(path, config, rows, PrunedRecord(group, LAYERS, NEURONS, steps))
 
 
+INSPECTED_SETS = (("forget", "code", "code", "base perplexity"), ("retain", "prose", "text", "same language"),
+                  ("python", "python", "python", "python parses"))
+
+
+def inspected(run_dir, steps=(2, 5)):
+    """RUN/inspect/ as selprune inspect writes it, with texts a page must escape (markup, quotes, a script)."""
+    checks, lens, records = [], [], []
+    for step in (0, *steps):
+        for name, dataset, kind, check in INSPECTED_SETS:
+            value = 1 / (1 + step)
+            checks.append({"set": name, "dataset": dataset, "decoding": "greedy", "step": step, "check": check,
+                           "about": f"what {check} means <i>", "value": value, "samples": 8})
+            records.append({"set": name, "dataset": dataset, "kind": kind, "decoding": "greedy", "step": step,
+                            "index": 0, "prompt": 'def f(x):\n    """Return x < 1 & "y"."""\n',
+                            "continuation": f"    return x < 1  # step {step}\n<script>alert(1)</script>",
+                            "verdicts": {check: value}})
+        for role, top in (("forget", 0.6), ("retain", 0.35)):
+            kept = 1 - (0.15 if role == "forget" else 0.03) * step  # pruning shows in the last third only
+            lens += [{"step": step, "role": role, "dataset": "code" if role == "forget" else "prose", "layer": layer,
+                      "top1": top * (layer / LAYERS) ** 3 * (kept if layer > 20 else 1), "positions": 1024}
+                     for layer in range(1, LAYERS + 1)]
+    RunFolder(run_dir).write_inspect("step = [2, 5]\n", records, {"checks.csv": checks, "lens.csv": lens})
+    return run_dir
+
+
 @pytest.fixture(scope="module")
 def report(tmp_path_factory, write_run):
     root = tmp_path_factory.mktemp("runs")
     runs = [
-        realistic_run(write_run, root / "ff-abs", "ff-abs", "ff", "abs",
+        inspected(realistic_run(write_run, root / "ff-abs", "ff-abs", "ff", "abs",
                       lambda f: 92 * (1 - np.exp(-f / 0.1)), lambda f: 45 * (f / 0.5) ** 2,
-                      lambda layer, step: np.exp(-((layer - 22 + step / 5) / 4) ** 2) + 0.05, seed=1),
+                      lambda layer, step: np.exp(-((layer - 22 + step / 5) / 4) ** 2) + 0.05, seed=1)),
         realistic_run(write_run, root / "attn-value-abs", "attn-value-abs", "attn-value", "abs",
                       lambda f: 70 * (1 - np.exp(-f / 0.2)), lambda f: 35 * (f / 0.5) ** 1.5,
                       lambda layer, step: np.exp(-((layer - 8) / 6) ** 2) + 0.2, seed=2),
@@ -101,7 +127,8 @@ window.addEventListener("load", function () {
 
 def test_report_loads_cleanly_and_every_image_decodes(report, tmp_path):
     page = report.read_text()
-    assert "<script" not in page  # the check below is ours, not the page's
+    assert "<script" not in page  # the check below is ours, not the page's (the inspection's texts are escaped)
+    assert "What the pruned model can still do" in page and "&lt;script&gt;alert(1)&lt;/script&gt;" in page
     checked = tmp_path / "checked.html"
     checked.write_text(page.replace("<head>", "<head>" + CHECK, 1))
 
@@ -113,7 +140,7 @@ def test_report_loads_cleanly_and_every_image_decodes(report, tmp_path):
     assert found, "the load handler never ran: " + result.stdout[-500:]
     check = json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
     assert check["errors"] == []
-    assert check["images"] == 6  # three overlay plots + one heatmap per run
+    assert check["images"] == 7  # three overlay plots + one heatmap per run + the inspected run's logit lens
     assert check["decoded"] == check["images"]
 
 

@@ -168,3 +168,19 @@ def test_a_fraction_that_prunes_nothing_or_too_much_is_refused(tiny_config, tmp_
 def test_a_chunk_longer_than_the_context_is_refused(tiny_config, tmp_path):
     with pytest.raises(UserError, match="--chunk-len 65 is longer than the model's context of 64 tokens"):
         run_module.run(tiny_config(tmp_path / "run", chunk_len=65), quiet=True)
+
+
+def test_watched_datasets_are_evaluated_every_step_and_reported(tiny_config, tiny_data, tmp_path, make_datasets):
+    other = make_datasets(tmp_path / "other", documents=4)
+    out = run_module.run(tiny_config(tmp_path / "run", steps=2, watch=(str(other / "forget"),)), quiet=True)
+    rows = read_metrics(out)
+    assert [(r["step"], r["role"]) for r in rows] == [(str(s), role) for s in range(3)
+                                                      for role in ("forget", "retain", "watch")]
+    summary = RunFolder(out).metrics()
+    assert list(summary["watch"]) == [str(other / "forget")]
+    assert "Collateral damage" in (out / "report.html").read_text()
+    resumed = run_module.run(tiny_config(tmp_path / "run", steps=2, watch=(str(other / "forget"),)), resume=True,
+                             quiet=True)
+    assert read_metrics(resumed) == rows
+    with pytest.raises(UserError, match="is already the forget or retain dataset"):
+        run_module.run(tiny_config(tmp_path / "again", watch=(str(tiny_data / "retain"),)), quiet=True)

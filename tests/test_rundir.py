@@ -85,12 +85,16 @@ def damage(copy, name):
         folder.progress_path.write_text(json.dumps({**data, "completed_step": 7}))
     elif name == "progress missing":
         folder.progress_path.unlink()
-    return {"pruned": "pruned.json", "metrics": "metrics.csv", "progress": "progress.json"}[name.split()[0]]
+    elif name == "config with another seed":
+        folder.config_path.write_text(folder.config_path.read_text().replace("seed = 0", "seed = 1"))
+    return {"pruned": "pruned.json", "metrics": "metrics.csv", "progress": "progress.json",
+            "config": "config.toml"}[name.split()[0]]
 
 
 CASES = ["pruned missing", "pruned of another shape", "pruned with other units", "pruned garbage",
          "metrics cut mid-row", "metrics row missing", "metrics value changed", "metrics missing",
-         "progress garbage", "progress wrong key", "progress past the end", "progress missing"]
+         "progress garbage", "progress wrong key", "progress past the end", "progress missing",
+         "config with another seed"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -33,24 +33,27 @@ class Architecture:
     ff_out: str  # down-projection: its input is the ff neuron
     value: str  # value projection, maybe fused with q and k
     out: str  # attention output projection: its input is the pre-out neuron
+    # modules between the last block and the head, applied in order (a logit lens decodes every block's
+    # output through them); relative to the module that holds the blocks; one that is None in a model is skipped
+    final: tuple[str, ...] = ()
     masked_lm: bool = False
 
 
 _LLAMA = Architecture(("model.layers", "model.language_model.layers"),
                       ("mlp.gate_proj", "mlp.up_proj"), "mlp.down_proj",
-                      "self_attn.v_proj", "self_attn.o_proj")
+                      "self_attn.v_proj", "self_attn.o_proj", ("norm",))
 _BERT = dict(ff_in=("intermediate.dense",), ff_out="output.dense", value="attention.self.value",
              out="attention.output.dense", masked_lm=True)
 
 ARCHITECTURES: dict[str, Architecture] = {
     "opt": Architecture(("model.decoder.layers",), ("fc1",), "fc2",
-                        "self_attn.v_proj", "self_attn.out_proj"),
+                        "self_attn.v_proj", "self_attn.out_proj", ("final_layer_norm", "project_out")),
     "gpt2": Architecture(("transformer.h",), ("mlp.c_fc",), "mlp.c_proj",
-                         "attn.c_attn:qkv", "attn.c_proj"),
+                         "attn.c_attn:qkv", "attn.c_proj", ("ln_f",)),
     "gpt_neox": Architecture(("gpt_neox.layers",), ("mlp.dense_h_to_4h",), "mlp.dense_4h_to_h",
-                             "attention.query_key_value:qkv_per_head", "attention.dense"),
+                             "attention.query_key_value:qkv_per_head", "attention.dense", ("final_layer_norm",)),
     "gptj": Architecture(("transformer.h",), ("mlp.fc_in",), "mlp.fc_out",
-                         "attn.v_proj", "attn.out_proj"),
+                         "attn.v_proj", "attn.out_proj", ("ln_f",)),
     "llama": _LLAMA,
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
@@ -60,9 +63,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     "gemma3_text": _LLAMA,
     "gemma3": _LLAMA,
     "phi": Architecture(("model.layers",), ("mlp.fc1",), "mlp.fc2",
-                        "self_attn.v_proj", "self_attn.dense"),
+                        "self_attn.v_proj", "self_attn.dense", ("final_layernorm",)),
     "phi3": Architecture(("model.layers",), ("mlp.gate_up_proj:gate_up",), "mlp.down_proj",
-                         "self_attn.qkv_proj:qkv", "self_attn.o_proj"),
+                         "self_attn.qkv_proj:qkv", "self_attn.o_proj", ("norm",)),
     "roberta": Architecture(("roberta.encoder.layer",), **_BERT),
     "bert": Architecture(("bert.encoder.layer",), **_BERT),
 }
@@ -81,6 +84,18 @@ def architecture_of(config) -> Architecture:
             f"{', '.join(sorted(ARCHITECTURES))} (see `selprune list architectures`)"
         )
     return ARCHITECTURES[model_type]
+
+
+def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
+    """(path, list) of the model's blocks: the first of the architecture's candidate paths it has."""
+    arch = architecture_of(model.config)
+    for path in arch.layers:
+        try:
+            return path, model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise UserError(f"{model.config.model_type} model has none of {arch.layers}: "
+                    "is it a base model without the language-model head?")
 
 
 def _get(root: nn.Module, path: str) -> nn.Module:
@@ -118,7 +133,7 @@ class NeuronGroup:
         self.model, self.group = model, group
         self.arch = architecture_of(model.config)
         cfg = text_config(model.config)
-        self.blocks = self._find_blocks(model)
+        self.blocks = find_blocks(model)[1]
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
         first = self.blocks[0]
@@ -132,15 +147,6 @@ class NeuronGroup:
         self.dims_per_unit = self.head_dim if group == "attn-head" else 1
         self.units_per_layer = self.width // self.dims_per_unit
         self.layers = len(self.blocks)
-
-    def _find_blocks(self, model: nn.Module) -> nn.ModuleList:
-        for path in self.arch.layers:
-            try:
-                return model.get_submodule(path)
-            except AttributeError:
-                continue
-        raise UserError(f"{model.config.model_type} model has none of {self.arch.layers}: "
-                        "is it a base model without the language-model head?")
 
     @property
     def total_units(self) -> int:
@@ -221,3 +227,41 @@ def _output_hook(fn, layer, rows, edit):
         out[..., rows_dev] = new
         return out
     return hook
+
+
+class ResidualStream:
+    """The residual stream after every block, and the way into the head: what a logit lens reads.
+
+    `to_head` applies the architecture's `final` modules (the final norm, and OPT's projection where it
+    has one), so decoding the last block's output gives exactly what the model itself feeds its head.
+    """
+
+    def __init__(self, model: nn.Module):
+        arch = architecture_of(model.config)
+        if arch.masked_lm:
+            raise UserError(f"{model.config.model_type} is a masked LM: reading the residual stream through the "
+                            "head needs a causal LM")
+        path, self.blocks = find_blocks(model)
+        holder = model.get_submodule(path.rpartition(".")[0])
+        self.final = [m for m in (_optional(holder, name) for name in arch.final) if m is not None]
+
+    def add_hooks(self, fn) -> list:
+        """Call fn(layer, hidden) with every block's output [..., hidden size]; returns handles."""
+        def hook(layer):
+            return lambda module, args, out: fn(layer, out[0] if isinstance(out, tuple) else out)
+        return [block.register_forward_hook(hook(layer)) for layer, block in enumerate(self.blocks)]
+
+    def to_head(self, hidden: torch.Tensor) -> torch.Tensor:
+        for module in self.final:
+            hidden = module(hidden)
+        return hidden
+
+
+def _optional(root: nn.Module, path: str) -> nn.Module | None:
+    """The module at path, or None where the model sets it to None (OPT without a final norm or projection).
+    A name the model lacks altogether is an error in the table, not an option."""
+    for name in path.split("."):
+        root = getattr(root, name)
+        if root is None:
+            return None
+    return root

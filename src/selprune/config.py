@@ -52,12 +52,16 @@ class Settings:
 
     @classmethod
     def field_types(cls) -> dict[str, tuple[type, ...]]:
-        """Each field's accepted types, from its annotation: (int,) for steps, (float, NoneType) for eps."""
-        return {key: typing.get_args(hint) or (hint,) for key, hint in typing.get_type_hints(cls).items()
-                if key in {f.name for f in dataclasses.fields(cls)}}
+        """Each field's accepted types, from its annotation: (int,) for steps, (float, NoneType) for eps,
+        (tuple, float) for a tuple[float, ...] of several values."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return {key: (tuple, typing.get_args(hint)[0]) if typing.get_origin(hint) is tuple
+                else typing.get_args(hint) or (hint,)
+                for key, hint in typing.get_type_hints(cls).items() if key in names}
 
     def to_dict(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()
+                if v is not None}
 
     def to_toml(self) -> str:
         return tomli_w.dumps(self.to_dict())
@@ -108,6 +112,8 @@ class RunConfig(Settings):
     score_tokens: int = setting(100_000, "scoring tokens per dataset")
     eval_tokens: int = setting(100_000, "evaluation tokens per dataset")
     chunk_len: int = setting(512, "tokens per chunk")
+    watch: tuple[str, ...] = setting((), "more datasets to evaluate at every step, neither forgotten nor "
+                                     "retained, to see what else the pruning damages")
     selection: str = setting("global", "rank units across all layers (global), or prune the same "
                               "fraction in every layer", SELECTIONS)
     eps: float | None = setting(None, "score = I(forget) / (I(retain) + eps); default 1e-3 for ff, "
@@ -164,6 +170,10 @@ class RunConfig(Settings):
                             "there are not that many neurons; lower --steps or --fraction")
         if self.forget == self.retain:
             raise UserError(f"forget and retain are both {self.forget!r}: pruning needs two different datasets")
+        for spec in self.watch:
+            if spec in (self.forget, self.retain) or self.watch.count(spec) > 1:
+                raise UserError(f"--watch {spec!r} is already the forget or retain dataset, or watched twice: "
+                                "watch other datasets")
         for key in ("score_tokens", "eval_tokens"):
             if getattr(self, key) < 1:
                 raise UserError(f"{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
@@ -185,6 +195,11 @@ class RunConfig(Settings):
 def _typed(key: str, value, types: tuple[type, ...], source: str):
     """value, if the field `key` accepts its type. An int is also a number (fraction = 1 means 1.0), but a bool
     is not an integer, though Python says it is: `steps = true` is a mistake."""
+    if types[0] is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{source}: {key} = {json.dumps(value, default=str)} should be a list of "
+                            f"{TYPE_NAMES[types[1]].split(' ', 1)[1]}s")
+        return tuple(_typed(key, item, (types[1],), source) for item in value)
     if float in types and type(value) is int:
         return float(value)
     if isinstance(value, types) and (bool in types or not isinstance(value, bool)):

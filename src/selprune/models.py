@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import struct
-import sys
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -226,7 +225,7 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
     """Dequantize a GGUF once and save it as a plain Hugging Face folder (atomically: all or nothing)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    print(f"converting {source.gguf_file} to safetensors (once; cached in {target})", file=sys.stderr)
+    print(f"converting {source.gguf_file} to safetensors (once; cached in {target})", flush=True)
     kwargs = {"gguf_file": source.gguf_file}
     try:
         model = AutoModelForCausalLM.from_pretrained(source.location, dtype=torch.float32, **kwargs)
@@ -286,9 +285,11 @@ def _pretrained(auto, source: ModelSource, **kwargs):
     when the cache has it; else from the hub, if the hub can be reached, and in one line if not."""
     if not source.hub:
         return auto.from_pretrained(source.location, **kwargs)
-    try:
-        return auto.from_pretrained(source.location, local_files_only=True, **kwargs)
-    except OSError:
+    try:  # the cache's folder itself: transformers then asks the hub nothing (not even for a LoRA adapter)
+        from huggingface_hub import snapshot_download
+
+        return auto.from_pretrained(snapshot_download(source.location, local_files_only=True), **kwargs)
+    except (OSError, ValueError):
         pass  # not (all) in the cache
     if _hub_is_offline():
         raise UserError(f"cannot reach the Hugging Face hub to download {source.location!r} (offline): use a "

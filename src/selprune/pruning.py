@@ -6,6 +6,7 @@ Zeroing is exact: the pruned model equals the unpruned one with those activation
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import torch
@@ -66,36 +67,45 @@ class PrunedRecord:
         return cls(str(data["group"]), layers, units, steps)
 
 
+def pruned_parts(neurons: NeuronGroup, mask: torch.Tensor) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
+    """(tensor, dim, index) for every weight and bias slice that holds a unit marked in mask [layers, units]."""
+    for layer, row in enumerate(mask):
+        units = row.nonzero().flatten()
+        if len(units) == 0:
+            continue
+        for module, side, index in neurons.weights_of(layer, units):
+            for tensor, dim in _parts(module, side):
+                yield tensor, dim, index.to(tensor.device)
+
+
 @torch.no_grad()
-def zero(neurons: NeuronGroup, layer: int, units) -> None:
-    """Zero the given units of one layer in the weights."""
-    if len(units) == 0:
-        return
-    for module, side, index in neurons.weights_of(layer, units):
-        (_zero_inputs if side == "in" else _zero_outputs)(module, index)
-
-
 def apply(neurons: NeuronGroup, mask: torch.Tensor) -> None:
     """Zero, in the weights, every unit marked in mask [layers, units]."""
-    for layer, row in enumerate(mask):
-        zero(neurons, layer, row.nonzero().flatten())
+    for tensor, dim, index in pruned_parts(neurons, mask):
+        tensor.index_fill_(dim, index, 0)
 
 
-def _zero_outputs(module: nn.Module, rows: torch.Tensor) -> None:
-    """Zero the weights (and biases) producing the given output dims of a Linear or GPT-2 Conv1D."""
-    rows = rows.to(module.weight.device)
-    if isinstance(module, Conv1D):
-        module.weight[:, rows] = 0
-    else:
-        module.weight[rows] = 0
+def zero(neurons: NeuronGroup, layer: int, units) -> None:
+    """Zero the given units of one layer in the weights."""
+    mask = torch.zeros(neurons.layers, neurons.units_per_layer, dtype=torch.bool)
+    mask[layer, torch.as_tensor(units, dtype=torch.long)] = True
+    apply(neurons, mask)
+
+
+@torch.no_grad()
+def still_zero(neurons: NeuronGroup, mask: torch.Tensor) -> bool:
+    """True if every weight of the units in mask is still exactly 0 (e.g. after fine-tuning)."""
+    return all(bool((tensor.index_select(dim, index) == 0).all()) for tensor, dim, index in pruned_parts(neurons, mask))
+
+
+def _parts(module: nn.Module, side: str) -> list[tuple[torch.Tensor, int]]:
+    """The tensors of a Linear (or GPT-2 Conv1D, stored [in, out]) that hold its input dims ("in": the
+    weights reading them) or its output dims ("out": the weights and bias entries making them), each with
+    the dim that indexes those dims."""
+    conv = isinstance(module, Conv1D)
+    if side == "in":
+        return [(module.weight, 0 if conv else 1)]
+    parts = [(module.weight, 1 if conv else 0)]
     if getattr(module, "bias", None) is not None:
-        module.bias[rows] = 0
-
-
-def _zero_inputs(module: nn.Module, cols: torch.Tensor) -> None:
-    """Zero the weights reading the given input dims of a Linear or GPT-2 Conv1D."""
-    cols = cols.to(module.weight.device)
-    if isinstance(module, Conv1D):
-        module.weight[cols] = 0
-    else:
-        module.weight[:, cols] = 0
+        parts.append((module.bias, 0))
+    return parts

@@ -41,17 +41,24 @@ def _png(fig: Figure) -> bytes:
     return buffer.getvalue()
 
 
-def _plot_drops(runs: list[dict]) -> bytes:
+def _plot_drops(runs: list[dict], watched: bool = False) -> bytes:
+    """Figure 1: forget drop against retain drop; with watched=True, against each watched dataset's drop."""
     fig = _figure()
     ax = fig.add_subplot()
     ax.axline((0, 0), slope=1, color="0.6", linestyle=":", label="equal drop (not selective)")
     for run in runs:
-        forget, retain = run["metrics"]["forget"]["drop_rel"], run["metrics"]["retain"]["drop_rel"]
-        ax.plot(retain, forget, marker="o", markersize=3, color=run["color"], label=run["label"])
-        best = np.flatnonzero(run["metrics"]["step"] == run["summary"]["max_rel_diff_step"])[0]
-        ax.plot(retain[best], forget[best], marker="o", markersize=10, fillstyle="none", color=run["color"])
-    ax.set_title("Forget vs retain top-1 drop (circled: max difference)")
-    ax.set_xlabel("retain top-1 drop (% of unpruned accuracy)")
+        metrics = run["metrics"]
+        forget = metrics["forget"]["drop_rel"]
+        best = np.flatnonzero(metrics["step"] == run["summary"]["max_rel_diff_step"])[0]
+        others = ({name: w["drop_rel"] for name, w in metrics["watch"].items()} if watched
+                  else {"": metrics["retain"]["drop_rel"]})
+        for (name, other), marker in zip(others.items(), "osD^v<>"):
+            label = f"{run['label']}: {name}" if name else run["label"]
+            ax.plot(other, forget, marker=marker, markersize=3, color=run["color"], label=label)
+            ax.plot(other[best], forget[best], marker="o", markersize=10, fillstyle="none", color=run["color"])
+    other = "watched dataset" if watched else "retain"
+    ax.set_title(f"Forget vs {other} top-1 drop (circled: max forget - retain difference)")
+    ax.set_xlabel(f"{other} top-1 drop (% of unpruned accuracy)")
     ax.set_ylabel("forget top-1 drop (% of unpruned accuracy)")
     ax.grid(alpha=0.3)
     ax.legend()
@@ -81,10 +88,12 @@ def _plot_accuracy(runs: list[dict]) -> bytes:
     ax = fig.add_subplot()
     for run in runs:
         percent_pruned = 100 * run["metrics"]["fraction_pruned"]
-        for role, style in (("forget", "-"), ("retain", "--")):
-            ax.plot(percent_pruned, 100 * run["metrics"][role]["top1"], linestyle=style, marker="o",
-                    markersize=3, color=run["color"], label=f"{run['label']}: {role}")
-    ax.set_title("Top-1 accuracy vs neurons pruned (solid: forget, dashed: retain)")
+        series = [("forget", run["metrics"]["forget"], "-"), ("retain", run["metrics"]["retain"], "--"),
+                  *((name, w, ":") for name, w in run["metrics"]["watch"].items())]
+        for name, values, style in series:
+            ax.plot(percent_pruned, 100 * values["top1"], linestyle=style, marker="o",
+                    markersize=3, color=run["color"], label=f"{run['label']}: {name}")
+    ax.set_title("Top-1 accuracy vs units pruned (solid: forget, dashed: retain, dotted: watched)")
     ax.set_xlabel("neurons of the group pruned (%)")
     ax.set_ylabel("top-1 next-token accuracy (%)")
     ax.set_ylim(bottom=0)
@@ -147,7 +156,8 @@ def _table(runs: list[dict]) -> str:
         "<th>Steps (pruned)</th><th>Base top-1 forget</th><th>Base top-1 retain</th>"
         "<th>Max forget&minus;retain drop<br>(% of base)</th><th>Same in<br>abs. points</th>"
         "<th>Area between<br>curves (%&times;frac.)</th>"
-        "<th>Retain drop at<br>forget drop 50%</th><th>Retain drop at<br>forget drop 80%</th></tr>"
+        "<th>Retain drop at<br>forget drop 50%</th><th>Retain drop at<br>forget drop 80%</th>"
+        "<th>Watched datasets: drop at<br>the max difference (final)</th></tr>"
     )
     rows = []
     for run in runs:
@@ -165,6 +175,8 @@ def _table(runs: list[dict]) -> str:
             _number(s["area_rel"], ".2f"),
             _number(s["retain_drop_at_forget_50"], ".1f", "%"),
             _number(s["retain_drop_at_forget_80"], ".1f", "%"),
+            "<br>".join(f'{html.escape(name)}: {_number(w["drop_at_max_rel_diff"], ".1f", "%")} '
+                        f'({_number(w["final_drop"], ".1f", "%")})' for name, w in s["watch"].items()) or "&mdash;",
         ]
         row = "".join(f"<td>{c}</td>" for c in cells)
         rows.append(f'<tr title="{html.escape(str(run["dir"]))}">{row}</tr>')
@@ -194,7 +206,7 @@ figcaption { color: #666; font-size: 13px; }
 
 # Analyses that hang off a run folder (e.g. RUN/relearn/): each module renders its own report section with
 # report_section(runs, out_dir) -> HTML ("" when none of the runs has it), writing its PNGs into out_dir.
-ANALYSES: tuple[str, ...] = ()
+ANALYSES: tuple[str, ...] = ("relearn", "inspection")
 
 
 def _analyses(runs: list[dict], out_dir: Path) -> str:
@@ -224,8 +236,11 @@ def write_report(run_dirs: list, out_dir) -> Path:
             _plot_drops(runs), "Figure 1: forget vs retain top-1 accuracy drop, relative to the unpruned model"),
         "perplexity.png": (_plot_perplexity(runs), "Figure 2: forget vs retain perplexity"),
         "accuracy-vs-pruned.png": (
-            _plot_accuracy(runs), "Top-1 accuracy of both datasets against the share of neurons pruned"),
+            _plot_accuracy(runs), "Top-1 accuracy of every dataset against the share of units pruned"),
     }
+    if any(run["metrics"]["watch"] for run in runs):
+        plots["forget-vs-watched-drop.png"] = (_plot_drops(runs, watched=True), "Collateral damage: forget drop "
+                                               "against each watched dataset's drop, relative to the unpruned model")
     heatmaps = {
         f"neurons-{i + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', run['label'])}.png": (
             _plot_neurons(run), f"Pruned {run['unit']} per layer and step: {run['label']}")

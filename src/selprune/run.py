@@ -32,7 +32,7 @@ from .stats import NEEDS, collect
 
 @dataclass
 class Dataset:
-    """One side (forget or retain): its scoring chunks, evaluation chunks and skip tokens."""
+    """One dataset of the run (forget, retain, or watched): its scoring chunks, evaluation chunks, skip tokens."""
 
     role: str
     spec: str
@@ -74,7 +74,8 @@ class Run:
 
     def load(self) -> None:
         c = self.config
-        docs = {role: _documents(spec, c) for role, spec in (("forget", c.forget), ("retain", c.retain))}
+        sides = [("forget", c.forget), ("retain", c.retain), *(("watch", spec) for spec in c.watch)]
+        docs = {spec: _documents(spec, c) for _, spec in sides}
         self.model, self.tokenizer = load_model(c.model, dtype=c.dtype, device=c.device,
                                                 trust_remote_code=c.trust_remote_code,
                                                 device_map=c.device_map or None)
@@ -88,8 +89,8 @@ class Run:
         self._check_budget()
         self.device = next(self.model.parameters()).device
         self.batch_size = c.batch_size or auto_batch_size(self.model, c.chunk_len, self.device)
-        self.data = [self._dataset(role, spec, docs[role]) for role, spec in
-                     (("forget", c.forget), ("retain", c.retain))]
+        self.evaluated = [self._dataset(role, spec, docs[spec]) for role, spec in sides]
+        self.data = self.evaluated[:2]  # forget and retain: what scoring measures
         n = self.neurons
         self.log(f"model: {type(self.model).__name__} {self.model.dtype} on {self.device}; "
                  f"{n.layers} layers x {n.units_per_layer} {c.group} units = {n.total_units}; "
@@ -110,14 +111,15 @@ class Run:
 
     def _dataset(self, role: str, spec: str, docs) -> Dataset:
         c = self.config
-        splits = make_splits(docs, self.tokenizer, chunk_len=c.chunk_len, score_tokens=c.score_tokens,
-                             eval_tokens=c.eval_tokens, seed=c.seed, name=spec)
+        splits = make_splits(docs, self.tokenizer, chunk_len=c.chunk_len, eval_tokens=c.eval_tokens, seed=c.seed,
+                             score_tokens=0 if role == "watch" else c.score_tokens, name=spec)
         labels, eval_ids = None, splits.eval.input_ids
         if self.masked_lm:
             eval_ids, labels = mask_for_mlm(splits.eval, self.tokenizer, seed=c.seed)
-        skip = frequent_tokens(splits.score.input_ids, splits.score.attention_mask, c.skip_top_tokens)
-        return Dataset(role, spec, splits.score.input_ids, splits.score.attention_mask, eval_ids,
-                       splits.eval.attention_mask, labels, skip)
+        scored = splits.score or splits.eval  # a watched dataset's frequent tokens come from its evaluation chunks
+        skip = frequent_tokens(scored.input_ids, scored.attention_mask, c.skip_top_tokens)
+        return Dataset(role, spec, scored.input_ids, scored.attention_mask, eval_ids, splits.eval.attention_mask,
+                       labels, skip)
 
     # -- one step's parts ----------------------------------------------------------------------
 
@@ -159,17 +161,17 @@ class Run:
         self.load()
         c, n = self.config, self.neurons
         done, record, rows = self.folder.committed(c, n.layers, n.units_per_layer, self.units_per_step(),
-                                                   tuple(d.role for d in self.data))
+                                                   tuple(d.role for d in self.evaluated))
         pruned = record.mask()
         apply(n, pruned)
         if done >= 0:
             self.log(f"resuming after step {done} of {c.steps}")
         else:
             t0 = time.perf_counter()
-            rows = [self._row(0, 0, d, self.evaluate(d), None) for d in self.data]
+            rows = [self._row(0, 0, d, self.evaluate(d), None) for d in self.evaluated]
             self._commit(0, record, rows)
             self._print_step(0, rows, time.perf_counter() - t0)
-        base = {r["role"]: float(r["top1"]) for r in rows if int(r["step"]) == 0}
+        base = {(r["role"], r["dataset"]): float(r["top1"]) for r in rows if int(r["step"]) == 0}
         for step in range(max(done, 0) + 1, c.steps + 1):
             t0 = time.perf_counter()
             new = select(self.step_scores(step), pruned, self.units_per_step(), c.selection == "per-layer")
@@ -177,9 +179,9 @@ class Run:
             pruned |= new
             record.add(step, new)
             count = int(pruned.sum())
-            rows += [self._row(step, count, d, self.evaluate(d), base[d.role]) for d in self.data]
+            rows += [self._row(step, count, d, self.evaluate(d), base[d.role, d.spec]) for d in self.evaluated]
             self._commit(step, record, rows)
-            self._print_step(step, rows[-len(self.data):], time.perf_counter() - t0)
+            self._print_step(step, rows[-len(self.evaluated):], time.perf_counter() - t0)
         if done >= c.steps:
             self.log("run already complete; nothing to redo")
         self.finish()
@@ -198,11 +200,12 @@ class Run:
             self.folder.commit(step, self.config, record, rows)
 
     def _print_step(self, step: int, rows: list[dict], seconds: float) -> None:
-        f, r = rows
+        f, r, *watched = rows
+        others = "".join(f"  {w['dataset']} {w['top1']:.3f} (drop {w['top1_drop_rel']:5.1f}%)" for w in watched)
         self.log(f"step {step:3d}/{self.config.steps}  pruned {100 * f['fraction_pruned']:5.1f}%  "
                  f"forget top1 {f['top1']:.3f} (drop {f['top1_drop_rel']:5.1f}%)  "
                  f"retain top1 {r['top1']:.3f} (drop {r['top1_drop_rel']:5.1f}%)  "
-                 f"ppl {f['perplexity']:.1f}/{r['perplexity']:.1f}  [{seconds:.1f} s]")
+                 f"ppl {f['perplexity']:.1f}/{r['perplexity']:.1f}{others}  [{seconds:.1f} s]")
 
     def finish(self) -> None:
         if not self.main:

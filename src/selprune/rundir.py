@@ -6,6 +6,8 @@
     RUN/state/progress.json    the commit point: the last completed step and checksums of what it committed
     RUN/report.html, *.png, summary.json    the report (report.py)
     RUN/model/                 the pruned model, with --save-model
+    RUN/inspect/               what the pruned model can still do (selprune inspect): settings.toml,
+                               generations.jsonl, checks.csv, lens.csv
     RUN/.lock                  locked (flock) by the process running in the folder; the OS frees it on exit
 
 Every file is replaced atomically. A step is committed when progress.json names it, written last. Files
@@ -35,6 +37,10 @@ from .pruning import PrunedRecord
 COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens", "top1", "top10", "loss",
            "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip", "top1_drop_rel",
            "top1_drop_abs")
+# RUN/inspect/'s tables (selprune inspect): a check's number per prompt set, decoding and step; the logit
+# lens's top-1 per step, dataset and layer
+INSPECT_COLUMNS = {"checks.csv": ("set", "dataset", "decoding", "step", "check", "about", "value", "samples"),
+                   "lens.csv": ("step", "role", "dataset", "layer", "top1", "positions")}
 ROLES = ("forget", "retain")
 FORMAT = 1  # of progress.json; a folder made by another format is refused on resume
 LOCK = ".lock"
@@ -46,14 +52,24 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def metrics_text(rows: list[dict]) -> str:
-    """metrics.csv's exact bytes: floats as repr (round-trips), strings as read, so re-writing is exact."""
+def _settings_digest(config: RunConfig) -> str:
+    """A checksum of the settings that decide a run's result (not those that may change on resume)."""
+    kept = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+    return _sha256(json.dumps(kept, sort_keys=True))
+
+
+def csv_text(rows: list[dict], columns=COLUMNS) -> str:
+    """A CSV's exact bytes: floats as repr (round-trips), strings as read, so re-writing read rows is exact."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
         writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
     return buf.getvalue()
+
+
+def metrics_text(rows: list[dict]) -> str:
+    return csv_text(rows, COLUMNS)
 
 
 def pruned_text(record: PrunedRecord) -> str:
@@ -72,6 +88,7 @@ class RunFolder:
     pruned_path = property(lambda self: self.path / "pruned.json")
     progress_path = property(lambda self: self.path / "state" / "progress.json")
     model_path = property(lambda self: self.path / "model")
+    inspect_path = property(lambda self: self.path / "inspect")
 
     def __str__(self) -> str:
         return str(self.path)
@@ -115,9 +132,10 @@ class RunFolder:
     def open_for_resume(self, given: RunConfig) -> RunConfig:
         """Lock an existing run's folder and check that `given` may continue it; returns the config to use."""
         if not self.config_path.is_file():
-            if self.path.is_dir() and not any(p.name != LOCK for p in self.path.iterdir()):
-                raise UserError(f"nothing to resume in {self.path}: no step was finished; start it without --resume")
-            raise UserError(f"nothing to resume in {self.path}: it has no config.toml; start it without --resume")
+            if self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir()):
+                raise UserError(f"cannot resume {self.path}: it holds a run's files but no config.toml (or not as a "
+                                "file), so its settings are lost; start again in a new folder with --output")
+            raise UserError(f"nothing to resume in {self.path}: no step was finished; start it without --resume")
         self.lock()
         saved, kept = self.read_config().to_dict(), given.to_dict()
         changed = sorted(k for k in set(saved) | set(kept)
@@ -144,7 +162,8 @@ class RunFolder:
         atomic.write_text(self.metrics_path, metrics)
         self.progress_path.parent.mkdir(exist_ok=True)
         progress = {"format": FORMAT, "completed_step": step,
-                    "sha256": {"metrics.csv": _sha256(metrics), "pruned.json": _sha256(pruned)}}
+                    "sha256": {"metrics.csv": _sha256(metrics), "pruned.json": _sha256(pruned),
+                               "config.toml": _settings_digest(config)}}
         atomic.write_text(self.progress_path, json.dumps(progress))
 
     def completed_step(self) -> int:
@@ -158,7 +177,8 @@ class RunFolder:
             step, sums = data["completed_step"], data["sha256"]
             ok = (data.get("format") == FORMAT and isinstance(step, int) and not isinstance(step, bool)
                   and step >= 0 and isinstance(sums, dict) and all(isinstance(sums.get(name), str)
-                                                                   for name in ("metrics.csv", "pruned.json")))
+                                                                   for name in ("metrics.csv", "pruned.json",
+                                                                                "config.toml")))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             ok = False
         if not ok:
@@ -181,6 +201,8 @@ class RunFolder:
             done = progress["completed_step"]
             if done > config.steps:
                 raise self._damaged(self.progress_path, f"says step {done} of a {config.steps}-step run was completed")
+            if _settings_digest(self.read_config()) != progress["sha256"]["config.toml"]:
+                raise self._damaged(self.config_path, "has other settings than the ones its steps were made with")
             record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
             rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
         except UserError as exc:
@@ -243,20 +265,7 @@ class RunFolder:
 
     def rows(self) -> list[dict[str, str]]:
         """metrics.csv's rows as strings, in file order, with every column present."""
-        path = self._require(self.metrics_path)
-        try:
-            with path.open(newline="", encoding="utf-8") as f:
-                reader = csv.DictReader(f)
-                missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
-                rows = list(reader)
-        except (UnicodeDecodeError, csv.Error) as exc:
-            raise UserError(f"{path} is not a CSV file selprune wrote ({exc}): regenerate it with selprune") from None
-        if missing:
-            raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: regenerate it with selprune")
-        for line, row in enumerate(rows, start=2):
-            if None in row or any(row[c] is None for c in COLUMNS):
-                raise UserError(f"{path} line {line} does not have {len(COLUMNS)} fields: the file is damaged")
-        return rows
+        return read_csv(self._require(self.metrics_path), COLUMNS)
 
     def record(self) -> PrunedRecord:
         """pruned.json, checked for shape: steps of layer -> unit indices inside the group."""
@@ -271,39 +280,147 @@ class RunFolder:
     def metrics(self) -> dict:
         """metrics.csv as arrays over the steps that have a forget and a retain row, step 0 first.
 
-        {"step", "fraction_pruned", "forget": {...}, "retain": {...}}: each role holds "dataset", "top1",
-        "perplexity" and the drops recomputed from top1: "drop_rel" (% of base) and "drop_abs" (points).
+        {"step", "fraction_pruned", "forget": {...}, "retain": {...}, "watch": {dataset: {...}}}: each dataset
+        holds "dataset", "top1", "perplexity" and the drops recomputed from top1: "drop_rel" (% of base) and
+        "drop_abs" (points). "watch" has the watched datasets (selprune run --watch), maybe none.
         """
         path = self.metrics_path
-        by_role: dict[str, dict[int, dict]] = {role: {} for role in ROLES}
+        series: dict[tuple[str, str], dict[int, dict]] = {}
         for line, row in enumerate(self.rows(), start=2):
-            role = row["role"]
-            if role not in by_role:
-                continue  # other roles (watched datasets) have no place in the forget/retain headline
             try:
                 step = int(row["step"])
                 values = {c: float(row[c]) for c in ("fraction_pruned", "top1", "perplexity")}
             except ValueError:
                 raise UserError(f"{path} line {line}: step, fraction_pruned, top1 and perplexity must be "
                                 "numbers") from None
-            if step in by_role[role]:
-                raise UserError(f"{path} line {line}: a second {role} row for step {step}; "
-                                "keep one forget and one retain row per step")
-            by_role[role][step] = {"dataset": row["dataset"], **values}
-        steps = sorted(by_role["forget"].keys() & by_role["retain"].keys())
+            key = (row["role"], row["dataset"] if row["role"] == "watch" else "")
+            if step in series.setdefault(key, {}):
+                raise UserError(f"{path} line {line}: a second {row['role']} row for step {step}; "
+                                "keep one row per step and dataset")
+            series[key][step] = {"dataset": row["dataset"], **values}
+        unknown = sorted({role for role, _ in series} - {*ROLES, "watch"})
+        if unknown:
+            raise UserError(f"{path}: role {unknown[0]!r} must be forget, retain or watch")
+        steps = sorted(series.get(("forget", ""), {}).keys() & series.get(("retain", ""), {}).keys())
         if not steps or steps[0] != 0:
             raise UserError(f"{path} has no step-0 rows for both forget and retain: "
                             "the unpruned evaluation must come first")
-        metrics = {"step": np.array(steps),
-                   "fraction_pruned": np.array([by_role["forget"][s]["fraction_pruned"] for s in steps])}
-        for role, rows in by_role.items():
-            top1 = np.array([rows[s]["top1"] for s in steps])
+        metrics = {"step": np.array(steps), "watch": {},
+                   "fraction_pruned": np.array([series["forget", ""][s]["fraction_pruned"] for s in steps])}
+        for (role, dataset), rows in series.items():
+            top1 = np.array([rows[s]["top1"] if s in rows else np.nan for s in steps])
             with np.errstate(divide="ignore", invalid="ignore"):  # a base of 0 has no relative drop: NaN
                 drop_rel = np.where(top1[0] > 0, 100 * (top1[0] - top1) / top1[0], np.nan)
-            metrics[role] = {"dataset": rows[0]["dataset"], "top1": top1, "drop_rel": drop_rel,
-                             "perplexity": np.array([rows[s]["perplexity"] for s in steps]),
-                             "drop_abs": 100 * (top1[0] - top1)}
+            entry = {"dataset": rows[min(rows)]["dataset"], "top1": top1, "drop_rel": drop_rel,
+                     "perplexity": np.array([rows[s]["perplexity"] if s in rows else np.nan for s in steps]),
+                     "drop_abs": 100 * (top1[0] - top1)}
+            if role == "watch":
+                metrics["watch"][dataset] = entry
+            else:
+                metrics[role] = entry
         return metrics
+
+
+    # -- RUN/inspect/ -------------------------------------------------------------------------------
+
+    def write_inspect(self, settings: str, records: list[dict], tables: dict[str, list[dict]]) -> None:
+        """RUN/inspect/: the settings (TOML), the generations (JSON lines) and the tables of INSPECT_COLUMNS,
+        each replaced atomically; the caller holds the lock."""
+        self.inspect_path.mkdir(exist_ok=True)
+        files = {"generations.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
+                 **{name: csv_text(rows, INSPECT_COLUMNS[name]) for name, rows in tables.items()},
+                 "settings.toml": settings}
+        for name, text in files.items():
+            atomic.write_text(self.inspect_path / name, text)
+
+    def inspect_table(self, name: str) -> list[dict[str, str]]:
+        """checks.csv or lens.csv of RUN/inspect/ as rows of strings; [] when the run was never inspected."""
+        path = self.inspect_path / name
+        return read_csv(path, INSPECT_COLUMNS[name]) if path.is_file() else []
+
+    def inspect_records(self) -> list[dict]:
+        """RUN/inspect/generations.jsonl; [] when the run was never inspected."""
+        path = self.inspect_path / "generations.jsonl"
+        if not path.is_file():
+            return []
+        try:
+            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise UserError(f"{path} is not a file selprune inspect wrote ({exc}): run selprune inspect again") from None
+
+
+def read_csv(path: Path, columns) -> list[dict[str, str]]:
+    """A CSV that selprune wrote, as rows of strings with every column present; anything else is refused."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in columns if c not in (reader.fieldnames or [])]
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} is not a CSV file selprune wrote ({exc}): regenerate it with selprune") from None
+    if missing:
+        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: regenerate it with selprune")
+    for line, row in enumerate(rows, start=2):
+        if None in row or any(row[c] is None for c in columns):
+            raise UserError(f"{path} line {line} does not have {len(columns)} fields: the file is damaged")
+    return rows
+
+
+class AnalysisFolder:
+    """A subfolder of a run for an analysis of its pruned model, e.g. RUN/relearn/: its settings, and a CSV that
+    grows one finished unit of work (a "key") at a time. progress.json lists the finished keys with the
+    CSV's checksum, so an interrupted analysis resumes where it stopped and ends with the same CSV.
+    """
+
+    def __init__(self, run: RunFolder, name: str, columns: tuple[str, ...]):
+        self.run, self.columns = run, columns
+        self.path = run.path / name
+        self.settings_path = self.path / "settings.toml"
+        self.csv_path = self.path / f"{name.split('-')[0]}.csv"
+        self.progress_path = self.path / "progress.json"
+
+    def start(self, settings, resume: bool) -> None:
+        """Check that a new analysis has the folder to itself, or that a resumed one keeps its settings.
+
+        Nothing is written until the first unit of work is committed, so a failed start leaves nothing behind.
+        """
+        exists = self.progress_path.is_file()
+        if exists and not resume:
+            raise UserError(f"{self.path} already holds results: add --resume to continue it, or give --name to "
+                            "keep both")
+        if resume and not exists:
+            raise UserError(f"nothing to resume in {self.path}: start it without --resume")
+        if exists:
+            saved, given = type(settings).from_toml(self.settings_path).to_dict(), settings.to_dict()
+            changed = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
+            if changed:
+                raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): resume "
+                                "with the same settings, or give --name to start another")
+        self.settings = settings
+
+    def committed(self) -> tuple[list[dict], list[str]]:
+        """The rows and keys finished so far, verified against progress.json's checksum."""
+        if not self.progress_path.is_file():
+            return [], []
+        try:
+            progress = json.loads(self.progress_path.read_text())
+            done, checksum = list(progress["done"]), progress["sha256"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            raise UserError(f"cannot resume: {self.progress_path} is not a progress record selprune wrote; "
+                            f"delete {self.path} to start the analysis again") from None
+        rows = read_csv(self.csv_path, self.columns) if self.csv_path.is_file() else []
+        if _sha256(csv_text(rows, self.columns)) != checksum:
+            raise UserError(f"cannot resume: {self.csv_path} differs from what was committed; delete {self.path} "
+                            "to start the analysis again")
+        return rows, done
+
+    def commit(self, rows: list[dict], done: list[str]) -> None:
+        self.path.mkdir(exist_ok=True)
+        atomic.write_text(self.settings_path, self.settings.to_toml())
+        text = csv_text(rows, self.columns)
+        atomic.write_text(self.csv_path, text)
+        atomic.write_text(self.progress_path, json.dumps({"done": done, "sha256": _sha256(text)}))
+
 
 
 def _int(text: str) -> int | None:
@@ -341,6 +458,8 @@ def summary_of(metrics: dict) -> dict:
         "retain_drop_at_forget_80": retain_drop_when_forget_drops(80),
         "final_perplexity_forget": float(forget["perplexity"][-1]),
         "final_perplexity_retain": float(retain["perplexity"][-1]),
+        "watch": {name: {"drop_at_max_rel_diff": float(w["drop_rel"][best_rel]), "final_drop": float(w["drop_rel"][-1])}
+                  for name, w in metrics["watch"].items()},
     }
 
 

@@ -1,8 +1,9 @@
-"""Tokenize documents into fixed-length chunks: a scoring part and a disjoint evaluation part.
+"""Tokenize documents into fixed-length chunks: an evaluation, a scoring and (for relearning) a relearn part.
 
-Scores that decide what to prune and the accuracy that judges the result must not
-see the same text, so the two parts never share a document. Budgets are exact
-token counts, so runs with the same settings are comparable.
+Scores that decide what to prune, the accuracy that judges the result and the data of a relearning attack
+must not see the same text, so the parts never share a document. They are filled in that order from one
+seeded shuffle, so adding the relearn part leaves the other two as they were. Budgets are exact token
+counts, so runs with the same settings are comparable.
 """
 
 from __future__ import annotations
@@ -30,30 +31,36 @@ class Chunks:
 
 @dataclass
 class Splits:
-    score: Chunks
+    score: Chunks | None  # None for a dataset that is only evaluated
     eval: Chunks
+    relearn: Chunks | None = None  # only when asked for: the data of a relearning attack
 
 
 def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 512, score_tokens: int = 100_000,
-                eval_tokens: int = 100_000, seed: int = 0, name: str = "dataset") -> Splits:
-    """Shuffle documents with `seed`, fill the evaluation budget first, then the scoring budget."""
+                eval_tokens: int = 100_000, seed: int = 0, name: str = "dataset", relearn_tokens: int = 0,
+                relearn_chunk_len: int | None = None) -> Splits:
+    """Shuffle documents with `seed`, fill the evaluation budget first, then scoring, then relearning."""
     if chunk_len < 2:
         raise UserError(f"--chunk-len must be at least 2 tokens, got {chunk_len}")
-    for option, value in (("--score-tokens", score_tokens), ("--eval-tokens", eval_tokens)):
-        if value <= 0:
-            raise UserError(f"{option} must be a positive number of tokens, got {value}")
+    if eval_tokens <= 0 or score_tokens < 0:  # score_tokens = 0: a dataset that is only evaluated
+        option, value = ("--eval-tokens", eval_tokens) if eval_tokens <= 0 else ("--score-tokens", score_tokens)
+        raise UserError(f"{option} must be a positive number of tokens, got {value}")
     separator = _separator_id(tokenizer)
     order = list(documents)
     random.Random(seed).shuffle(order)
     stream = _tokenized(order, tokenizer, separator)
-    parts, used = [], []
-    for budget in (eval_tokens, score_tokens):
+    budgets = {"evaluation": eval_tokens, "scoring": score_tokens, "relearning": relearn_tokens}
+    lengths = {"relearning": relearn_chunk_len or chunk_len}
+    parts, used = {}, []
+    for part, budget in budgets.items():
+        if budget <= 0:
+            continue
         ids, doc_ids, doc_tokens = _fill(stream, budget)
         used.append(doc_tokens)
         if len(ids) < budget:  # the stream is spent: `used` counts every token of the dataset
-            raise _too_few_tokens(name, len(documents), used, eval_tokens, score_tokens)
-        parts.append(_pack(ids, doc_ids, chunk_len, _pad_id(tokenizer, separator)))
-    return Splits(score=parts[1], eval=parts[0])
+            raise _too_few_tokens(name, len(documents), used, {k: v for k, v in budgets.items() if v > 0})
+        parts[part] = _pack(ids, doc_ids, lengths.get(part, chunk_len), _pad_id(tokenizer, separator))
+    return Splits(score=parts.get("scoring"), eval=parts["evaluation"], relearn=parts.get("relearning"))
 
 
 def _separator_id(tokenizer) -> int:
@@ -93,14 +100,17 @@ def _fill(stream: Iterator[tuple[str, list[int]]], budget: int) -> tuple[list[in
     return ids, doc_ids, used
 
 
-def _too_few_tokens(name: str, documents: int, used: list[int], eval_tokens: int, score_tokens: int) -> UserError:
+def _too_few_tokens(name: str, documents: int, used: list[int], budgets: dict[str, int]) -> UserError:
     """Each part takes whole documents, so a dataset can hold more tokens than asked and still be too small."""
-    total = sum(used)
+    total, parts = sum(used), list(budgets)
+    asked = " + ".join(f"{budget} {part}" for part, budget in budgets.items())
+    before = " and ".join(f"the {part} part's documents took {n}" for part, n in zip(parts, used[:-1]))
+    options = {"evaluation": "--eval-tokens", "scoring": "--score-tokens", "relearning": "--relearn-tokens"}
     return UserError(
         f"dataset {name!r} has {total} tokens in all, in {documents} documents (or pieces of at most "
-        f"{PIECE_CHARS} characters), too few for {eval_tokens} evaluation + {score_tokens} scoring tokens from "
-        f"separate documents: the evaluation part's documents took {used[0]}, leaving {total - used[0]} for "
-        f"scoring; use smaller --score-tokens/--eval-tokens or more data"
+        f"{PIECE_CHARS} characters), too few for {asked} tokens from separate documents: "
+        f"{before}, leaving {total - sum(used[:-1])} for {parts[len(used) - 1]}; use smaller "
+        f"{'/'.join(options[p] for p in parts)} or more data"
     )
 
 

@@ -1,0 +1,67 @@
+"""InspectConfig: everything that decides an inspection, as a settings dataclass (flags derive from it).
+
+The costs in the help texts were measured with the embedded model (SmolLM2-135M, bf16) on 2 CPU cores
+(docs/PERFORMANCE.md, "What an inspection costs").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Settings, flag, setting
+from ..errors import UserError
+
+
+@dataclass
+class InspectConfig(Settings):
+    run: str = setting("", "the run folder to inspect")
+    step: tuple[int, ...] = setting((), "pruning steps to set beside the unpruned model, e.g. --step 1 3 "
+                                    "(default: the run's last step); each adds its generations, checks and lens")
+    prompts: int = setting(8, "prompts per dataset, each a prefix of one of the run's held-out evaluation "
+                           "documents")
+    prefix_tokens: int = setting(32, "tokens of each prompt")
+    new_tokens: int = setting(32, "tokens each model writes after a prompt; text generation costs about "
+                              "5 s per model and dataset at the defaults")
+    functions: int = setting(16, "Python functions whose body each model writes, for the Python check (0: "
+                             "none); about 10 s per model at the defaults")
+    body_tokens: int = setting(64, "tokens each model writes as a function's body")
+    python: str = setting("auto", "where the functions come from: auto = the Python files among the run's "
+                          "held-out evaluation documents, else the built-in python set; or a dataset spec")
+    sample: bool = setting(False, "also sample, seeded, at --temperature (doubles the generation cost)")
+    temperature: float = setting(0.7, "temperature of the sampling")
+    seed: int = setting(0, "seed of the sampling")
+    lens: bool = setting(True, "the logit lens: top-1 of every block's output read through the final norm "
+                         "and head, on the run's evaluation chunks; about 15 s per model and dataset at 2,048 "
+                         "tokens")
+    lens_tokens: int = setting(1024, "evaluation tokens per dataset for the logit lens (0: all of the run's)")
+
+    def validate(self) -> None:
+        """Refuse settings that cannot make an inspection, before any model is loaded."""
+        self.check_finite()
+        for key in ("prompts", "prefix_tokens", "new_tokens", "body_tokens"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{flag(key)} must be at least 1, got {getattr(self, key)}")
+        for key in ("functions", "lens_tokens"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{flag(key)} must be 0 or more, got {getattr(self, key)}")
+        if self.temperature <= 0:
+            raise UserError(f"--temperature must be positive, got {self.temperature} (greedy decoding is "
+                            "always done; leave out --sample to do only that)")
+        if not self.run:
+            raise UserError("no run folder given: name the run folder to inspect")
+
+    def steps(self, completed: int) -> list[int]:
+        """The pruning steps asked for, checked against the last step the run completed."""
+        if not self.step:
+            if completed < 1:
+                raise UserError(f"{self.run} has no completed pruning step to inspect: let the run finish a step "
+                                "(selprune run --resume)")
+            return [completed]
+        steps = sorted(set(self.step))
+        wrong = [k for k in steps if not 1 <= k <= completed]
+        if wrong:
+            have = f"steps 1 to {completed}" if completed >= 1 else "no completed step"
+            raise UserError(f"--step {wrong[0]}: {Path(self.run)} has {have} (step 0, the unpruned model, is "
+                            "always shown)")
+        return steps

@@ -1,0 +1,478 @@
+"""The relearning attack: is what pruning removed gone, or only hidden?
+
+Fine-tune a run's pruned model on a little data that scoring and evaluation never saw, and measure how much
+of the lost forget accuracy comes back, next to the same attack on controls: the unpruned model (its forget
+accuracy is the ceiling), a random pruning of as many units of the same group (the paper's baseline), and
+any other runs. Each model keeps the learning rate that recovers the most for it: the attacker's best.
+
+Plain fine-tuning cannot revive a pruned ff unit: pruning zeroes all of its in- and out-weights, so its
+activation is 0 and so is the gradient that reaches it, and every gradient of its weights is a product
+with one of the two. Attention groups zero one side only (value rows, or output-projection columns), so
+their weights do get gradients and can come back. `reinit_pruned` gives the capacity back on purpose
+(small random weights): a stronger attack.
+"""
+
+from __future__ import annotations
+
+import copy
+import html
+import itertools
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import atomic
+from .arch import NeuronGroup, architecture_of
+from .batching import auto_batch_size
+from .config import Settings, setting
+from .data import load_documents, make_splits
+from .errors import UserError
+from .evaluate import evaluate_causal
+from .head import Head
+from .models import cpu_has_bf16, load_model, resolve_device
+from .pruning import apply, pruned_parts, still_zero
+from .report import _figure, _figure_html, _png
+from .report import _number as fmt
+from .rundir import AnalysisFolder, RunFolder, read_csv
+from .scoring import random_scores, select
+
+COLUMNS = ("attack", "model", "lr", "step", "forget_top1", "forget_loss", "retain_top1", "retain_loss",
+           "train_loss", "pruned_zero")
+DEFAULT_LR = {"adamw": 1e-4, "lora": 5e-5}  # LoRA's from Che et al. 2025 (rank 16, alpha 32)
+OPTIMIZERS = ("adamw", "lora")
+
+
+@dataclass
+class RelearnConfig(Settings):
+    run: str = setting("", "the run folder whose pruned model is attacked")
+    step: int = setting(0, "attack the model after this pruning step (0: the run's last step)")
+    attack: tuple[str, ...] = setting(("forget",), "what to fine-tune on: forget (the forget dataset's relearn "
+                                      "split), retain (the retain dataset's), other:SPEC (any dataset)")
+    optimizer: str = setting("adamw", "adamw: full fine-tuning; lora: low-rank adapters (needs peft)", OPTIMIZERS)
+    lr: tuple[float, ...] = setting((), "learning rates to try; each model keeps the one that recovers most "
+                                    "(default 1e-4 for adamw, 5e-5 for lora)")
+    max_steps: int = setting(64, "fine-tuning steps; evaluated at 0, 1, 2, 4, 8, ... and the last")
+    batch_size: int = setting(4, "chunks per fine-tuning step")
+    chunk_len: int = setting(256, "tokens per fine-tuning chunk")
+    relearn_tokens: int = setting(16_384, "tokens of attack data per dataset, from documents that the run's "
+                                  "scoring and evaluation never saw")
+    eval_tokens: int = setting(4_096, "evaluation tokens per dataset at each point (the start of the run's "
+                               "evaluation chunks)")
+    control: tuple[str, ...] = setting((), "other run folders to attack the same way: RUN or RUN:STEP")
+    random_control: bool = setting(True, "also attack a random pruning of as many units of the same group")
+    reinit_pruned: bool = setting(False, "a stronger attack: give the pruned weights small random values first, "
+                                  "so that fine-tuning can use them")
+    lora_rank: int = setting(16, "LoRA rank")
+    lora_alpha: int = setting(32, "LoRA alpha")
+    dtype: str = setting("auto", "auto: float32 weights with bfloat16 compute where the hardware has it; float32",
+                         ("auto", "float32"))
+    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
+    seed: int = setting(0, "seed for the data order, the random control and re-initialisation")
+    name: str = setting("", "results go to RUN/relearn, or RUN/relearn-NAME to keep several")
+
+    @property
+    def learning_rates(self) -> tuple[float, ...]:
+        return self.lr or (DEFAULT_LR[self.optimizer],)
+
+    def validate(self) -> None:
+        self.check_finite()
+        for key in ("max_steps", "batch_size", "relearn_tokens", "eval_tokens", "lora_rank", "lora_alpha"):
+            if getattr(self, key) < 1:
+                raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
+        if self.chunk_len < 2:
+            raise UserError(f"--chunk-len must be at least 2, got {self.chunk_len}")
+        if self.step < 0:
+            raise UserError(f"--step must be a pruning step of the run (0 for its last), got {self.step}")
+        if any(lr <= 0 for lr in self.learning_rates):
+            raise UserError(f"learning rates must be positive, got {', '.join(map(str, self.learning_rates))}")
+        for attack in self.attack:
+            if attack not in ("forget", "retain") and not (attack.startswith("other:") and attack[6:]):
+                raise UserError(f"unknown attack {attack!r}: use forget, retain or other:SPEC")
+        if len(set(self.attack)) < len(self.attack):
+            raise UserError("an attack is named twice in --attack")
+        if self.optimizer not in OPTIMIZERS:
+            raise UserError(f"unknown optimizer {self.optimizer!r}: use adamw or lora")
+        if self.name and ("/" in self.name or self.name.startswith(".")):
+            raise UserError(f"--name {self.name!r} must be a plain name: the results go to RUN/relearn-NAME")
+
+
+def evaluation_points(max_steps: int) -> list[int]:
+    """0, 1, 2, 4, 8, ... up to max_steps, and max_steps itself."""
+    return sorted({0, max_steps} | {2 ** k for k in range(int(math.log2(max_steps)) + 1)})
+
+
+@dataclass
+class Contender:
+    """A model to attack: the run's pruned model or a control, as a mask over the units of a group."""
+
+    label: str
+    group: str
+    mask: torch.Tensor | None  # None: the unpruned model
+
+
+class Relearn:
+    """One relearning analysis of one run; `execute` drives it. The public entry point is `relearn(config)`."""
+
+    def __init__(self, config: RelearnConfig, resume: bool = False, quiet: bool = False):
+        config.validate()
+        self.config, self.quiet = config, quiet
+        self.run = RunFolder(config.run)
+        if not self.run.config_path.is_file():
+            raise UserError(f"{config.run} is not a selprune run folder (it has no config.toml): give one that "
+                            "`selprune run` made")
+        self.run_config = self.run.read_config()
+        self.done_steps = self.run.completed_step()
+        self.step = config.step or self.done_steps
+        if not 1 <= self.step <= self.done_steps:
+            raise UserError(f"{config.run} has pruning steps 1 to {self.done_steps}, not {self.step}: give --step "
+                            f"between 1 and {self.done_steps}")
+        self.run.lock()
+        self.results = AnalysisFolder(self.run, f"relearn-{config.name}" if config.name else "relearn", COLUMNS)
+        try:
+            self.results.start(config, resume)
+        except UserError:
+            self.run.unlock()
+            raise
+
+    def log(self, line: str) -> None:
+        if not self.quiet:
+            print(line, flush=True)
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        c, rc = self.config, self.run_config
+        self.base, self.tokenizer = load_model(rc.model, dtype="float32", device=c.device,
+                                               trust_remote_code=rc.trust_remote_code)
+        if architecture_of(self.base.config).masked_lm:
+            raise UserError("relearning fine-tunes a causal language model; masked LMs are not supported")
+        self.device = resolve_device(c.device)
+        self.bf16 = c.dtype == "auto" and (cpu_has_bf16() if self.device.type == "cpu"
+                                           else torch.cuda.is_bf16_supported())
+        self.eval_batch = auto_batch_size(self.base, rc.chunk_len, self.device)
+        forget, retain = (self._splits(spec) for spec in (rc.forget, rc.retain))
+        self.evaluation = {"forget": self._first_tokens(forget.eval), "retain": self._first_tokens(retain.eval)}
+        self.attacks = {}
+        for attack in c.attack:
+            if attack in ("forget", "retain"):
+                self.attacks[attack] = (forget if attack == "forget" else retain).relearn
+            else:
+                spec = attack[len("other:"):]
+                self.attacks[attack] = (self._splits(spec).relearn if spec in (rc.forget, rc.retain)
+                                        else self._other(spec))
+        for attack, chunks in self.attacks.items():
+            if len(chunks.input_ids) < c.batch_size:
+                raise UserError(f"attack {attack!r} has {len(chunks.input_ids)} chunks of {c.chunk_len} tokens, fewer "
+                                f"than one batch of {c.batch_size}: raise --relearn-tokens or lower --batch-size")
+        self.contenders = self._contenders()
+
+    def _splits(self, spec: str):
+        """The run's own evaluation and scoring splits, and the relearn split from the documents after them."""
+        rc, c = self.run_config, self.config
+        return make_splits(load_documents(spec), self.tokenizer, chunk_len=rc.chunk_len, score_tokens=rc.score_tokens,
+                           eval_tokens=rc.eval_tokens, seed=rc.seed, name=spec, relearn_tokens=c.relearn_tokens,
+                           relearn_chunk_len=c.chunk_len)
+
+    def _other(self, spec: str):
+        """A dataset the run did not use: its first relearn_tokens, in seeded order (it never judged the run)."""
+        c = self.config
+        splits = make_splits(load_documents(spec), self.tokenizer, chunk_len=c.chunk_len, score_tokens=1,
+                             eval_tokens=1, seed=c.seed, name=spec, relearn_tokens=c.relearn_tokens)
+        return splits.relearn
+
+    def _first_tokens(self, chunks) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = min(len(chunks.input_ids), -(-self.config.eval_tokens // chunks.input_ids.shape[1]))
+        return chunks.input_ids[:rows], chunks.attention_mask[:rows]
+
+    def _contenders(self) -> list[Contender]:
+        rc, c = self.run_config, self.config
+        record = self.run.record()
+        mask = record.mask(range(1, self.step + 1))
+        found = [Contender("pruned", rc.group, mask), Contender("base", rc.group, None)]
+        if c.random_control:
+            scores = random_scores(tuple(mask.shape), c.seed, 0)
+            random_mask = select(scores, torch.zeros_like(mask), int(mask.sum()), rc.selection == "per-layer")
+            found.append(Contender("random", rc.group, random_mask))
+        for spec in c.control:
+            found.append(self._control(spec))
+        return found
+
+    def _control(self, spec: str) -> Contender:
+        path, _, step = spec.rpartition(":") if ":" in spec else (spec, "", "")
+        other = RunFolder(path)
+        if not other.config_path.is_file():
+            raise UserError(f"control {path} is not a selprune run folder (no config.toml)")
+        config = other.read_config()
+        if config.model != self.run_config.model:
+            raise UserError(f"control {path} pruned model {config.model!r}, this run {self.run_config.model!r}: "
+                            "a control must prune the same model")
+        done = other.completed_step()
+        last = int(step) if step.isdigit() else done
+        if not 1 <= last <= done:
+            raise UserError(f"control {path} has pruning steps 1 to {done}, not {step}")
+        mask = other.record().mask(range(1, last + 1))
+        return Contender(f"{config.name or Path(path).name}@{last}", config.group, mask)
+
+    # -- the attack ----------------------------------------------------------------------------
+
+    def execute(self) -> Path:
+        try:
+            self.load()
+            rows, done = self.results.committed()
+            c = self.config
+            self.log(f"relearn: {self.run.path} after step {self.step}; attacks {', '.join(c.attack)}; models "
+                     f"{', '.join(x.label for x in self.contenders)}; {c.optimizer} lr {c.learning_rates}; "
+                     f"{c.max_steps} steps of {c.batch_size} x {c.chunk_len} tokens -> {self.results.path}")
+            for attack, contender, lr in itertools.product(c.attack, self.contenders, c.learning_rates):
+                key = f"{attack}|{contender.label}|{lr!r}"
+                if key in done:
+                    continue
+                t0 = time.perf_counter()
+                rows = rows + self.attack(attack, contender, lr)
+                done = done + [key]
+                self.results.commit(rows, done)
+                last = rows[-1]
+                self.log(f"{attack:>10s} {contender.label:>10s} lr {lr:g}: forget top1 {rows[-len(self.points)]['forget_top1']:.3f}"
+                         f" -> {last['forget_top1']:.3f}, retain {last['retain_top1']:.3f}  [{time.perf_counter() - t0:.0f} s]")
+            for line in headline(summarize_relearn(rows)):
+                self.log(line)
+            from .report import write_report
+
+            self.log(f"report: {write_report([self.run.path], self.run.path)}")
+        finally:
+            self.run.unlock()
+        return self.results.path
+
+    @property
+    def points(self) -> list[int]:
+        return evaluation_points(self.config.max_steps)
+
+    def attack(self, attack: str, contender: Contender, lr: float) -> list[dict]:
+        """Fine-tune one model on one attack's data with one learning rate; rows at the evaluation points."""
+        c = self.config
+        torch.manual_seed(c.seed)
+        model = copy.deepcopy(self.base)
+        neurons = NeuronGroup(model, contender.group)
+        if contender.mask is not None:
+            apply(neurons, contender.mask)
+            if c.reinit_pruned:
+                reinitialise(neurons, contender.mask, c.seed)
+        trained = self._trainable(model)
+        optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
+                                      fused=True)
+        data = self.attacks[attack]
+        order = _batches(len(data.input_ids), c.batch_size, c.seed)
+        rows, losses = [], []
+        for step in range(c.max_steps + 1):
+            if step in self.points:
+                rows.append(self._row(attack, contender, lr, step, trained, losses))
+                losses = []
+            if step < c.max_steps:
+                index = next(order)
+                batch = (data.input_ids[index].to(self.device), data.attention_mask[index].to(self.device))
+                losses.append(fine_tune_step(trained, optimizer, *batch, self.bf16))
+        return rows
+
+    def _trainable(self, model):
+        """The model with gradients on what the attacker trains: every weight, or LoRA adapters."""
+        if self.config.optimizer == "adamw":
+            return model.requires_grad_(True).train()
+        try:
+            from peft import LoraConfig, get_peft_model
+        except ImportError:
+            raise UserError("--optimizer lora needs the optional peft package: pip install 'selprune[lora]'") from None
+        lora = LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha, lora_dropout=0.0,
+                          target_modules="all-linear")
+        return get_peft_model(model, lora).train()
+
+    def _row(self, attack, contender, lr, step, model, losses) -> dict:
+        """Forget and retain accuracy now (exact ranks) and the mean training loss since the last row."""
+        evaluated = self._evaluable(model)
+        metrics = {}
+        for role, (ids, mask) in self.evaluation.items():
+            m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch,
+                                                 torch.empty(0, dtype=torch.long), head=Head(evaluated))
+            metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
+        zero = "" if contender.mask is None or step != self.config.max_steps else \
+            str(still_zero(NeuronGroup(evaluated, contender.group), contender.mask))
+        model.train()
+        return {"attack": attack, "model": contender.label, "lr": lr, "step": step, **metrics,
+                "train_loss": float(np.mean(losses)) if losses else "", "pruned_zero": zero}
+
+    def _evaluable(self, model):
+        """The model as evaluated: LoRA adapters merged into the weights, in bf16 where training computes in
+        bf16 (fast, and the run itself was evaluated so), else the float32 model itself."""
+        if not (self.bf16 or hasattr(model, "merge_and_unload")):
+            return model.eval()
+        copied = copy.deepcopy(model)
+        if hasattr(copied, "merge_and_unload"):
+            copied = copied.merge_and_unload()
+        return copied.to(torch.bfloat16 if self.bf16 else torch.float32).eval().requires_grad_(False)
+
+
+def fine_tune_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> float:
+    """One optimiser step on the causal-LM loss of a batch (padding not predicted); returns the loss."""
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach().item()
+
+
+def _batches(rows: int, batch_size: int, seed: int):
+    """Row indices of each fine-tuning batch: seeded shuffles of the attack data, one epoch after another."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(rows, generator=generator)
+        for start in range(0, rows - batch_size + 1, batch_size):  # a last, smaller batch waits for the next epoch
+            yield order[start:start + batch_size]
+
+
+@torch.no_grad()
+def reinitialise(neurons: NeuronGroup, mask: torch.Tensor, seed: int) -> None:
+    """Give pruned weights small random values (a tenth of their tensor's spread), so that they can learn."""
+    generator = torch.Generator().manual_seed(seed)
+    for tensor, dim, index in pruned_parts(neurons, mask):
+        shape = list(tensor.shape)
+        shape[dim] = len(index)
+        values = torch.randn(shape, generator=generator) * 0.1 * float(tensor.float().std())
+        tensor.index_copy_(dim, index, values.to(tensor.dtype).to(tensor.device))
+
+
+def relearn(config: RelearnConfig, resume: bool = False, quiet: bool = False) -> Path:
+    """Attack a run's pruned model as the config says; returns the results folder (RUN/relearn)."""
+    return Relearn(config, resume, quiet).execute()
+
+
+# -- reading the results ---------------------------------------------------------------------------
+
+
+def summarize_relearn(rows: list[dict]) -> list[dict]:
+    """Per attack and model, with its best learning rate (the highest forget top-1 at any point): the forget
+    top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0), the
+    steps to recover 50% and 90% of it (None: not within the attack), the retain top-1, and whether the
+    pruned weights stayed exactly zero."""
+    table = [{k: _number(v) for k, v in row.items()} for row in rows]
+    base0 = {r["attack"]: r["forget_top1"] for r in table if r["model"] == "base" and r["step"] == 0}
+    summaries = []
+    for (attack, model), group in itertools.groupby(sorted(table, key=lambda r: (r["attack"], r["model"])),
+                                                    key=lambda r: (r["attack"], r["model"])):
+        group = list(group)
+        best = max(sorted({r["lr"] for r in group}),
+                   key=lambda lr: max(r["forget_top1"] for r in group if r["lr"] == lr))
+        curve = sorted((r for r in group if r["lr"] == best), key=lambda r: r["step"])
+        start, ceiling = curve[0]["forget_top1"], base0.get(attack)
+        gap = None if ceiling is None or model == "base" else ceiling - start
+        share = [None if not gap or gap <= 0 else (r["forget_top1"] - start) / gap for r in curve]
+        summaries.append({
+            "attack": attack, "model": model, "lr": best, "steps": [r["step"] for r in curve],
+            "forget_top1": [r["forget_top1"] for r in curve], "retain_top1": [r["retain_top1"] for r in curve],
+            "gap": gap, "recovered": share,
+            "steps_to_50": _first_step(curve, share, 0.5), "steps_to_90": _first_step(curve, share, 0.9),
+            "pruned_zero": curve[-1]["pruned_zero"] if curve[-1]["pruned_zero"] != "" else None,
+        })
+    return summaries
+
+
+def headline(summaries: list[dict]) -> list[str]:
+    """One console line per attack and model: forget top-1 before and after, and how much of the gap returned."""
+    lines = []
+    for s in summaries:
+        recovered = "" if s["recovered"][-1] is None else (
+            f"; recovered {100 * s['recovered'][-1]:.0f}% of the gap in {s['steps'][-1]} steps (50% "
+            + ("not reached" if s["steps_to_50"] is None else f"by step {s['steps_to_50']}") + ")")
+        zero = "" if s["pruned_zero"] is None else f"; pruned weights still zero: {'yes' if s['pruned_zero'] else 'no'}"
+        lines.append(f"attack {s['attack']}, {s['model']} (lr {s['lr']:g}): forget top1 {s['forget_top1'][0]:.3f} -> "
+                     f"{s['forget_top1'][-1]:.3f}, retain {s['retain_top1'][0]:.3f} -> {s['retain_top1'][-1]:.3f}"
+                     f"{recovered}{zero}")
+    return lines
+
+
+def _number(value):
+    """CSV strings back to numbers and booleans; other text as it is."""
+    if isinstance(value, str):
+        if value in ("True", "False"):
+            return value == "True"
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
+
+
+def _first_step(curve, share, level):
+    return next((r["step"] for r, s in zip(curve, share) if s is not None and s >= level), None)
+
+
+def relearn_folders(run: Path) -> list[AnalysisFolder]:
+    """The relearning analyses of a run folder that have results."""
+    folder = RunFolder(run)
+    found = [AnalysisFolder(folder, p.name, COLUMNS) for p in sorted(folder.path.glob("relearn*")) if p.is_dir()]
+    return [a for a in found if a.progress_path.is_file()]
+
+
+def settings_of(results: AnalysisFolder) -> RelearnConfig:
+    return RelearnConfig.from_toml(results.settings_path)
+
+
+
+# -- the report section ----------------------------------------------------------------------------
+
+
+def report_section(runs: list[dict], out_dir: Path) -> str:
+    """Recovery curves and the headline table of every relearning analysis of the runs ("" if none)."""
+    parts = []
+    for run in runs:
+        for results in relearn_folders(run["dir"]):
+            summaries = summarize_relearn(read_csv(results.csv_path, COLUMNS))
+            settings = settings_of(results)
+            attacks = sorted({s["attack"] for s in summaries})
+            fig = _figure(5.0 * len(attacks), 4.2)
+            for i, attack in enumerate(attacks):
+                ax = fig.add_subplot(1, len(attacks), i + 1)
+                for s in (s for s in summaries if s["attack"] == attack):
+                    style = dict(color="black", linestyle="--") if s["model"] == "base" else {}
+                    ax.plot(s["steps"], [100 * v for v in s["forget_top1"]], marker="o", markersize=3,
+                            label=f"{s['model']} (lr {s['lr']:g})", **style)
+                ax.set_xscale("symlog", linthresh=1)
+                ax.set_title(f"attack: {attack}")
+                ax.set_xlabel("fine-tuning steps")
+                ax.set_ylabel("forget top-1 (%)")
+                ax.grid(alpha=0.3)
+                ax.legend(fontsize=8)
+            name = f"relearn-{run['label']}-{results.path.name}.png".replace("/", "-")
+            atomic.write_bytes(out_dir / name, _png(fig))
+            caption = (f"{run['label']}: forget top-1 while fine-tuning the model after step {settings.step or '(last)'} "
+                       f"({settings.optimizer}, {settings.batch_size} x {settings.chunk_len} tokens a step)")
+            parts.append(_figure_html(_png(fig), caption) + _relearn_table(summaries))
+    if not parts:
+        return ""
+    return ("<h2>Relearning: removed or hidden?</h2><p class=\"note\">Recovered share = (top-1 after t steps "
+            "&minus; top-1 before) / (the unpruned model's top-1 &minus; top-1 before): 0% means nothing came back, "
+            "100% the unpruned model's accuracy.</p>" + "".join(parts))
+
+
+def _relearn_table(summaries: list[dict]) -> str:
+    head = ("<tr><th>Attack</th><th>Model</th><th>lr</th><th>Forget top-1</th><th>Recovered share "
+            "(steps: share)</th><th>Steps to 50% / 90%</th><th>Retain top-1</th><th>Pruned weights still 0</th></tr>")
+    rows = []
+    for s in summaries:
+        shares = ", ".join(f"{step}: {fmt(100 * v, '.0f', '%')}" for step, v in zip(s["steps"], s["recovered"])
+                           if v is not None and step)
+        cells = [html.escape(s["attack"]), html.escape(s["model"]), f"{s['lr']:g}",
+                 f"{fmt(100 * s['forget_top1'][0], '.1f', '%')} &rarr; {fmt(100 * s['forget_top1'][-1], '.1f', '%')}",
+                 shares or "&mdash;",
+                 " / ".join("&mdash;" if n is None else str(n) for n in (s["steps_to_50"], s["steps_to_90"])),
+                 f"{fmt(100 * s['retain_top1'][0], '.1f', '%')} &rarr; {fmt(100 * s['retain_top1'][-1], '.1f', '%')}",
+                 {True: "yes", False: "no", None: "&mdash;"}[s["pruned_zero"]]]
+        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return f"<table>{head}{''.join(rows)}</table>"

@@ -1,0 +1,189 @@
+"""The relearning attack on tiny models: it trains, it keeps pruned ff weights at zero, it resumes, it refuses."""
+
+import shutil
+
+import pytest
+import torch
+
+from selprune import relearn as relearn_module
+from selprune import run as run_module
+from selprune.arch import NeuronGroup
+from selprune.cli import main
+from selprune.models import load_model
+from selprune.pruning import apply, still_zero
+from selprune.relearn import COLUMNS, Relearn, RelearnConfig, evaluation_points, relearn, summarize_relearn
+from selprune.rundir import RunFolder, read_csv
+
+SMALL = dict(max_steps=4, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def pruned_runs(tiny_config, tmp_path_factory):
+    """An ff run and an attn-value run of the tiny Llama, 2 steps each (the first data, more documents)."""
+    root = tmp_path_factory.mktemp("relearn")
+    out = {}
+    for group in ("ff", "attn-value"):
+        out[group] = run_module.run(tiny_config(root / group, group=group, steps=2, score_tokens=200,
+                                                eval_tokens=150), quiet=True)
+    return out
+
+
+@pytest.fixture
+def ff_run(pruned_runs, tmp_path):
+    return shutil.copytree(pruned_runs["ff"], tmp_path / "ff")
+
+
+def results(folder, name="relearn"):
+    return read_csv(folder / name / "relearn.csv", COLUMNS)
+
+
+def test_evaluation_points_double():
+    assert evaluation_points(64) == [0, 1, 2, 4, 8, 16, 32, 64]
+    assert evaluation_points(6) == [0, 1, 2, 4, 6]
+
+
+def test_a_fine_tuning_step_changes_the_weights_and_lowers_the_loss(tiny_llama, tiny_batch):
+    model, _ = load_model(str(tiny_llama), dtype="float32")
+    model.requires_grad_(True).train()
+    ids, mask = tiny_batch(batch=2, length=12)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+    labels = ids.masked_fill(mask == 0, -100)
+    losses = []
+    for _ in range(5):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.detach().item())
+    assert losses[-1] < losses[0]
+    assert any(not torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+
+
+def test_the_attack_writes_curves_for_every_model_and_ff_weights_stay_zero(ff_run):
+    relearn(RelearnConfig(run=str(ff_run), attack=("forget", "retain"), **SMALL), quiet=True)
+    rows = results(ff_run)
+    models = {r["model"] for r in rows}
+    assert models == {"pruned", "base", "random"}
+    assert len(rows) == 2 * 3 * len(evaluation_points(4))
+    final = {(r["attack"], r["model"]): r for r in rows if r["step"] == "4"}
+    assert final[("forget", "pruned")]["pruned_zero"] == "True"  # zero in- and out-weights get zero gradients
+    assert final[("forget", "base")]["pruned_zero"] == ""
+    start = {r["model"]: float(r["forget_loss"]) for r in rows if r["step"] == "0" and r["attack"] == "forget"}
+    assert start["base"] != start["pruned"], "the attack starts from the pruned model"
+    assert "Relearning: removed or hidden?" in (ff_run / "report.html").read_text()
+    trained = [r for r in rows if r["train_loss"]]
+    assert trained and all(float(r["train_loss"]) > 0 for r in trained)
+
+
+def test_reinit_pruned_gives_the_weights_back(ff_run):
+    relearn(RelearnConfig(run=str(ff_run), reinit_pruned=True, random_control=False, name="reinit", **SMALL),
+            quiet=True)
+    final = [r for r in results(ff_run, "relearn-reinit") if r["model"] == "pruned" and r["step"] == "4"]
+    assert final[0]["pruned_zero"] == "False"
+
+
+def test_attention_value_weights_come_back_under_fine_tuning(pruned_runs, tmp_path):
+    """Pruning a value unit zeroes its value-projection row only; the output projection still reads it."""
+    run = shutil.copytree(pruned_runs["attn-value"], tmp_path / "value")
+    relearn(RelearnConfig(run=str(run), random_control=False, **SMALL), quiet=True)
+    final = [r for r in results(run) if r["model"] == "pruned" and r["step"] == "4"]
+    assert final[0]["pruned_zero"] == "False"
+
+
+def test_pruned_ff_weights_have_zero_gradients(pruned_runs, tiny_llama, tiny_batch):
+    model, _ = load_model(str(tiny_llama), dtype="float32")
+    neurons = NeuronGroup(model, "ff")
+    mask = RunFolder(pruned_runs["ff"]).record().mask()
+    apply(neurons, mask)
+    model.requires_grad_(True)
+    ids, mask_ = tiny_batch(batch=2, length=12)
+    model(input_ids=ids, attention_mask=mask_, labels=ids).loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 0.1 * p.grad  # a large plain gradient step
+    assert still_zero(neurons, mask)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resume_after_a_crash_gives_the_same_csv(pruned_runs, tmp_path, monkeypatch):
+    whole = shutil.copytree(pruned_runs["ff"], tmp_path / "whole")
+    relearn(RelearnConfig(run=str(whole), **SMALL), quiet=True)
+    crashed = shutil.copytree(pruned_runs["ff"], tmp_path / "crashed")
+    real, calls = Relearn.attack, {"n": 0}
+
+    def flaky(self, *args):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise Crash()
+        return real(self, *args)
+
+    monkeypatch.setattr(Relearn, "attack", flaky)
+    with pytest.raises(Crash):
+        relearn(RelearnConfig(run=str(crashed), **SMALL), quiet=True)
+    monkeypatch.undo()
+    assert len(results(crashed)) == len(evaluation_points(4))  # the first model's rows were committed
+    relearn(RelearnConfig(run=str(crashed), **SMALL), resume=True, quiet=True)
+    assert (crashed / "relearn" / "relearn.csv").read_text() == (whole / "relearn" / "relearn.csv").read_text()
+
+
+def test_a_second_attack_in_the_same_folder_needs_resume_or_a_name(ff_run):
+    relearn(RelearnConfig(run=str(ff_run), random_control=False, **SMALL), quiet=True)
+    with pytest.raises(relearn_module.UserError, match="already holds results.*--resume.*--name"):
+        relearn(RelearnConfig(run=str(ff_run), random_control=False, **SMALL), quiet=True)
+    with pytest.raises(relearn_module.UserError, match="different settings.*max_steps"):
+        relearn(RelearnConfig(run=str(ff_run), random_control=False, **{**SMALL, "max_steps": 2}), resume=True,
+                quiet=True)
+
+
+def one_error_line(capsys, argv, *phrases):
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("selprune: error:"), err
+    for phrase in phrases:
+        assert phrase in err[0], err[0]
+
+
+def test_bad_input_is_one_line_exit_2(capsys, ff_run, tmp_path):
+    small = ["--max-steps", "2", "--batch-size", "2", "--chunk-len", "16", "--relearn-tokens", "96", "--device", "cpu"]
+    one_error_line(capsys, ["relearn", str(tmp_path / "nothing")], "not a selprune run folder")
+    one_error_line(capsys, ["relearn", str(ff_run), "--step", "9", *small], "has pruning steps 1 to 2, not 9")
+    one_error_line(capsys, ["relearn", str(ff_run), "--lr", "0", *small], "learning rates must be positive")
+    one_error_line(capsys, ["relearn", str(ff_run), "--lr=-1e-4", *small], "learning rates must be positive")
+    one_error_line(capsys, ["relearn", str(ff_run), "--attack", "everything", *small], "unknown attack")
+    one_error_line(capsys, ["relearn", str(ff_run), *small[:-2], "--relearn-tokens", "100000", "--device", "cpu"],
+                   "too few for", "--relearn-tokens")
+    one_error_line(capsys, ["relearn", str(ff_run), "--batch-size", "50", "--chunk-len", "16", "--relearn-tokens",
+                            "96", "--device", "cpu"], "fewer than one batch of 50")
+    assert not (ff_run / "relearn" / "progress.json").exists()
+
+
+def test_summary_numbers_by_hand():
+    def row(model, step, forget, lr=1e-4, zero=""):
+        return {"attack": "forget", "model": model, "lr": str(lr), "step": str(step), "forget_top1": str(forget),
+                "forget_loss": "1", "retain_top1": "0.3", "retain_loss": "2", "train_loss": "", "pruned_zero": zero}
+
+    rows = [row("base", 0, 0.6), row("base", 2, 0.62),
+            row("pruned", 0, 0.2), row("pruned", 1, 0.3), row("pruned", 2, 0.45, zero="True"),
+            row("pruned", 0, 0.2, lr=1e-3), row("pruned", 1, 0.25, lr=1e-3), row("pruned", 2, 0.3, lr=1e-3, zero="True")]
+    summary = {s["model"]: s for s in summarize_relearn(rows)}
+    pruned = summary["pruned"]
+    assert pruned["lr"] == 1e-4  # the learning rate that recovers most
+    assert pruned["gap"] == pytest.approx(0.4)
+    assert pruned["recovered"] == pytest.approx([0.0, 0.25, 0.625])
+    assert (pruned["steps_to_50"], pruned["steps_to_90"], pruned["pruned_zero"]) == (2, None, True)
+    assert summary["base"]["gap"] is None and summary["base"]["recovered"] == [None, None]
+
+
+def test_lora_trains_adapters_and_the_merged_weights_revive(ff_run):
+    """LoRA adds a low-rank update to every linear layer: merged, it reaches the pruned weights too."""
+    pytest.importorskip("peft")
+    relearn(RelearnConfig(run=str(ff_run), optimizer="lora", random_control=False, name="lora",
+                          **{**SMALL, "lr": (1e-2,)}), quiet=True)
+    rows = results(ff_run, "relearn-lora")
+    pruned = [r for r in rows if r["model"] == "pruned"]
+    assert pruned[-1]["pruned_zero"] == "False"
+    assert float(pruned[-1]["forget_loss"]) != float(pruned[0]["forget_loss"]), "the adapters learned nothing"
