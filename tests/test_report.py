@@ -60,6 +60,28 @@ def test_threshold_never_reached_is_none(tmp_path, write_run):
     assert s["retain_drop_at_forget_80"] is None
 
 
+def test_forget_drop_at_the_retain_budget_is_interpolated_where_retain_crosses_it(tmp_path, write_run):
+    # retain drops 0, 5, 15, 25 %: over 10% first at step 2, so interpolate steps 1 and 2 at
+    # t = (10 - 5) / (15 - 5) = 0.5. forget drops 0, 25, 60, 90 %: 25 + 0.5 x (60 - 25) = 42.5;
+    # fraction pruned 0.02 + 0.5 x 0.02 = 0.03
+    s = summarize(make_run(write_run, tmp_path / "cross", "crossing", FORGET, [0.40, 0.38, 0.34, 0.30]))
+    assert s["retain_budget"] == 10.0
+    assert s["forget_drop_at_retain_budget"] == pytest.approx(42.5)
+    assert s["fraction_at_retain_budget"] == pytest.approx(0.03)
+    assert s["retain_budget_crossing"] == [1, 2]
+    page = write_report([tmp_path / "cross"], tmp_path / "out").read_text()
+    assert "<b>42.5%</b>" in page and "steps 1&ndash;2" in page
+
+
+def test_a_retain_drop_that_stays_within_the_budget_gives_the_last_step(tmp_path, write_run):
+    # retain drops 0, 2.5, 5 %: never over 10%; forget drops 0, 8.33, 16.67 %
+    s = summarize(make_run(write_run, tmp_path / "mild", "mild", [0.6, 0.55, 0.5], [0.4, 0.39, 0.38]))
+    assert s["forget_drop_at_retain_budget"] == pytest.approx(100 / 6)
+    assert s["fraction_at_retain_budget"] == pytest.approx(0.04)
+    assert s["retain_budget_crossing"] is None
+    assert "budget not reached" in write_report([tmp_path / "mild"], tmp_path / "out").read_text()
+
+
 def test_report_is_self_contained_and_overlays_runs(run, tmp_path, write_run):
     other = make_run(write_run, tmp_path / "rnd", "random-baseline", [0.6, 0.55, 0.5, 0.4], [0.4, 0.37, 0.33, 0.27],
                      scorer="random")

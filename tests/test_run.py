@@ -1,6 +1,8 @@
 """Whole runs on tiny models: outputs, saved model, resume after a crash, masked LMs."""
 
 import csv
+import dataclasses
+import json
 
 import pytest
 import torch
@@ -184,3 +186,70 @@ def test_watched_datasets_are_evaluated_every_step_and_reported(tiny_config, tin
     assert read_metrics(resumed) == rows
     with pytest.raises(UserError, match="is already the forget or retain dataset"):
         run_module.run(tiny_config(tmp_path / "again", watch=(str(tiny_data / "retain"),)), quiet=True)
+
+
+# Top-1 accuracies by role and step for the stop criteria: the tiny random model's drops all stay at 0.
+# Relative drops: forget 0, 20, 40, 60 %; retain 0, 5, 15, 30 %.
+SCRIPTED = {"forget": [0.5, 0.4, 0.3, 0.2], "retain": [0.4, 0.38, 0.34, 0.28]}
+
+
+@pytest.fixture
+def scripted(monkeypatch):
+    """Each evaluation reports SCRIPTED's accuracy for the step it evaluates (a fresh run evaluates each
+    role once a step, in order)."""
+    real, evaluated = run_module.Run.evaluate, {"forget": 0, "retain": 0}
+
+    def evaluate(self, d):
+        step = evaluated[d.role]
+        evaluated[d.role] += 1
+        return dataclasses.replace(real(self, d), top1=SCRIPTED[d.role][step])
+
+    monkeypatch.setattr(run_module.Run, "evaluate", evaluate)
+
+
+def stop_record(out):
+    return json.loads((out / "state" / "progress.json").read_text()).get("stopped")
+
+
+def logits_with_steps(tiny_llama, record, steps, ids):
+    model, _ = load_model(str(tiny_llama), dtype="float32")
+    apply(NeuronGroup(model, "ff"), record.mask(steps))
+    with torch.no_grad():
+        return model(ids).logits
+
+
+def test_max_retain_drop_stops_at_the_first_step_over_it_and_keeps_the_one_before(
+        scripted, tiny_config, tiny_llama, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "budget"
+    config = tiny_config(out, max_retain_drop=10.0, save_model=True)
+    run_module.run(config, quiet=True)
+    assert [(int(r["step"]), r["role"]) for r in read_metrics(out)] == [(s, role) for s in range(3)
+                                                                        for role in ("forget", "retain")]
+    stop = stop_record(out)
+    assert stop["kept_step"] == 1 and "retain drop 15.0% > --max-retain-drop 10" in stop["reason"]
+    record = RunFolder(out).record()
+    ids = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        saved = AutoModelForCausalLM.from_pretrained(out / "model").eval()(ids).logits
+    assert torch.equal(saved, logits_with_steps(tiny_llama, record, (1,), ids))
+    assert not torch.equal(saved, logits_with_steps(tiny_llama, record, (1, 2), ids))
+
+    def fail(*args, **kw):
+        raise AssertionError("a stopped run pruned again")
+
+    monkeypatch.setattr(run_module, "select", fail)
+    kept = ("metrics.csv", "pruned.json", "config.toml", "state/progress.json", "model/model.safetensors")
+    before = {name: (out / name).read_bytes() for name in kept}
+    capsys.readouterr()
+    run_module.run(config, resume=True)
+    assert "run stopped early at step 2 (retain drop 15.0%" in capsys.readouterr().out
+    assert {name: (out / name).read_bytes() for name in kept} == before
+
+
+def test_target_forget_drop_stops_at_the_step_that_reaches_it(scripted, tiny_config, tmp_path, capsys):
+    out = run_module.run(tiny_config(tmp_path / "target", target_forget_drop=40.0))
+    assert max(int(r["step"]) for r in read_metrics(out)) == 2
+    assert stop_record(out)["kept_step"] == 2
+    # retain drops 5% and 15% at steps 1 and 2: halfway, where forget drops 20% and 40%
+    assert ("forget drop 30.0% at retain drop <= 10% (interpolated between steps 1 and 2, 15.6% pruned)"
+            in capsys.readouterr().out)

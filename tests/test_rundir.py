@@ -83,6 +83,9 @@ def damage(copy, name):
     elif name == "progress past the end":
         data = json.loads(folder.progress_path.read_text())
         folder.progress_path.write_text(json.dumps({**data, "completed_step": 7}))
+    elif name == "progress stopped after its last step":
+        data = json.loads(folder.progress_path.read_text())
+        folder.progress_path.write_text(json.dumps({**data, "stopped": {"kept_step": 4, "reason": "?"}}))
     elif name == "progress missing":
         folder.progress_path.unlink()
     elif name == "config with another seed":
@@ -93,7 +96,7 @@ def damage(copy, name):
 
 CASES = ["pruned missing", "pruned of another shape", "pruned with other units", "pruned garbage",
          "metrics cut mid-row", "metrics row missing", "metrics value changed", "metrics missing",
-         "progress garbage", "progress wrong key", "progress past the end", "progress missing",
+         "progress garbage", "progress wrong key", "progress past the end", "progress stopped after its last step", "progress missing",
          "config with another seed"]
 
 

@@ -109,6 +109,11 @@ class RunConfig(Settings):
     scorer: str = setting("abs", "importance function", SCORERS)
     steps: int = setting(50, "pruning steps")
     fraction: float = setting(0.02, "fraction of all the group's units pruned per step")
+    max_retain_drop: float | None = setting(None, "stop the run when a step's retain top-1 drop (percent of "
+                                            "the unpruned accuracy) exceeds this; the run's result, and the "
+                                            "model --save-model saves, is the step before")
+    target_forget_drop: float | None = setting(None, "stop the run at the first step whose forget top-1 drop "
+                                               "(percent of the unpruned accuracy) reaches this")
     score_tokens: int = setting(100_000, "scoring tokens per dataset")
     eval_tokens: int = setting(100_000, "evaluation tokens per dataset")
     chunk_len: int = setting(512, "tokens per chunk")
@@ -168,6 +173,11 @@ class RunConfig(Settings):
         if self.steps * self.fraction > 1 + 1e-9:
             raise UserError(f"{self.steps} steps x {self.fraction} = {self.steps * self.fraction:g} > 1: "
                             "there are not that many neurons; lower --steps or --fraction")
+        for key in ("max_retain_drop", "target_forget_drop"):
+            value = getattr(self, key)
+            if value is not None and not 0 < value <= 100:
+                raise UserError(f"{flag(key)} {value:g} is outside (0, 100]: it is a drop in percent of the "
+                                "unpruned accuracy, e.g. 10")
         if self.forget == self.retain:
             raise UserError(f"forget and retain are both {self.forget!r}: pruning needs two different datasets")
         for spec in self.watch:

@@ -125,7 +125,7 @@ class Relearn:
             raise UserError(f"{config.run} is not a selprune run folder (it has no config.toml): give one that "
                             "`selprune run` made")
         self.run_config = self.run.read_config()
-        self.done_steps = self.run.completed_step()
+        self.done_steps = self.run.kept_step()
         self.step = config.step or self.done_steps
         if not 1 <= self.step <= self.done_steps:
             raise UserError(f"{config.run} has pruning steps 1 to {self.done_steps}, not {self.step}: give --step "
@@ -210,7 +210,7 @@ class Relearn:
         if config.model != self.run_config.model:
             raise UserError(f"control {path} pruned model {config.model!r}, this run {self.run_config.model!r}: "
                             "a control must prune the same model")
-        done = other.completed_step()
+        done = other.kept_step()
         last = int(step) if step.isdigit() else done
         if not 1 <= last <= done:
             raise UserError(f"control {path} has pruning steps 1 to {done}, not {step}")

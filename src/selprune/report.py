@@ -155,6 +155,7 @@ def _table(runs: list[dict]) -> str:
         "<tr><th>Run</th><th>Model</th><th>Group</th><th>Scorer</th><th>Forget</th><th>Retain</th>"
         "<th>Steps (pruned)</th><th>Base top-1 forget</th><th>Base top-1 retain</th>"
         "<th>Max forget&minus;retain drop<br>(% of base)</th><th>Same in<br>abs. points</th>"
+        "<th>Forget drop at<br>the retain budget</th>"
         "<th>Area between<br>curves (%&times;frac.)</th>"
         "<th>Retain drop at<br>forget drop 50%</th><th>Retain drop at<br>forget drop 80%</th>"
         "<th>Watched datasets: drop at<br>the max difference (final)</th></tr>"
@@ -162,6 +163,8 @@ def _table(runs: list[dict]) -> str:
     rows = []
     for run in runs:
         s, config = run["summary"], run["config"]
+        crossing = s["retain_budget_crossing"]  # the steps interpolated between, or None: the last step's
+        where = f"steps {crossing[0]}&ndash;{crossing[1]}" if crossing else "budget not reached"
         cells = [
             f'<span class="swatch" style="background:{run["color"]}"></span>{html.escape(run["label"])}',
             *(html.escape(str(getattr(config, key))) for key in ("model", "group", "scorer")),
@@ -172,6 +175,9 @@ def _table(runs: list[dict]) -> str:
             _number(100 * s["base_top1_retain"], ".1f", "%"),
             f'<b>{_number(s["max_rel_diff"], ".1f", "%")}</b> <small>step {s["max_rel_diff_step"]}</small>',
             f'{_number(s["max_abs_diff"], ".1f", " pts")} <small>step {s["max_abs_diff_step"]}</small>',
+            f'<b>{_number(s["forget_drop_at_retain_budget"], ".1f", "%")}</b> <small>at retain drop '
+            f'&le; {s["retain_budget"]:g}%, {where}, {_number(100 * s["fraction_at_retain_budget"], ".1f", "%")} '
+            "pruned</small>",
             _number(s["area_rel"], ".2f"),
             _number(s["retain_drop_at_forget_50"], ".1f", "%"),
             _number(s["retain_drop_at_forget_80"], ".1f", "%"),

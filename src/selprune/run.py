@@ -25,7 +25,7 @@ from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
 from .head import Head
 from .models import context_length, load_model
 from .pruning import PrunedRecord, apply
-from .rundir import COLUMNS, RunFolder
+from .rundir import COLUMNS, RunFolder, summarize
 from .scoring import importance, random_scores, scores, select
 from .stats import NEEDS, collect
 
@@ -76,9 +76,7 @@ class Run:
         c = self.config
         sides = [("forget", c.forget), ("retain", c.retain), *(("watch", spec) for spec in c.watch)]
         docs = {spec: _documents(spec, c) for _, spec in sides}
-        self.model, self.tokenizer = load_model(c.model, dtype=c.dtype, device=c.device,
-                                                trust_remote_code=c.trust_remote_code,
-                                                device_map=c.device_map or None)
+        self.model, self.tokenizer = self._load_model()
         longest = context_length(self.model.config)
         if longest is not None and c.chunk_len > longest:
             raise UserError(f"--chunk-len {c.chunk_len} is longer than the model's context of {longest} tokens: "
@@ -95,6 +93,11 @@ class Run:
         self.log(f"model: {type(self.model).__name__} {self.model.dtype} on {self.device}; "
                  f"{n.layers} layers x {n.units_per_layer} {c.group} units = {n.total_units}; "
                  f"{c.score_tokens} scoring + {c.eval_tokens} evaluation tokens per dataset")
+
+    def _load_model(self):
+        c = self.config
+        return load_model(c.model, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code,
+                          device_map=c.device_map or None)
 
     def _check_budget(self) -> None:
         """Refuse a fraction that prunes nothing per step, or that would run out of units before the end."""
@@ -164,15 +167,20 @@ class Run:
                                                    tuple(d.role for d in self.evaluated))
         pruned = record.mask()
         apply(n, pruned)
-        if done >= 0:
-            self.log(f"resuming after step {done} of {c.steps}")
-        else:
+        stop = self.folder.stopped()
+        if done < 0:
             t0 = time.perf_counter()
             rows = [self._row(0, 0, d, self.evaluate(d), None) for d in self.evaluated]
             self._commit(0, record, rows)
             self._print_step(0, rows, time.perf_counter() - t0)
+        elif stop:
+            self.log(f"run stopped early at step {done} ({stop['reason']}); nothing to redo")
+        elif done >= c.steps:
+            self.log("run already complete; nothing to redo")
+        else:
+            self.log(f"resuming after step {done} of {c.steps}")
         base = {(r["role"], r["dataset"]): float(r["top1"]) for r in rows if int(r["step"]) == 0}
-        for step in range(max(done, 0) + 1, c.steps + 1):
+        for step in range(max(done, 0) + 1, (done if stop else c.steps) + 1):
             t0 = time.perf_counter()
             new = select(self.step_scores(step), pruned, self.units_per_step(), c.selection == "per-layer")
             apply(n, new)
@@ -180,10 +188,13 @@ class Run:
             record.add(step, new)
             count = int(pruned.sum())
             rows += [self._row(step, count, d, self.evaluate(d), base[d.role, d.spec]) for d in self.evaluated]
-            self._commit(step, record, rows)
+            stop = self._stop(step, rows[-len(self.evaluated):])
+            self._commit(step, record, rows, stop)
             self._print_step(step, rows[-len(self.evaluated):], time.perf_counter() - t0)
-        if done >= c.steps:
-            self.log("run already complete; nothing to redo")
+            if stop:
+                self.log(f"stopped early: {stop['reason']}")
+                break
+        self.record, self.stop = record, stop
         self.finish()
         return self.folder.path
 
@@ -195,9 +206,25 @@ class Run:
                "top1_drop_abs": 100 * (base - m.top1)}
         return {k: row[k] for k in COLUMNS}
 
-    def _commit(self, step: int, record: PrunedRecord, rows: list[dict]) -> None:
+    def _stop(self, step: int, rows: list[dict]) -> dict | None:
+        """The stop record (rundir's commit) if this step's forget and retain rows meet a stop criterion.
+
+        A retain drop over --max-retain-drop is recorded, so the user sees it, but the run keeps the step
+        before, the last within budget. A forget drop at --target-forget-drop keeps this step.
+        """
+        c = self.config
+        forget, retain = rows[0]["top1_drop_rel"], rows[1]["top1_drop_rel"]
+        if c.max_retain_drop is not None and retain > c.max_retain_drop:
+            return {"kept_step": step - 1, "reason": f"retain drop {retain:.1f}% > --max-retain-drop "
+                    f"{c.max_retain_drop:g}, so the run keeps step {step - 1}"}
+        if c.target_forget_drop is not None and forget >= c.target_forget_drop:
+            return {"kept_step": step, "reason": f"forget drop {forget:.1f}% reached --target-forget-drop "
+                    f"{c.target_forget_drop:g}"}
+        return None
+
+    def _commit(self, step: int, record: PrunedRecord, rows: list[dict], stop: dict | None = None) -> None:
         if self.main:
-            self.folder.commit(step, self.config, record, rows)
+            self.folder.commit(step, self.config, record, rows, stop)
 
     def _print_step(self, step: int, rows: list[dict], seconds: float) -> None:
         f, r, *watched = rows
@@ -214,6 +241,7 @@ class Run:
 
         report = write_report([self.folder.path], self.folder.path)
         self.log(f"report: {report}")
+        self.log(_headline(summarize(self.folder.path)))
         if self.config.save_model:
             self.save_model()
         self.folder.unlock()
@@ -223,10 +251,30 @@ class Run:
         target = self.folder.model_path
         tmp = target.with_name(f".model.tmp{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        self.model.save_pretrained(tmp)
+        self._kept_model().save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         atomic.replace_dir(tmp, target)
         self.log(f"pruned model: {target}")
+
+    def _kept_model(self):
+        """The model after the step the run kept. A run that --max-retain-drop stopped has pruned one step
+        more, and zeroed weights cannot be restored: load the model again and prune only the kept steps."""
+        if self.stop and self.stop["kept_step"] < len(self.record.steps):  # record: steps 1 to the last
+            self.model = None  # free its memory before the second copy is loaded
+            self.model, _ = self._load_model()
+            kept = range(1, self.stop["kept_step"] + 1)
+            apply(NeuronGroup(self.model, self.config.group), self.record.mask(kept))
+        return self.model
+
+
+def _headline(s: dict) -> str:
+    """The summary's two headline numbers as a console line."""
+    crossing = s["retain_budget_crossing"]
+    where = (f"interpolated between steps {crossing[0]} and {crossing[1]}" if crossing
+             else "not reached: the last step's")
+    return (f"max forget - retain drop {s['max_rel_diff']:.1f}% at step {s['max_rel_diff_step']}; forget drop "
+            f"{s['forget_drop_at_retain_budget']:.1f}% at retain drop <= {s['retain_budget']:g}% ({where}, "
+            f"{100 * s['fraction_at_retain_budget']:.1f}% pruned)")
 
 
 def run(config: RunConfig, resume: bool = False, quiet: bool = False) -> Path:

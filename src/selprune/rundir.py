@@ -42,7 +42,7 @@ COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens
 INSPECT_COLUMNS = {"checks.csv": ("set", "dataset", "decoding", "step", "check", "about", "value", "samples"),
                    "lens.csv": ("step", "role", "dataset", "layer", "top1", "positions")}
 ROLES = ("forget", "retain")
-FORMAT = 1  # of progress.json; a folder made by another format is refused on resume
+FORMAT = 2  # of progress.json; a folder made by another format is refused on resume
 LOCK = ".lock"
 # Settings that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "device_map", "output", "compile"}
@@ -154,8 +154,13 @@ class RunFolder:
 
     # -- the commit ------------------------------------------------------------------------------
 
-    def commit(self, step: int, config: RunConfig, record: PrunedRecord, rows: list[dict]) -> None:
-        """Write a completed step: the files first, then progress.json with their checksums (the commit)."""
+    def commit(self, step: int, config: RunConfig, record: PrunedRecord, rows: list[dict],
+               stop: dict | None = None) -> None:
+        """Write a completed step: the files first, then progress.json with their checksums (the commit).
+
+        `stop` ({"kept_step": k, "reason": text}) ends the run at this step. It is part of the same commit,
+        so a resumed run knows it stopped; its model is the one after step k (this step, or the one before).
+        """
         metrics, pruned = metrics_text(rows), pruned_text(record)
         atomic.write_text(self.config_path, config.to_toml())
         atomic.write_text(self.pruned_path, pruned)
@@ -164,21 +169,43 @@ class RunFolder:
         progress = {"format": FORMAT, "completed_step": step,
                     "sha256": {"metrics.csv": _sha256(metrics), "pruned.json": _sha256(pruned),
                                "config.toml": _settings_digest(config)}}
+        if stop is not None:
+            progress["stopped"] = stop
         atomic.write_text(self.progress_path, json.dumps(progress))
 
     def completed_step(self) -> int:
         """The last committed step, -1 before step 0 is committed."""
         return -1 if not self.progress_path.is_file() else self._progress()["completed_step"]
 
+    def kept_step(self) -> int:
+        """The last step whose pruning the run keeps: the completed one, or the one a stop criterion kept."""
+        stop = self.stopped()
+        return self.completed_step() if stop is None else stop["kept_step"]
+
+    def stopped(self) -> dict | None:
+        """The stop record of a run that a stop criterion ended early ({"kept_step", "reason"}), else None."""
+        return None if not self.progress_path.is_file() else self._progress().get("stopped")
+
     def _progress(self) -> dict:
         path = self.progress_path
         try:
             data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, ValueError):
+            data = None
+        if isinstance(data, dict) and data.get("format") not in (None, FORMAT):
+            raise self._damaged(path, f"was written by another version of selprune (format {data['format']}, "
+                                f"this one reads {FORMAT}): rerun the run with this version")
+        try:
             step, sums = data["completed_step"], data["sha256"]
             ok = (data.get("format") == FORMAT and isinstance(step, int) and not isinstance(step, bool)
                   and step >= 0 and isinstance(sums, dict) and all(isinstance(sums.get(name), str)
                                                                    for name in ("metrics.csv", "pruned.json",
                                                                                 "config.toml")))
+            stop = data.get("stopped")
+            if stop is not None:
+                kept = stop["kept_step"]
+                ok = ok and (isinstance(kept, int) and not isinstance(kept, bool) and 0 <= kept <= step
+                             and isinstance(stop["reason"], str))
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             ok = False
         if not ok:
@@ -430,6 +457,32 @@ def _int(text: str) -> int | None:
         return None
 
 
+RETAIN_BUDGET = 10.0  # % of the base retain accuracy that the second headline metric allows to be lost
+
+
+def at_retain_budget(metrics: dict, budget: float = RETAIN_BUDGET) -> dict:
+    """The forget drop reached while the retain drop stays within `budget`: a number a user can act on
+    (how much is forgotten for a loss they accept), where the max difference needs no such choice.
+
+    Walking the steps in order, the first step whose retain drop exceeds the budget and the step before it
+    are interpolated linearly to where the retain drop equals the budget; the forget drop and the fraction
+    pruned are taken at that same point. A run whose retain drop never exceeds the budget gets its last
+    step, and "crossing" None.
+    """
+    forget, retain, fraction = metrics["forget"]["drop_rel"], metrics["retain"]["drop_rel"], metrics["fraction_pruned"]
+    over = np.flatnonzero(retain > budget)
+    if over.size:  # over[0] > 0: step 0's retain drop is 0
+        j = int(over[0])
+        t = (budget - retain[j - 1]) / (retain[j] - retain[j - 1])
+        at = {"forget": forget[j - 1] + t * (forget[j] - forget[j - 1]),
+              "fraction": fraction[j - 1] + t * (fraction[j] - fraction[j - 1]),
+              "crossing": [int(metrics["step"][j - 1]), int(metrics["step"][j])]}
+    else:
+        at = {"forget": forget[-1], "fraction": fraction[-1], "crossing": None}
+    return {"retain_budget": float(budget), "forget_drop_at_retain_budget": float(at["forget"]),
+            "fraction_at_retain_budget": float(at["fraction"]), "retain_budget_crossing": at["crossing"]}
+
+
 def summary_of(metrics: dict) -> dict:
     """Headline numbers from RunFolder.metrics(); see summarize()."""
     forget, retain = metrics["forget"], metrics["retain"]
@@ -453,6 +506,7 @@ def summary_of(metrics: dict) -> dict:
         "max_rel_diff_step": int(metrics["step"][best_rel]),
         "max_abs_diff": float(abs_gap[best_abs]),
         "max_abs_diff_step": int(metrics["step"][best_abs]),
+        **at_retain_budget(metrics),
         "area_rel": float(np.sum(np.diff(fraction) * (rel_gap[1:] + rel_gap[:-1]) / 2)),
         "retain_drop_at_forget_50": retain_drop_when_forget_drops(50),
         "retain_drop_at_forget_80": retain_drop_when_forget_drops(80),
@@ -470,6 +524,8 @@ def summarize(run_dir) -> dict:
     max_rel_diff / max_abs_diff = max over steps of (forget drop - retain drop) and the step where it
     happens; area_rel = trapezoid area of (forget - retain) relative drop over fraction_pruned;
     retain_drop_at_forget_50/80 = retain relative drop at the first step where the forget relative drop
-    reaches 50% / 80% (None if it never does).
+    reaches 50% / 80% (None if it never does); forget_drop_at_retain_budget = the forget relative drop where
+    the retain relative drop reaches retain_budget (10%), interpolated between the steps in
+    retain_budget_crossing (None: never reached, the last step's), with fraction_at_retain_budget there.
     """
     return summary_of(RunFolder(run_dir).metrics())

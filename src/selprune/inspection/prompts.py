@@ -1,8 +1,9 @@
 """Prompts from held-out text: prefixes of a run's evaluation documents, and Python function headers.
 
-Every prompt comes from documents the run never scored on (its evaluation split, or, for the Python check,
-a dataset outside the run), so what a model writes after it shows what the model can do, not what
-selection saw. Picks are spread evenly over the documents and need no seed.
+Every prompt comes from documents the run never scored on (for the text prompts, its evaluation split; for
+the Python check, which needs many documented functions, any document outside the scoring split), so what
+a model writes after it shows what the model can do, not what selection saw. Picks are spread evenly over
+the documents and need no seed.
 """
 
 from __future__ import annotations
@@ -29,9 +30,10 @@ class PromptSet:
     new_tokens: int
 
 
-def is_code(doc: Document) -> bool:
-    """Source files by their name's suffix: the built-in code and python sets, and a user's files."""
-    return PurePosixPath(doc.id.split("#")[0]).suffix in CODE_SUFFIXES
+def suffix(doc: Document) -> str:
+    """A document's file suffix, which tells source files apart, built-in or a user's (pieces of a long file
+    keep it: ID#N)."""
+    return PurePosixPath(doc.id.split("#")[0]).suffix
 
 
 def _spread(items: list, count: int) -> list[int]:

@@ -25,13 +25,14 @@ from ..head import Head
 from ..models import context_length, load_config, load_model
 from ..pruning import PrunedRecord, apply
 from ..report import write_report
-from ..rundir import RunFolder
 from ..run import _documents  # the run's own document limits, so the splits come out the same
+from ..rundir import RunFolder
 from .checks import Check, builtin_checks, language_identifier
 from .generate import GREEDY, Decoding, generate
 from .lens import lens_top1
-from .prompts import MAX_HEADER_TOKENS, PromptSet, function_prompts, is_code, text_prompts
+from .prompts import CODE_SUFFIXES, MAX_HEADER_TOKENS, PromptSet, function_prompts, suffix, text_prompts
 from .settings import InspectConfig
+
 
 @dataclass
 class Side:
@@ -39,6 +40,7 @@ class Side:
 
     role: str
     spec: str
+    documents: list[Document]
     held_out: list[Document]  # the evaluation documents
     scored: list[Document]
     eval_ids: torch.Tensor
@@ -69,6 +71,8 @@ def inspect_run(config: InspectConfig, extra_checks: Sequence[Check] = (), quiet
 
 
 class Inspection:
+    """One inspection: the model replayed to each step, its generations and lens, then the checks."""
+
     def __init__(self, config: InspectConfig, run_config, record: PrunedRecord, steps: list[int], quiet: bool):
         self.config, self.run_config, self.record, self.steps, self.quiet = config, run_config, record, steps, quiet
         self.decodings = [GREEDY] + ([Decoding("sampled", config.temperature, config.seed)] if config.sample else [])
@@ -147,13 +151,14 @@ class Inspection:
         if self.config.lens_tokens:  # the first lens_tokens real tokens of the evaluation chunks
             mask = mask * (mask.flatten().cumsum(0) <= self.config.lens_tokens).view_as(mask)
             ids, mask = ids[mask.any(1)], mask[mask.any(1)]
-        return Side(role, spec, [d for d in docs if d.id in held], [d for d in docs if d.id in scored], ids, mask)
+        return Side(role, spec, docs, [d for d in docs if d.id in held], [d for d in docs if d.id in scored], ids, mask)
 
     def _prompt_sets(self, sides: list[Side]) -> list[PromptSet]:
         c = self.config
         sets = []
         for side in sides:
-            kind = "code" if 2 * sum(map(is_code, side.held_out)) > len(side.held_out) else "text"
+            code = sum(suffix(d) in CODE_SUFFIXES for d in side.held_out)
+            kind = "code" if 2 * code > len(side.held_out) else "text"
             prompts = text_prompts(side.held_out, self.tokenizer, c.prompts, c.prefix_tokens)
             if not prompts:
                 raise UserError(f"the held-out documents of {side.spec!r} have no line with {c.prefix_tokens} "
@@ -172,19 +177,17 @@ class Inspection:
         return sets
 
     def _python_documents(self, sides: list[Side]) -> tuple[str, list[Document]]:
-        """auto: the held-out .py files of both datasets, else the built-in python set; a run's own dataset
-        gives its held-out documents; any other dataset, those of its documents the run did not score on."""
+        """Python documents the run never scored on. auto: the .py files of its datasets (held out from
+        scoring: the evaluation part and what the budgets left unused), else the built-in python set."""
         spec = self.config.python
-        if spec == "auto":
-            held = [d for side in sides for d in side.held_out if d.id.split("#")[0].endswith(".py")]
-            if held:
-                return "held-out .py files", held
-            spec = "python"
-        for side in sides:
-            if side.spec == spec:
-                return spec, side.held_out
         scored = {d.text for side in sides for d in side.scored}
-        return spec, [d for d in load_documents(spec) if d.text not in scored]
+        if spec == "auto":
+            files = [d for side in sides for d in side.documents if suffix(d) == ".py" and d.text not in scored]
+            if files:
+                return f"unscored .py files of {'+'.join(side.spec for side in sides)}", files
+            spec = "python"
+        docs = next((side.documents for side in sides if side.spec == spec), None) or load_documents(spec)
+        return spec, [d for d in docs if d.text not in scored]
 
     # -- measuring -----------------------------------------------------------------------------
 

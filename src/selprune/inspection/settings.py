@@ -26,8 +26,8 @@ class InspectConfig(Settings):
     functions: int = setting(16, "Python functions whose body each model writes, for the Python check (0: "
                              "none); about 10 s per model at the defaults")
     body_tokens: int = setting(64, "tokens each model writes as a function's body")
-    python: str = setting("auto", "where the functions come from: auto = the Python files among the run's "
-                          "held-out evaluation documents, else the built-in python set; or a dataset spec")
+    python: str = setting("auto", "where the functions come from, less any document the run scored on: auto "
+                          "= the run's own .py files, else the built-in python set; or a dataset spec")
     sample: bool = setting(False, "also sample, seeded, at --temperature (doubles the generation cost)")
     temperature: float = setting(0.7, "temperature of the sampling")
     seed: int = setting(0, "seed of the sampling")
