@@ -187,3 +187,17 @@ def test_lora_trains_adapters_and_the_merged_weights_revive(ff_run):
     pruned = [r for r in rows if r["model"] == "pruned"]
     assert pruned[-1]["pruned_zero"] == "False"
     assert float(pruned[-1]["forget_loss"]) != float(pruned[0]["forget_loss"]), "the adapters learned nothing"
+
+
+def test_other_data_and_another_run_as_control(pruned_runs, tmp_path, make_datasets):
+    """other:SPEC fine-tunes on any dataset; --control attacks another run's pruning the same way."""
+    run = shutil.copytree(pruned_runs["ff"], tmp_path / "ff")
+    other = make_datasets(tmp_path / "other", documents=8) / "retain"
+    control = f"{pruned_runs['attn-value']}:1"
+    relearn(RelearnConfig(run=str(run), attack=(f"other:{other}",), control=(control,), random_control=False,
+                          **SMALL), quiet=True)
+    rows = results(run)
+    assert {r["attack"] for r in rows} == {f"other:{other}"}
+    assert {r["model"] for r in rows} == {"pruned", "base", "attn-value@1"}
+    final = {r["model"]: r for r in rows if r["step"] == "4"}
+    assert final["attn-value@1"]["pruned_zero"] == "False" and final["pruned"]["pruned_zero"] == "True"
