@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import save_tiny_model
+from conftest import build_tiny_tokenizer, save_tiny_model
 from tokenizers import decoders
 from transformers import AutoTokenizer
 
@@ -15,7 +15,7 @@ from selprune.arch import ARCHITECTURES, NeuronGroup
 from selprune.cli import main
 from selprune.config import PRESETS, RunConfig
 from selprune.inspection import InspectConfig, inspect_run
-from selprune.inspection.checks import PythonBody, PythonParses, SameLanguage, python_verdict
+from selprune.inspection.checks import PythonBody, PythonParses, Repetition, SameLanguage, python_verdict
 from selprune.inspection.generate import Decoding, generate
 from selprune.inspection.lens import lens_top1, verdict
 from selprune.pruning import PrunedRecord, apply
@@ -102,6 +102,12 @@ def test_language_check_tells_german_from_english():
     swapped = check(prompts, ENGLISH + GERMAN)
     assert swapped.verdicts == ["en"] * 3 + ["de"] * 3 and swapped.value == 0.0
     assert check(prompts[:1], ["   "]).value == 0.0  # nothing written is no language
+
+
+def test_repetition_check_flags_a_loop():
+    check = Repetition(build_tiny_tokenizer())
+    result = check(["x"] * 2, ["the the the the the the the the the the", "the quick brown fox jumps over a dog"])
+    assert result.verdicts == [True, False] and result.value == 0.5
 
 
 @pytest.mark.parametrize("model_type", CAUSAL)

@@ -37,7 +37,7 @@ def realistic_run(write_run, path, name, group, scorer, forget_drop, retain_drop
     for step in range(STEPS + 1):
         fraction = step * FRACTION
         for role, base, base_loss, drop in (("forget", 0.63, 1.2, forget_drop), ("retain", 0.33, 3.1, retain_drop)):
-            rel = min(99.0, max(0.0, drop(fraction) + (rng.normal(0, 0.7) if step else 0)))
+            rel = float(min(99.0, max(0.0, drop(fraction) + (rng.normal(0, 0.7) if step else 0))))  # plain: CSV takes repr(), np.float64(...) in numpy 2
             top1 = base * (1 - rel / 100)
             loss = base_loss + 4 * rel / 100
             rows.append({"step": step, "fraction_pruned": fraction, "units_pruned": step * per_step, "role": role,

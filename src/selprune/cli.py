@@ -81,19 +81,48 @@ def _run_parser(sub) -> None:
     p.add_argument("--quiet", "-q", action="store_true", help="no console output")
 
 
-def _inspect_parser(sub) -> None:
-    from .inspection.settings import InspectConfig
+def given_flags(args, settings) -> dict:
+    """The settings a command line gave (flags left out parse to None and keep the defaults)."""
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(settings) if getattr(args, f.name) is not None}
 
-    p = sub.add_parser("inspect", help="what the pruned model can still do: generations, checks, logit lens",
-                       description="Continue held-out prompts with the unpruned model and after the chosen steps; "
-                       "check the text (Python functions parse, same language, fluency); read every layer through "
-                       "the final norm and head (logit lens). Results: RUN/inspect/ and RUN/report.html. Costs with "
-                       "the embedded model on 2 CPU cores, per model (the unpruned one and each step): generation "
-                       "about 5 s per dataset and 10 s for the Python functions; logit lens about 15 s per dataset; "
-                       "the checks about 10 s in all; loading about 10 s.")
+
+def _analysis_parser(sub, name: str, settings, summary: str, description: str, resumable: bool = False) -> None:
+    """A command that analyses one run folder: its flags come from `settings`, whose `run` field is positional."""
+    p = sub.add_parser(name, help=summary, description=description)
     p.add_argument("run", help="the run folder")
-    add_config_flags(p, settings=InspectConfig, skip=("run",))
+    add_config_flags(p, settings, skip=("run",))
+    if resumable:
+        p.add_argument("--resume", action="store_true", help=f"continue the results in RUN/{name}")
     p.add_argument("--quiet", "-q", action="store_true", help="no console output")
+
+
+def _analysis_parsers(sub) -> None:
+    from .inspection.settings import InspectConfig
+    from .relearn import RelearnConfig
+
+    _analysis_parser(
+        sub, "relearn", RelearnConfig, "attack a run's pruned model by fine-tuning: does what it forgot come back?",
+        "The relearning attack, with controls (the unpruned model and a random pruning of as many units). "
+        "Fine-tunes on data the run never scored or evaluated and measures how much of the lost forget accuracy "
+        "returns. Costs with the embedded model on 2 CPU cores, for each model and attack: a fine-tuning step of "
+        "4 x 256 tokens takes several seconds, an evaluation point (2 x 4,096 tokens) about as long, so tens of "
+        "minutes at the defaults (docs/PERFORMANCE.md).", resumable=True)
+    _analysis_parser(
+        sub, "inspect", InspectConfig, "what the pruned model can still do: generations, checks, logit lens",
+        "Continue held-out prompts with the unpruned model and after the chosen steps; check the text (Python "
+        "functions parse, same language, fluency); read every layer through the final norm and head (logit lens). "
+        "Results: RUN/inspect/ and RUN/report.html. Costs with the embedded model on 2 CPU cores, at the defaults, "
+        "for each model (the unpruned one and each step): generation about 20 s, logit lens about 40 s, checks "
+        "about 5 s; plus about 10 s to load the model twice (docs/PERFORMANCE.md).")
+
+
+def cmd_relearn(args) -> None:
+    from .allocator import keep_freed_memory
+    from .relearn import RelearnConfig, relearn
+
+    keep_freed_memory()
+    relearn(RelearnConfig.from_dict(given_flags(args, RelearnConfig), source="command line"), resume=args.resume,
+            quiet=args.quiet)
 
 
 def cmd_inspect(args) -> None:
@@ -101,9 +130,8 @@ def cmd_inspect(args) -> None:
     from .inspection import InspectConfig, inspect_run
 
     keep_freed_memory()
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(InspectConfig)
-             if getattr(args, f.name) is not None}
-    print(inspect_run(InspectConfig.from_dict(flags, source="command line"), quiet=args.quiet))
+    print(inspect_run(InspectConfig.from_dict(given_flags(args, InspectConfig), source="command line"),
+                      quiet=args.quiet))
 
 
 def config_from_args(args) -> RunConfig:
@@ -111,8 +139,7 @@ def config_from_args(args) -> RunConfig:
     config = preset(args.preset) if args.preset else RunConfig()
     if args.config:
         config = RunConfig.from_toml(args.config, config)
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RunConfig)
-             if getattr(args, f.name) is not None}
+    flags = given_flags(args, RunConfig)
     if args.resume:
         folder = flags.get("output") or str(RunConfig.from_dict(flags, config).output_dir)
         saved = os.path.join(folder, "config.toml")
@@ -127,31 +154,6 @@ def cmd_run(args) -> None:
 
     keep_freed_memory()
     run(config_from_args(args), resume=args.resume, quiet=args.quiet)
-
-
-def _relearn_parser(sub) -> None:
-    from .relearn import RelearnConfig
-
-    p = sub.add_parser("relearn", help="attack a run's pruned model by fine-tuning: does what it forgot come back?",
-                       description="The relearning attack, with controls (the unpruned model and a random pruning "
-                       "of as many units). Fine-tunes on data the run never scored or evaluated and measures how "
-                       "much of the lost forget accuracy returns. On 2 CPU cores with the embedded model, one "
-                       "model under one attack costs about 2 s a fine-tuning step of 4 x 256 tokens and about "
-                       "10 s an evaluation point: about 4 minutes at the defaults, for each model.")
-    p.add_argument("run", help="the run folder to attack")
-    add_config_flags(p, RelearnConfig, skip=("run",))
-    p.add_argument("--resume", action="store_true", help="continue the relearning results in RUN/relearn")
-    p.add_argument("--quiet", "-q", action="store_true", help="no console output")
-
-
-def cmd_relearn(args) -> None:
-    from .allocator import keep_freed_memory
-    from .relearn import RelearnConfig, relearn
-
-    keep_freed_memory()
-    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(RelearnConfig)
-             if getattr(args, f.name, None) is not None}
-    relearn(RelearnConfig.from_dict(flags, source="command line"), resume=args.resume, quiet=args.quiet)
 
 
 def cmd_report(args) -> None:
@@ -210,8 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"selprune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
-    _inspect_parser(sub)
-    _relearn_parser(sub)
+    _analysis_parsers(sub)
     rep = sub.add_parser("report", help="HTML report and plots of one or more runs (overlaid)")
     rep.add_argument("runs", nargs="+", help="run folders")
     rep.add_argument("--output", "-o", help="where to write the report (default: the run's own folder for one "

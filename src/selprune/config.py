@@ -93,6 +93,11 @@ class Settings:
             raise UserError(f"config file {path} is not valid TOML: {exc}") from None
         return cls.from_dict(data, base, source=f"config file {path}")
 
+    def check_at_least(self, minimum: int, *keys: str) -> None:
+        for key in keys:
+            if getattr(self, key) < minimum:
+                raise UserError(f"{flag(key)} must be at least {minimum}, got {getattr(self, key)}")
+
     def check_finite(self) -> None:
         for key, value in dataclasses.asdict(self).items():
             if isinstance(value, float) and not math.isfinite(value):
@@ -168,8 +173,8 @@ class RunConfig(Settings):
             raise UserError(f"unknown selection {self.selection!r}: use global or per-layer")
         if not 0 < self.fraction <= 1:
             raise UserError(f"fraction {self.fraction} is outside (0, 1]: e.g. --fraction 0.02 prunes 2% per step")
-        if self.steps < 1:
-            raise UserError(f"steps must be at least 1, got {self.steps}")
+        self.check_at_least(1, "steps", "score_tokens", "eval_tokens")
+        self.check_at_least(2, "chunk_len")
         if self.steps * self.fraction > 1 + 1e-9:
             raise UserError(f"{self.steps} steps x {self.fraction} = {self.steps * self.fraction:g} > 1: "
                             "there are not that many neurons; lower --steps or --fraction")
@@ -184,11 +189,6 @@ class RunConfig(Settings):
             if spec in (self.forget, self.retain) or self.watch.count(spec) > 1:
                 raise UserError(f"--watch {spec!r} is already the forget or retain dataset, or watched twice: "
                                 "watch other datasets")
-        for key in ("score_tokens", "eval_tokens"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{key.replace('_', '-')} must be positive, got {getattr(self, key)}")
-        if self.chunk_len < 2:
-            raise UserError(f"chunk-len must be at least 2, got {self.chunk_len}")
         if self.batch_size < 0:
             raise UserError(f"batch-size must be 0 (automatic) or positive, got {self.batch_size}")
         if self.dtype not in DTYPES:

@@ -80,11 +80,8 @@ class RelearnConfig(Settings):
 
     def validate(self) -> None:
         self.check_finite()
-        for key in ("max_steps", "batch_size", "relearn_tokens", "eval_tokens", "lora_rank", "lora_alpha"):
-            if getattr(self, key) < 1:
-                raise UserError(f"--{key.replace('_', '-')} must be at least 1, got {getattr(self, key)}")
-        if self.chunk_len < 2:
-            raise UserError(f"--chunk-len must be at least 2, got {self.chunk_len}")
+        self.check_at_least(1, "max_steps", "batch_size", "relearn_tokens", "eval_tokens", "lora_rank", "lora_alpha")
+        self.check_at_least(2, "chunk_len")
         if self.step < 0:
             raise UserError(f"--step must be a pruning step of the run (0 for its last), got {self.step}")
         if any(lr <= 0 for lr in self.learning_rates):

@@ -181,8 +181,8 @@ class Repetition(Check):
         self.tokenizer = tokenizer
 
     def __call__(self, prompts, continuations):
-        verdicts = [self.distinct2(c) for c in continuations]
-        return CheckResult(_share(v < REPEATING for v in verdicts), verdicts)
+        verdicts = [self.distinct2(c) < REPEATING for c in continuations]
+        return CheckResult(_share(verdicts), verdicts)
 
     def distinct2(self, text: str) -> float:
         """Distinct token pairs over all pairs: 1 when no pair recurs, near 0 for a loop."""

@@ -53,7 +53,7 @@ def inspect_run(config: InspectConfig, extra_checks: Sequence[Check] = (), quiet
     language_identifier()  # an optional package: refuse now rather than after the generation
     folder = RunFolder(config.run)
     run_config = folder.read_config()
-    steps = config.steps(folder.completed_step())
+    steps = config.steps(folder.kept_step())
     record = folder.record()
     model_config = load_config(run_config.model, run_config.trust_remote_code)
     if architecture_of(model_config).masked_lm:

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..config import Settings, flag, setting
+from ..config import Settings, setting
 from ..errors import UserError
 
 
@@ -21,8 +21,8 @@ class InspectConfig(Settings):
     prompts: int = setting(8, "prompts per dataset, each a prefix of one of the run's held-out evaluation "
                            "documents")
     prefix_tokens: int = setting(32, "tokens of each prompt")
-    new_tokens: int = setting(32, "tokens each model writes after a prompt; text generation costs about "
-                              "5 s per model and dataset at the defaults")
+    new_tokens: int = setting(32, "tokens each model writes after a prompt; about 5 s per model and dataset "
+                              "at the defaults")
     functions: int = setting(16, "Python functions whose body each model writes, for the Python check (0: "
                              "none); about 10 s per model at the defaults")
     body_tokens: int = setting(64, "tokens each model writes as a function's body")
@@ -32,19 +32,15 @@ class InspectConfig(Settings):
     temperature: float = setting(0.7, "temperature of the sampling")
     seed: int = setting(0, "seed of the sampling")
     lens: bool = setting(True, "the logit lens: top-1 of every block's output read through the final norm "
-                         "and head, on the run's evaluation chunks; about 15 s per model and dataset at 2,048 "
-                         "tokens")
+                         "and head, on the run's evaluation chunks; about 20 s per model and dataset at "
+                         "1,024 tokens")
     lens_tokens: int = setting(1024, "evaluation tokens per dataset for the logit lens (0: all of the run's)")
 
     def validate(self) -> None:
         """Refuse settings that cannot make an inspection, before any model is loaded."""
         self.check_finite()
-        for key in ("prompts", "prefix_tokens", "new_tokens", "body_tokens"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{flag(key)} must be at least 1, got {getattr(self, key)}")
-        for key in ("functions", "lens_tokens"):
-            if getattr(self, key) < 0:
-                raise UserError(f"{flag(key)} must be 0 or more, got {getattr(self, key)}")
+        self.check_at_least(1, "prompts", "prefix_tokens", "new_tokens", "body_tokens")
+        self.check_at_least(0, "functions", "lens_tokens")
         if self.temperature <= 0:
             raise UserError(f"--temperature must be positive, got {self.temperature} (greedy decoding is "
                             "always done; leave out --sample to do only that)")
