@@ -28,6 +28,8 @@ import numpy as np
 from selprune.rundir import RunFolder, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
+# docs/RESULTS.md from this line on is written by hand (relearning, inspection) and kept as it is.
+HAND_WRITTEN = "<!-- written by hand from here on: scripts/experiments.py keeps it -->\n"
 RUNS = Path("runs/experiments")  # relative to ROOT (the script chdirs there)
 DOCS = Path("docs")
 RESULTS = DOCS / "results"
@@ -465,7 +467,9 @@ def write_results_md(results: dict, timings: dict) -> None:
     # -- discussion ------------------------------------------------------------------------------
     md.extend(discussion(results))
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    (DOCS / "RESULTS.md").write_text("\n".join(md).rstrip() + "\n")
+    path = DOCS / "RESULTS.md"
+    kept = path.read_text().partition(HAND_WRITTEN)[2] if path.is_file() else ""
+    path.write_text("\n".join(md).rstrip() + "\n\n" + HAND_WRITTEN + kept)
 
 
 def discussion(results: dict) -> list[str]:
