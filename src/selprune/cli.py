@@ -104,9 +104,9 @@ def _analysis_parsers(sub) -> None:
         sub, "relearn", RelearnConfig, "attack a run's pruned model by fine-tuning: does what it forgot come back?",
         "The relearning attack, with controls (the unpruned model and a random pruning of as many units). "
         "Fine-tunes on data the run never scored or evaluated and measures how much of the lost forget accuracy "
-        "returns. Costs with the embedded model on 2 CPU cores, for each model and attack: a fine-tuning step of "
-        "4 x 256 tokens takes several seconds, an evaluation point (2 x 4,096 tokens) about as long, so tens of "
-        "minutes at the defaults (docs/PERFORMANCE.md).", resumable=True)
+        "returns. Costs with the embedded model on 2 CPU cores, for each model and attack: about 10 s a "
+        "fine-tuning step of 4 x 256 tokens (about 4 plain forward passes), about 20 s an evaluation point "
+        "(2 x 4,096 tokens), so about 13 minutes at the defaults (docs/PERFORMANCE.md).", resumable=True)
     _analysis_parser(
         sub, "inspect", InspectConfig, "what the pruned model can still do: generations, checks, logit lens",
         "Continue held-out prompts with the unpruned model and after the chosen steps; check the text (Python "
