@@ -289,10 +289,10 @@ class Relearn:
     def _row(self, attack, contender, lr, step, model, losses) -> dict:
         """Forget and retain accuracy now (exact ranks) and the mean training loss since the last row."""
         evaluated = self._evaluable(model)
-        metrics = {}
+        head, metrics = Head(evaluated), {}  # the band constants once per point, not once per dataset
         for role, (ids, mask) in self.evaluation.items():
             m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch,
-                                                 torch.empty(0, dtype=torch.long), head=Head(evaluated))
+                                                 torch.empty(0, dtype=torch.long), head=head)
             metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
         zero = "" if contender.mask is None or step != self.config.max_steps else \
             str(still_zero(NeuronGroup(evaluated, contender.group), contender.mask))
