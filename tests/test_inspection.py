@@ -3,7 +3,9 @@ whole inspection of a tiny run (files, report, lock, determinism); one integrati
 
 import copy
 import csv
+import dataclasses
 import json
+import shutil
 
 import pytest
 import torch
@@ -208,6 +210,29 @@ def test_inspection_writes_its_files(inspected):
     python = [r for r in records if r["set"] == "python" and r["step"] == 0]
     assert {r["prompt"].split("(")[0] for r in python} == {"def lt", "def size"}  # `pass` bodies are no prompt
     assert all(r["verdicts"]["python parses"] in ("ok", "cut", "empty", "syntax error") for r in python)
+
+
+def test_watched_datasets_are_inspected_like_forget_and_retain(tiny_run, tmp_path, make_datasets):
+    """--watch adds a dataset the run never saw: its prompts, checks and lens, with the chunks a watching run
+    would have evaluated (so the lens's last block is the run's own top-1 on them)."""
+    folder, python = shutil.copytree(tiny_run[0], tmp_path / "run"), tiny_run[1]
+    other = str(make_datasets(tmp_path / "other", documents=8) / "forget")
+    out = inspect_run(tiny_settings(folder, python, step=(3,), sample=False, functions=0, lens_tokens=0,
+                                    watch=(other,)), quiet=True)
+    checks = read_csv(out / "checks.csv")
+    assert {(r["set"], r["dataset"]) for r in checks} >= {(f"watch {other}", other)}
+    lens = read_csv(out / "lens.csv")
+    watched = {int(r["step"]): float(r["top1"]) for r in lens if r["role"] == "watch" and r["layer"] == "2"}
+    assert set(watched) == {0, 3}
+    config = RunConfig.from_toml(folder / "config.toml")
+    seen = run(dataclasses.replace(config, watch=(other,), output=str(tmp_path / "watching")), quiet=True)
+    metrics = RunFolder(seen).metrics()["watch"][other]
+    assert metrics["top1"][0] == pytest.approx(watched[0], abs=1e-6)
+    assert metrics["top1"][3] == pytest.approx(watched[3], abs=1e-6)
+    page = (folder / "report.html").read_text()
+    assert f"watch ({other})" in page or other in page
+    with pytest.raises(Exception, match="always inspected"):
+        inspect_run(tiny_settings(folder, python, watch=(config.forget,)), quiet=True)
 
 
 def test_report_shows_the_inspection_escaped(inspected):

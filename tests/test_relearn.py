@@ -126,7 +126,7 @@ def test_resume_after_a_crash_gives_the_same_csv(pruned_runs, tmp_path, monkeypa
         relearn(RelearnConfig(run=str(crashed), **SMALL), quiet=True)
     monkeypatch.undo()
     assert len(results(crashed)) == len(evaluation_points(4))  # the first model's rows were committed
-    relearn(RelearnConfig(run=str(crashed), **SMALL), resume=True, quiet=True)
+    assert main(["relearn", str(crashed), "--resume", "--quiet"]) == 0  # the saved settings: no flags to repeat
     assert (crashed / "relearn" / "relearn.csv").read_text() == (whole / "relearn" / "relearn.csv").read_text()
 
 

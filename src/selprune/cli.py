@@ -121,8 +121,12 @@ def cmd_relearn(args) -> None:
     from .relearn import RelearnConfig, relearn
 
     keep_freed_memory()
-    relearn(RelearnConfig.from_dict(given_flags(args, RelearnConfig), source="command line"), resume=args.resume,
-            quiet=args.quiet)
+    flags = given_flags(args, RelearnConfig)
+    config = RelearnConfig.from_dict(flags, source="command line")
+    saved = Path(config.run) / config.folder / "settings.toml"
+    if args.resume and saved.is_file():  # the saved settings are the base: --resume alone continues
+        config = RelearnConfig.from_dict(flags, RelearnConfig.from_toml(saved), source="command line")
+    relearn(config, resume=args.resume, quiet=args.quiet)
 
 
 def cmd_inspect(args) -> None:

@@ -78,6 +78,11 @@ class RelearnConfig(Settings):
     def learning_rates(self) -> tuple[float, ...]:
         return self.lr or (DEFAULT_LR[self.optimizer],)
 
+    @property
+    def folder(self) -> str:
+        """The results' subfolder of the run."""
+        return f"relearn-{self.name}" if self.name else "relearn"
+
     def validate(self) -> None:
         self.check_finite()
         self.check_at_least(1, "max_steps", "batch_size", "relearn_tokens", "eval_tokens", "lora_rank", "lora_alpha")
@@ -128,7 +133,7 @@ class Relearn:
             raise UserError(f"{config.run} has pruning steps 1 to {self.done_steps}, not {self.step}: give --step "
                             f"between 1 and {self.done_steps}")
         self.run.lock()
-        self.results = AnalysisFolder(self.run, f"relearn-{config.name}" if config.name else "relearn", COLUMNS)
+        self.results = AnalysisFolder(self.run, config.folder, COLUMNS)
         try:
             self.results.start(config, resume)
         except UserError:

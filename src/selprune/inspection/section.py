@@ -4,6 +4,7 @@ was inspected. Every text a model wrote, or a user named, is escaped before it e
 from __future__ import annotations
 
 import html
+import itertools
 import re
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from .lens import verdict
 
 EXAMPLES = 3  # prompts shown per prompt set
 ROLE_COLORS = {"forget": "#d62728", "retain": "#1f77b4"}
+WATCH_COLORS = ("#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22")
 STEP_STYLES = ("--", ":", "-.")
 CELL = 'style="white-space:pre-wrap;font-family:ui-monospace,monospace;font-size:12px"'
 
@@ -73,19 +75,22 @@ def _number(text) -> str:
 
 
 def _lens(rows: list[dict], label: str, index: int, out_dir: Path) -> str:
-    """The lens plot, and per pruned step what the forget curve says: hidden, removed or kept."""
+    """The lens plot; the last block's top-1 (the model's own) per dataset and step; and per pruned step what
+    the curve of each dataset that was not retained says: hidden, removed or kept."""
     if not rows:
         return ""
-    curves: dict[tuple[int, str], list[float]] = {}
+    curves: dict[tuple[int, str, str], list[float]] = {}
     for r in sorted(rows, key=lambda r: int(r["layer"])):
-        curves.setdefault((int(r["step"]), r["role"]), []).append(float(r["top1"]))
-    datasets = {r["role"]: r["dataset"] for r in rows}
+        curves.setdefault((int(r["step"]), r["role"], r["dataset"]), []).append(float(r["top1"]))
+    datasets = list(dict.fromkeys((role, dataset) for _, role, dataset in curves))
+    watched = itertools.cycle(WATCH_COLORS)
+    colors = {d: ROLE_COLORS.get(d[0]) or next(watched) for d in datasets}
     fig = _figure(7.0, 4.5)
     ax = fig.add_subplot()
-    for (step, role), curve in sorted(curves.items()):
+    for (step, role, dataset), curve in sorted(curves.items()):
         style = "-" if step == 0 else STEP_STYLES[(step - 1) % len(STEP_STYLES)]
         ax.plot(range(1, len(curve) + 1), [100 * v for v in curve], linestyle=style, marker="o", markersize=2,
-                color=ROLE_COLORS.get(role, "0.4"), label=f"{role} ({datasets[role]}), {_column(step)}")
+                color=colors[role, dataset], label=f"{role} ({dataset}), {_column(step)}")
     ax.set_title(f"{label}: logit lens")
     ax.set_xlabel("block (residual stream after it, read through the final norm and head)")
     ax.set_ylabel("top-1 next-token accuracy (%)")
@@ -95,10 +100,18 @@ def _lens(rows: list[dict], label: str, index: int, out_dir: Path) -> str:
     name = f"inspect-lens-{index + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', label)}.png"
     png = _png(fig)
     atomic.write_bytes(out_dir / name, png)
-    findings = [f"<li>{html.escape(_column(step))}, forget ({html.escape(datasets['forget'])}): "
-                f"{html.escape(verdict(curves[0, 'forget'], curve)[1])}</li>"
-                for (step, role), curve in sorted(curves.items()) if step and role == "forget" and (0, role) in curves]
+    steps = sorted({step for step, _, _ in curves})
+    head = "<tr><th>Dataset</th>" + "".join(f"<th>{_column(s)}</th>" for s in steps) + "</tr>"
+    body = "".join(f"<tr><td>{html.escape(role)} <small>{html.escape(dataset)}</small></td>" + "".join(
+        f"<td>{100 * curves[s, role, dataset][-1]:.1f}%</td>" if (s, role, dataset) in curves else "<td>—</td>"
+        for s in steps) + "</tr>" for role, dataset in datasets)
+    findings = [f"<li>{html.escape(_column(step))}, {role} ({html.escape(dataset)}): "
+                f"{html.escape(verdict(curves[0, role, dataset], curve)[1])}</li>"
+                for (step, role, dataset), curve in sorted(curves.items())
+                if step and role != "retain" and (0, role, dataset) in curves]
     return (f'<div class="grid">{_figure_html(png, f"Logit lens: {label}")}</div>'
+            f'<p class="note">Top-1 at the last block, the model\'s own, on the lens tokens:</p>'
+            f"<table>{head}{body}</table>"
             f'<ul class="note">{"".join(findings)}</ul>')
 
 

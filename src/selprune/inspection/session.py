@@ -97,7 +97,7 @@ class Inspection:
                             f"the run's pruned.json {self.record.layers} x {self.record.units_per_layer}: "
                             "inspect the run with the model it pruned")
         self._check_lengths(model)
-        sides = [self._side(role, spec) for role, spec in (("forget", rc.forget), ("retain", rc.retain))]
+        sides = [self._side(role, spec) for role, spec in self._datasets()]
         sets = self._prompt_sets(sides)
         self.log(f"inspect: {rc.model}, steps {', '.join(map(str, self.steps))} against the unpruned model; "
                  + "; ".join(f"{s.name} ({s.dataset}, {s.kind}): {len(s.prompts)} prompts" for s in sets))
@@ -141,12 +141,23 @@ class Inspection:
 
     # -- prompts -------------------------------------------------------------------------------
 
+    def _datasets(self) -> list[tuple[str, str]]:
+        """(role, spec): forget, retain, the run's watched datasets, then those --watch adds."""
+        rc = self.run_config
+        for spec in self.config.watch:
+            if spec in (rc.forget, rc.retain):
+                raise UserError(f"--watch {spec!r} is the run's {'forget' if spec == rc.forget else 'retain'} "
+                                "dataset, which is always inspected: watch other datasets")
+        watched = dict.fromkeys((*rc.watch, *self.config.watch))
+        return [("forget", rc.forget), ("retain", rc.retain), *(("watch", spec) for spec in watched)]
+
     def _side(self, role: str, spec: str) -> Side:
+        """The dataset's splits as the run made them (a watched one has no scoring split, as in the run)."""
         rc = self.run_config
         docs = _documents(spec, rc)
-        splits = make_splits(docs, self.tokenizer, chunk_len=rc.chunk_len, score_tokens=rc.score_tokens,
-                             eval_tokens=rc.eval_tokens, seed=rc.seed, name=spec)
-        held, scored = set(splits.eval.doc_ids), set(splits.score.doc_ids)
+        splits = make_splits(docs, self.tokenizer, chunk_len=rc.chunk_len, eval_tokens=rc.eval_tokens, seed=rc.seed,
+                             score_tokens=0 if role == "watch" else rc.score_tokens, name=spec)
+        held, scored = set(splits.eval.doc_ids), set(splits.score.doc_ids if splits.score else ())
         ids, mask = splits.eval.input_ids, splits.eval.attention_mask
         if self.config.lens_tokens:  # the first lens_tokens real tokens of the evaluation chunks
             mask = mask * (mask.flatten().cumsum(0) <= self.config.lens_tokens).view_as(mask)
@@ -163,7 +174,8 @@ class Inspection:
             if not prompts:
                 raise UserError(f"the held-out documents of {side.spec!r} have no line with {c.prefix_tokens} "
                                 "tokens after it: use a smaller --prefix-tokens")
-            sets.append(PromptSet(side.role, side.spec, kind, prompts, c.new_tokens))
+            name = side.role if side.role != "watch" else f"watch {side.spec}"
+            sets.append(PromptSet(name, side.spec, kind, prompts, c.new_tokens))
         if c.functions:
             name, docs = self._python_documents(sides)
             longest = context_length(self.model_config)

@@ -35,6 +35,9 @@ class InspectConfig(Settings):
                          "and head, on the run's evaluation chunks; about 20 s per model and dataset at "
                          "1,024 tokens")
     lens_tokens: int = setting(1024, "evaluation tokens per dataset for the logit lens (0: all of the run's)")
+    watch: tuple[str, ...] = setting((), "more datasets to inspect, neither forgotten nor retained, with the "
+                                     "chunks `selprune run --watch` would have evaluated (the run's own watched "
+                                     "datasets are always inspected); each adds its generations, checks and lens")
 
     def validate(self) -> None:
         """Refuse settings that cannot make an inspection, before any model is loaded."""
@@ -46,6 +49,8 @@ class InspectConfig(Settings):
                             "always done; leave out --sample to do only that)")
         if not self.run:
             raise UserError("no run folder given: name the run folder to inspect")
+        if len(set(self.watch)) < len(self.watch):
+            raise UserError("a dataset is named twice in --watch: name each once")
 
     def steps(self, completed: int) -> list[int]:
         """The pruning steps asked for, checked against the last step the run completed."""
