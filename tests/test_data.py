@@ -241,6 +241,36 @@ def test_file_folder_glob_and_jsonl(tmp_path):
     assert load_documents(str(tmp_path / "d.jsonl")) == [Document("1", "first"), Document("x", "second")]
 
 
+def test_filters_by_language_and_path(tmp_path):
+    """Built-ins know each document's language from their manifest, files from their suffix, .jsonl lines from
+    a "language" field; paths are globs on the document id, tested before a long file is cut in pieces."""
+    code = load_documents("code")
+    no_python = load_documents("code#lang!=python")
+    assert {d.id for d in no_python} == {d.id for d in code if not d.id.startswith("idlelib/")}
+    assert {d.language for d in load_documents("code#lang=Python")} == {"Python"}
+    assert all(d.id.startswith("go/") for d in load_documents("code#path=go/*,lang=go"))
+    (tmp_path / "a.py").write_text("x = 1\n" * 20_000, encoding="utf-8")  # long: it comes in pieces
+    (tmp_path / "b.rs").write_text("fn main() {}", encoding="utf-8")
+    (tmp_path / "c.jsonl").write_text(json.dumps({"text": "Hallo", "language": "German"}) + "\n", encoding="utf-8")
+    python = load_documents(f"{tmp_path}#path=*.py")
+    assert len(python) > 1 and all(d.id.startswith("a.py#") and d.language == "Python" for d in python)
+    assert [d.id for d in load_documents(f"{tmp_path}#lang!=python,path!=*.jsonl")] == ["b.rs"]
+    assert load_documents(f"{tmp_path / 'c.jsonl'}#lang=german") == [Document("1", "Hallo", "German")]
+    with pytest.raises(UserError, match="no document of 'code' passes lang=cobol.*its languages: C, C"):
+        load_documents("code#lang=cobol")
+    for spec in ("code#lang", "code#size=3", "code#lang=", "#lang=python"):
+        with pytest.raises(UserError, match="filter|no dataset before"):
+            load_documents(spec)
+
+
+def test_filtered_runs_are_named_apart():
+    from selprune.config import RunConfig
+
+    names = {RunConfig(forget="python", retain=spec).run_name for spec in ("code", "code#lang=python",
+                                                                           "code#lang!=python")}
+    assert len(names) == 3
+
+
 def lines_text(paragraph: str, line: str, paragraphs: int = 80) -> str:
     """About 4 x PIECE_CHARS of distinct lines, `line` between lines and `paragraph` between paragraphs."""
     return paragraph.join(line.join(f"p{p} l{i} " + "words " * 40 for i in range(5)) for p in range(paragraphs))

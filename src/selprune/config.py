@@ -19,6 +19,7 @@ from pathlib import Path
 import tomli_w
 
 from .arch import GROUPS
+from .data.sources import parse_spec
 from .errors import UserError
 
 if sys.version_info >= (3, 11):
@@ -153,7 +154,8 @@ class RunConfig(Settings):
     def run_name(self) -> str:
         if self.name:
             return self.name
-        return safe_name(f"{self.forget}-vs-{self.retain}-{self.group}-{self.scorer}")
+        name = f"{self.forget}-vs-{self.retain}-{self.group}-{self.scorer}"
+        return safe_name(name.replace("!=", " not "))  # code#lang!=python and code#lang=python stay apart
 
     @property
     def output_dir(self) -> Path:
@@ -183,6 +185,8 @@ class RunConfig(Settings):
             if value is not None and not 0 < value <= 100:
                 raise UserError(f"{flag(key)} {value:g} is outside (0, 100]: it is a drop in percent of the "
                                 "unpruned accuracy, e.g. 10")
+        for spec in (self.forget, self.retain, *self.watch):
+            parse_spec(spec)  # a malformed filter is refused before any data or model is loaded
         if self.forget == self.retain:
             raise UserError(f"forget and retain are both {self.forget!r}: pruning needs two different datasets")
         for spec in self.watch:

@@ -1,8 +1,9 @@
 """Turn one dataset spec string into a list of documents.
 
 A spec is a built-in name, a text file, a folder, a glob, a .jsonl file or
-`hf:NAME[:CONFIG][:SPLIT]`. Everything the user can get wrong raises UserError
-with one line that says what to change.
+`hf:NAME[:CONFIG][:SPLIT]`, optionally followed by filters on its documents:
+`SPEC#lang!=python`, `SPEC#path=*.py,lang=python` (see FILTER_KEYS). Everything
+the user can get wrong raises UserError with one line that says what to change.
 
 The scoring and evaluation parts of a dataset never share a document, so a user's
 document longer than PIECE_CHARS is cut into pieces (a single large file would
@@ -12,6 +13,7 @@ built from documents of at most PIECE_CHARS characters.
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import gzip
 import json
@@ -28,10 +30,55 @@ GLOB_CHARS = "*?["
 PIECE_CHARS = 24_000  # longest document or piece, as in the built-in corpora (scripts/build_corpora.py)
 
 
+# A document's language where its source says so: the built-ins' manifest, a .jsonl line's "language" field,
+# else a file's suffix (code only: a suffix says little about a natural language).
+SUFFIX_LANGUAGES = {".py": "Python", ".pyi": "Python", ".rs": "Rust", ".go": "Go", ".js": "JavaScript",
+                    ".mjs": "JavaScript", ".ts": "TypeScript", ".c": "C", ".cc": "C++", ".cpp": "C++",
+                    ".cxx": "C++", ".hpp": "C++", ".java": "Java", ".rb": "Ruby", ".sh": "Shell"}
+FILTER_KEYS = {"lang": "the document's language (case-insensitive)", "path": "a glob on the document's path or id"}
+
+
 @dataclass(frozen=True)
 class Document:
     id: str
     text: str
+    language: str = ""  # "" where unknown
+
+
+@dataclass(frozen=True)
+class Filter:
+    """One condition on a dataset's documents: key (lang or path), = (keep matches) or != (drop them)."""
+
+    key: str
+    keep: bool
+    value: str
+
+    def admits(self, doc: Document) -> bool:
+        if self.key == "lang":
+            match = doc.language.casefold() == self.value.casefold()
+        else:
+            match = fnmatch.fnmatchcase(doc.id, self.value)
+        return match == self.keep
+
+    def __str__(self) -> str:
+        return f"{self.key}{'=' if self.keep else '!='}{self.value}"
+
+
+def parse_spec(spec: str) -> tuple[str, list[Filter]]:
+    """(the dataset, its filters) of `SPEC#KEY=VALUE,KEY!=VALUE`; a spec without '#' has no filters."""
+    base, mark, text = spec.partition("#")
+    if not mark:
+        return spec, []
+    filters = []
+    for part in text.split(","):
+        key, op, value = part.partition("!=") if "!=" in part else part.partition("=")
+        if key.strip() not in FILTER_KEYS or not op or not value.strip():
+            forms = "; ".join(f"{k}=VALUE or {k}!=VALUE: {about}" for k, about in FILTER_KEYS.items())
+            raise UserError(f"dataset filter {part!r} in {spec!r} is not one of: {forms} (join several with ',')")
+        filters.append(Filter(key.strip(), op == "=", value.strip()))
+    if not base:
+        raise UserError(f"{spec!r} has filters but no dataset before the '#': e.g. code#lang!=python")
+    return base, filters
 
 
 @functools.lru_cache(maxsize=1)
@@ -62,16 +109,22 @@ def load_documents(spec: str, *, max_chars: int | None = None,
                    max_documents: int | None = None) -> list[Document]:
     """Documents of `spec` (long ones in pieces, see split_text); reading stops once `max_chars` characters
     or `max_documents` documents and pieces are taken."""
-    docs = list(_limit(_documents(spec), max_chars, max_documents))
+    base, filters = parse_spec(spec)
+    docs = list(_limit(_documents(base, filters), max_chars, max_documents))
+    if not docs and filters:
+        languages = sorted({d.language for d in _documents(base, []) if d.language})
+        raise UserError(f"no document of {base!r} passes {','.join(map(str, filters))} (its languages: "
+                        f"{', '.join(languages) or 'unknown'}); change the filter")
     if not docs:
         raise UserError(f"dataset {spec!r} has no documents with text; give it non-empty text")
     return docs
 
 
-def _documents(spec: str) -> Iterator[Document]:
-    if spec in _manifest():
-        return _builtin_documents(spec)
-    return _in_pieces(_user_documents(spec))
+def _documents(spec: str, filters: list[Filter]) -> Iterator[Document]:
+    """Filtered before they are cut in pieces, so that a path filter sees the file's own path."""
+    docs = _builtin_documents(spec) if spec in _manifest() else _user_documents(spec)
+    docs = (d for d in docs if all(f.admits(d) for f in filters))
+    return docs if spec in _manifest() else _in_pieces(docs)
 
 
 def split_text(text: str, limit: int = PIECE_CHARS) -> list[str]:
@@ -94,7 +147,8 @@ def _in_pieces(docs: Iterable[Document]) -> Iterator[Document]:
         if len(pieces) == 1:
             yield doc
         else:
-            yield from (Document(f"{doc.id}#{number}", piece) for number, piece in enumerate(pieces, start=1))
+            yield from (Document(f"{doc.id}#{number}", piece, doc.language)
+                        for number, piece in enumerate(pieces, start=1))
 
 
 def _user_documents(spec: str) -> Iterator[Document]:
@@ -123,10 +177,12 @@ def _limit(docs: Iterable[Document], max_chars: int | None, max_documents: int |
 
 
 def _builtin_documents(name: str) -> Iterator[Document]:
+    """A built-in's documents; an id starts with its source's name, which gives the language."""
+    languages = {source["name"]: source["language"] for source in _manifest()[name]["sources"]}
     with _builtin_dir().joinpath(f"{name}.jsonl.gz").open("rb") as raw, gzip.open(raw, "rt", encoding="utf-8") as lines:
         for line in lines:
             record = json.loads(line)
-            yield Document(record["id"], record["text"])
+            yield Document(record["id"], record["text"], languages.get(record["id"].split("/", 1)[0], ""))
 
 
 def _read_text(path: Path) -> str:
@@ -144,7 +200,7 @@ def _read_single_file(path: Path) -> Document:
     text = _read_text(path)
     if not text.strip():
         raise UserError(f"{path} is empty; give a file with text")
-    return Document(str(path), text)
+    return Document(str(path), text, SUFFIX_LANGUAGES.get(path.suffix, ""))
 
 
 def _files_as_documents(paths: Iterable[Path], base: Path) -> Iterator[Document]:
@@ -152,7 +208,7 @@ def _files_as_documents(paths: Iterable[Path], base: Path) -> Iterator[Document]
     for path in paths:
         text = _read_text(path)
         if text.strip():
-            yield Document(path.relative_to(base).as_posix(), text)
+            yield Document(path.relative_to(base).as_posix(), text, SUFFIX_LANGUAGES.get(path.suffix, ""))
 
 
 def _folder_documents(folder: Path) -> Iterator[Document]:
@@ -190,7 +246,8 @@ def _jsonl_documents(path: Path) -> Iterator[Document]:
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
             raise UserError(f"{path} line {number} has no string field 'text'; each line needs one")
         if record["text"].strip():
-            yield Document(str(record.get("id", number)), record["text"])
+            language = record.get("language")
+            yield Document(str(record.get("id", number)), record["text"], language if isinstance(language, str) else "")
 
 
 def _parse_hf(spec: str) -> tuple[str, str | None, str]:
