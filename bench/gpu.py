@@ -18,6 +18,7 @@ import statistics
 import time
 
 import torch
+from shapes import SHAPES, opt_model, random_chunks
 
 from selprune.arch import NeuronGroup
 from selprune.batching import auto_batch_size
@@ -25,7 +26,7 @@ from selprune.evaluate import evaluate_causal
 from selprune.pruning import apply
 from selprune.scoring import importance, scores, select
 from selprune.stats import collect
-from shapes import SHAPES, opt_model, random_chunks
+
 
 def sync(device):
     if device.type == "cuda":

@@ -19,13 +19,13 @@ import subprocess
 import sys
 
 import torch
+from shapes import opt_model, random_chunks
 
 from selprune.arch import NeuronGroup
 from selprune.data import load_documents, make_splits
 from selprune.evaluate import evaluate_causal
 from selprune.models import load_model
 from selprune.stats import collect
-from shapes import opt_model, random_chunks
 
 
 def rss_mib() -> float:

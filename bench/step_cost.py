@@ -24,13 +24,13 @@ import tempfile
 from pathlib import Path
 
 import torch
+from timing import interleaved, median
 
 from selprune.allocator import keep_freed_memory
 from selprune.config import RunConfig
 from selprune.pruning import apply
 from selprune.run import Run
 from selprune.scoring import select
-from timing import interleaved, median
 
 
 def ratio(rounds: list[dict[str, float]], num: str, *den: str) -> str:

@@ -6,11 +6,12 @@ import statistics
 import time
 
 
-def interleaved(passes: dict, repeats: int) -> list[dict[str, float]]:
+def interleaved(passes: dict, repeats: int, warm_up: bool = True) -> list[dict[str, float]]:
     """Seconds of each pass per round, after one warm-up call each (first calls allocate, pick kernels
-    and compile). Every other round runs the passes in reverse order."""
-    for fn in passes.values():
-        fn()
+    and compile) unless the caller warmed up more cheaply. Every other round runs the passes in reverse order."""
+    if warm_up:
+        for fn in passes.values():
+            fn()
     rounds = []
     for r in range(repeats):
         names = list(passes) if r % 2 == 0 else list(reversed(passes))

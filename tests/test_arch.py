@@ -7,9 +7,17 @@ import torch
 from transformers.activations import ACT2FN
 from transformers.pytorch_utils import Conv1D
 
-from selprune.arch import ARCHITECTURES, GROUPS, NeuronGroup, architecture_of, text_config
+from selprune.arch import (
+    ARCHITECTURES,
+    GROUPS,
+    NeuronGroup,
+    architecture_of,
+    group_parts,
+    neuron_group,
+    text_config,
+)
 from selprune.errors import UserError
-from selprune.pruning import zero
+from selprune.pruning import apply, zero
 
 TYPES = sorted(ARCHITECTURES)
 
@@ -137,6 +145,34 @@ def test_zeroing_weights_equals_masking_activations(model_type, group, tiny_mode
     torch.testing.assert_close(seen_after[1][..., keep], seen_before[1][..., keep], rtol=1e-5, atol=1e-5)
     if group in ("ff", "attn-value"):  # the neuron itself is silenced at its source
         assert seen_after[1][..., ~keep].abs().max() == 0
+
+
+@pytest.mark.parametrize("model_type", ["llama", "gpt2"])
+def test_a_union_of_groups_zeroes_each_unit_in_its_own_part(model_type, tiny_model, tiny_batch):
+    """ff+attn-value: units 0.. are ff neurons, then value neurons; zeroing a union mask equals zeroing each
+    part's share of it with that part alone."""
+    model = tiny_model(model_type)
+    union = neuron_group(model, "ff+attn-value")
+    ff, value = union.parts
+    assert union.units_per_layer == ff.units_per_layer + value.units_per_layer
+    mask = torch.zeros(union.layers, union.units_per_layer, dtype=torch.bool)
+    mask[1, [0, ff.units_per_layer - 1, ff.units_per_layer, union.units_per_layer - 1]] = True
+    by_union, by_parts = copy.deepcopy(model), copy.deepcopy(model)
+    apply(neuron_group(by_union, "ff+attn-value"), mask)
+    apply(NeuronGroup(by_parts, "ff"), mask[:, :ff.units_per_layer])
+    apply(NeuronGroup(by_parts, "attn-value"), mask[:, ff.units_per_layer:])
+    for (name, a), b in zip(by_union.state_dict().items(), by_parts.state_dict().values()):
+        assert torch.equal(a, b), name
+    ids, attention = tiny_batch()
+    assert not torch.allclose(by_union(input_ids=ids, attention_mask=attention).logits,
+                              model(input_ids=ids, attention_mask=attention).logits)
+
+
+@pytest.mark.parametrize("name, message", [("ff+mlp", "unknown group 'mlp'"), ("ff+ff", "names a group twice"),
+                                           ("attn-head+attn-preout", "overlap")])
+def test_bad_unions_are_refused(name, message):
+    with pytest.raises(UserError, match=message):
+        group_parts(name)
 
 
 def test_unknown_group_and_architecture(tiny_model):

@@ -67,6 +67,13 @@ def one_error_line(code, err, *phrases):
     (["--fraction", "1.5"], ["outside (0, 1]"]),
     (["--steps", "60", "--fraction", "0.02"], ["60 steps x 0.02"]),
     (["--group", "attn-value", "--scorer", "freq"], ["freq scorer"]),
+    (["--group", "ff+attn-value", "--scorer", "freq"], ["freq scorer"]),
+    (["--group", "heads"], ["unknown group 'heads'", "attn-head"]),
+    (["--group", "ff+mlp"], ["unknown group 'mlp' in 'ff+mlp'", "joined by '+'"]),
+    (["--group", "ff+ff"], ["names a group twice"]),
+    (["--group", "attn-preout+attn-head"], ["overlap"]),
+    (["--forget", "code#lang"], ["dataset filter 'lang'", "lang!=VALUE"]),
+    (["--retain", "code#colour=red"], ["dataset filter 'colour=red'"]),
     (["--forget", "prose", "--retain", "prose"], ["both 'prose'"]),
     (["--forget", "/no/such/data.txt"], ["/no/such/data.txt"]),
     (["--eps", "nan"], ["--eps is nan"]),
@@ -162,7 +169,7 @@ def test_help_shows_every_flag_and_no_measured_numbers(capsys):
 
 @pytest.mark.parametrize("argv, phrase", [
     (["--dtype", "float8"], "invalid choice: 'float8'"),
-    (["--group", "heads"], "invalid choice: 'heads'"),
+    (["--scorer", "magic"], "invalid choice: 'magic'"),
     (["--steps", "ten"], "invalid int value: 'ten'"),
 ])
 def test_argument_errors_are_one_line_exit_2(capsys, argv, phrase):

@@ -17,7 +17,13 @@ from selprune.arch import ARCHITECTURES, NeuronGroup
 from selprune.cli import main
 from selprune.config import PRESETS, RunConfig
 from selprune.inspection import InspectConfig, inspect_run
-from selprune.inspection.checks import PythonBody, PythonParses, Repetition, SameLanguage, python_verdict
+from selprune.inspection.checks import (
+    PythonBody,
+    PythonParses,
+    Repetition,
+    SameLanguage,
+    python_verdict,
+)
 from selprune.inspection.generate import Decoding, generate
 from selprune.inspection.lens import lens_top1, verdict
 from selprune.pruning import PrunedRecord, apply

@@ -11,7 +11,14 @@ from selprune.arch import NeuronGroup
 from selprune.cli import main
 from selprune.models import load_model
 from selprune.pruning import apply, still_zero
-from selprune.relearn import COLUMNS, Relearn, RelearnConfig, evaluation_points, relearn, summarize_relearn
+from selprune.relearn import (
+    COLUMNS,
+    Relearn,
+    RelearnConfig,
+    evaluation_points,
+    relearn,
+    summarize_relearn,
+)
 from selprune.rundir import RunFolder, read_csv
 
 SMALL = dict(max_steps=4, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu")

@@ -30,9 +30,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
+import conftest
 import pytest
 
-import conftest
 from selprune.pruning import PrunedRecord
 
 MEMORY_LIMIT = 8 << 30  # bytes of address space per command
@@ -509,14 +509,14 @@ def _(c):
     return c.fresh("--selection", "per-layer", "--fraction", "0.3", "--steps", "4")
 
 
-@case("per-layer-rounding-past-a-layer", "5 steps x 5 of a layer's 24 ff units", "more than there are")
-def _(c):
-    return c.fresh("--selection", "per-layer", "--fraction", "0.19", "--steps", "5")
+@case("per-layer-rounding-past-a-layer", "16 steps x 2 of a layer's 24 ff units", "use at most --steps 12")
+def _(c):  # 0.0625 x 24 = 1.5 rounds to 2: step 13 would find nothing left
+    return c.fresh("--selection", "per-layer", "--fraction", "0.0625", "--steps", "16")
 
 
-@case("global-rounding-past-all-units", "5 steps x 10 of the 48 ff units", "more than there are")
-def _(c):
-    return c.fresh("--fraction", "0.199", "--steps", "5")
+@case("global-rounding-past-all-units", "31 steps x 2 of the 48 ff units", "use at most --steps 24")
+def _(c):  # 0.0313 x 48 = 1.5 rounds to 2
+    return c.fresh("--fraction", "0.0313", "--steps", "31")
 
 
 @case("steps-zero", "steps must be at least 1")
@@ -544,7 +544,7 @@ def _(c):
     return ["run", *c.flags, "--name", "../../x"]
 
 
-@case("group-unknown", "invalid choice: 'nope'")
+@case("group-unknown", "unknown group 'nope'")
 def _(c):
     return c.fresh("--group", "nope")
 

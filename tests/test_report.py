@@ -5,11 +5,12 @@ import re
 
 import pytest
 
-from selprune.errors import UserError
 from selprune.config import RunConfig
+from selprune.errors import UserError
 from selprune.pruning import PrunedRecord
 from selprune.report import write_report
 from selprune.rundir import COLUMNS, summarize
+
 
 def make_run(write_run, path, name, forget_top1, retain_top1, group="ff", scorer="abs"):
     """A run folder: 2% of 4 x 50 neurons per step. The drop columns are deliberately wrong (0):

@@ -9,12 +9,12 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from selprune import models
 from selprune import run as run_module
+from selprune.arch import NeuronGroup
 from selprune.config import RunConfig
 from selprune.errors import UserError
-from selprune import models
 from selprune.models import load_model
-from selprune.arch import NeuronGroup
 from selprune.pruning import apply
 from selprune.rundir import RunFolder
 
@@ -128,6 +128,46 @@ def test_attention_groups_and_random_scorer_run(tiny_config, tmp_path, group):
     out = run_module.run(tiny_config(tmp_path / group, group=group, scorer="random", steps=2),
                          quiet=True)
     assert len(read_metrics(out)) == 6
+
+
+def test_a_union_of_groups_prunes_one_budget_with_scores_comparable_across_parts(tiny_config, tmp_path,
+                                                                                 monkeypatch):
+    """ff+attn-preout: each step prunes exactly fraction x (ff + pre-out units); each part's score is its own
+    forget / (retain + eps x its median retain importance), so neither part wins by its scale alone."""
+    config = tiny_config(tmp_path / "union", group="ff+attn-preout", steps=2)
+    seen = {}
+    real = run_module.Run.step_scores
+
+    def spy(self, step):
+        seen[step] = (real(self, step), [[self.measure(d, part) for d in self.data] for part in self.neurons.parts])
+        return seen[step][0]
+
+    monkeypatch.setattr(run_module.Run, "step_scores", spy)
+    out = run_module.run(config, quiet=True)
+    record = RunFolder(out).record()
+    assert record.group == "ff+attn-preout"
+    for entry in record.steps:
+        units = [(int(layer), u) for layer, us in entry["pruned"].items() for u in us]
+        assert len(units) == round(0.1 * record.layers * record.units_per_layer)
+    score, parts = seen[1]
+    expected = []
+    for forget, retain in parts:
+        expected.append(forget / (retain + 1e-2 * float(retain.median())))
+    torch.testing.assert_close(score, torch.cat(expected, dim=1).to(score.dtype))
+    assert score.shape == (record.layers, record.units_per_layer)
+
+
+def test_the_last_step_takes_what_rounding_left(tiny_config, tmp_path):
+    """7 steps of 1/7 of the tiny Llama's 48 ff units round to 7 a step, one more than there are: the last
+    step prunes the 6 left (the paper's 50 x 2% on SmolLM2 is the same case), and a resume accepts it."""
+    config = tiny_config(tmp_path / "all", steps=7, fraction=1 / 7)
+    out = run_module.run(config, quiet=True)
+    record = RunFolder(out).record()
+    assert [int(record.mask_of(s).sum()) for s in range(1, 8)] == [7] * 6 + [6]
+    assert bool(record.mask().all())
+    run_module.run(config, resume=True, quiet=True)  # verifies the record: "already complete", not damaged
+    with pytest.raises(UserError, match="31 steps x 2 of the 48 ff units.*use at most --steps 24"):
+        run_module.run(tiny_config(tmp_path / "over", steps=31, fraction=0.0313), quiet=True)  # 1.5 rounds to 2
 
 
 def test_masked_lm_run(tiny_config, tmp_path, save_tiny):

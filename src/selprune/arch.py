@@ -8,7 +8,8 @@ projection), and its weights sit around that point (docs/METHOD.md, "Neuron grou
     attn-preout  input of the attention output projection: that column
     attn-head    a whole head of pre-out dims: all of its columns
 
-`NeuronGroup.weights_of` names those weights; pruning.py zeroes them.
+`NeuronGroup.weights_of` names those weights; pruning.py zeroes them. Several groups joined by `+`
+(`ff+attn-preout`) are pruned in one budget: `GroupUnion` sets their units side by side in each layer.
 """
 
 from __future__ import annotations
@@ -21,7 +22,44 @@ from transformers.pytorch_utils import Conv1D
 
 from .errors import UserError
 
-GROUPS = ("ff", "attn-value", "attn-preout", "attn-head")
+
+@dataclass(frozen=True)
+class Group:
+    """What a group's unit is, and the facts that settings and reports derive from it."""
+
+    name: str
+    unit: str  # what one unit is, for help texts and docs
+    units_word: str  # what a report calls them
+    eps: float  # default eps of the score: well below typical importances, so it only tames silent units
+    activation: bool  # read after an activation function (z > 0 means something: the freq scorer)
+
+
+GROUP_TABLE: dict[str, Group] = {g.name: g for g in (
+    Group("ff", "one feed-forward mid-layer neuron", "neurons", 1e-3, True),
+    Group("attn-value", "one output dim of the value projection", "neurons", 1e-4, False),
+    Group("attn-preout", "one input dim of the attention output projection", "neurons", 1e-4, False),
+    Group("attn-head", "a whole attention head (head_dim pre-out dims)", "heads", 1e-4, False),
+)}
+GROUPS = tuple(GROUP_TABLE)
+# Groups that share units: a head is made of pre-out dims, so one budget cannot hold both.
+OVERLAPPING = {frozenset(("attn-preout", "attn-head"))}
+
+
+def group_parts(name: str) -> list[str]:
+    """The groups of `name` ("ff" or "ff+attn-preout"), checked: known, each once, not overlapping."""
+    parts = name.split("+")
+    unknown = [p for p in parts if p not in GROUP_TABLE]
+    if unknown:
+        where = f" in {name!r}" if len(parts) > 1 else ""
+        raise UserError(f"unknown group {unknown[0]!r}{where}: use one of {', '.join(GROUPS)}, or several "
+                        "joined by '+', e.g. ff+attn-preout")
+    if len(set(parts)) < len(parts):
+        raise UserError(f"group {name!r} names a group twice: name each once")
+    for pair in OVERLAPPING:
+        if pair <= set(parts):
+            raise UserError(f"group {name!r} joins {' and '.join(sorted(pair))}, whose units overlap (a head is "
+                            "made of pre-out dims): join only one of them")
+    return parts
 
 
 @dataclass(frozen=True)
@@ -102,8 +140,13 @@ def _get(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path.split(":")[0])
 
 
+def _input_dim(module: nn.Module) -> int:
+    """The weight dim that indexes a projection's inputs: GPT-2's Conv1D stores [in, out], a Linear [out, in]."""
+    return 0 if isinstance(module, Conv1D) else 1
+
+
 def _in_features(module: nn.Module) -> int:
-    return module.weight.shape[0] if isinstance(module, Conv1D) else module.weight.shape[1]
+    return module.weight.shape[_input_dim(module)]
 
 
 def _fused_rows(layout: str | None, n: int, heads: int, kv_heads: int, head_dim: int) -> torch.Tensor:
@@ -151,6 +194,11 @@ class NeuronGroup:
     @property
     def total_units(self) -> int:
         return self.layers * self.units_per_layer
+
+    @property
+    def parts(self) -> list[NeuronGroup]:
+        """The groups scored one by one: just this one (a GroupUnion has several)."""
+        return [self]
 
     # -- reading activations -------------------------------------------------------------------
 
@@ -201,6 +249,54 @@ class NeuronGroup:
             rows = self._value_rows()
             return [(_get(block, self.arch.value), "out", dims if rows is None else rows[dims])]
         return [(_get(block, self.arch.out), "in", dims)]
+
+    @torch.no_grad()
+    def out_norms(self) -> torch.Tensor:
+        """[layers, width] float64: the L2 norm of the weights that read each activation dim (its column in
+        the projection that takes it as input; the wanda scorer). Value dims have none: attention reads them."""
+        norms = torch.zeros(self.layers, self.width, dtype=torch.float64)
+        for layer in range(self.layers):
+            readers = [(m, dims) for m, side, dims in self.weights_of(layer, range(self.units_per_layer))
+                       if side == "in"]
+            if not readers:
+                raise ValueError(f"no projection reads the {self.group} group's units")
+            for module, dims in readers:
+                columns = module.weight.double().square().sum(1 - _input_dim(module))
+                norms[layer] += columns.cpu()[dims]
+        return norms.sqrt()
+
+
+class GroupUnion:
+    """Several groups pruned in one budget: a layer's units are the first part's, then the next part's, ...
+
+    Each part keeps its own statistics (run.py scores the parts one by one and sets the scores side by side);
+    masks and records see one [layers, units_per_layer] table, and weights_of hands each unit to its part.
+    """
+
+    def __init__(self, model: nn.Module, group: str):
+        self.group = group
+        self.parts = [NeuronGroup(model, name) for name in group_parts(group)]
+        self.layers = self.parts[0].layers
+        self.units_per_layer = sum(part.units_per_layer for part in self.parts)
+        self.offsets = [sum(p.units_per_layer for p in self.parts[:i]) for i in range(len(self.parts) + 1)]
+
+    @property
+    def total_units(self) -> int:
+        return self.layers * self.units_per_layer
+
+    def weights_of(self, layer: int, units) -> list[tuple[nn.Module, str, torch.Tensor]]:
+        units = torch.as_tensor(units, dtype=torch.long).reshape(-1)
+        weights = []
+        for part, start, stop in zip(self.parts, self.offsets, self.offsets[1:]):
+            mine = units[(units >= start) & (units < stop)] - start
+            if len(mine):
+                weights += part.weights_of(layer, mine)
+        return weights
+
+
+def neuron_group(model: nn.Module, group: str) -> NeuronGroup | GroupUnion:
+    """The units of `group` in `model`: one group, or a union of groups joined by '+'."""
+    return GroupUnion(model, group) if "+" in group else NeuronGroup(model, group)
 
 
 def _input_hook(fn, layer, edit):

@@ -18,17 +18,24 @@ from pathlib import Path
 
 import tomli_w
 
-from .arch import GROUPS
+from .arch import GROUP_TABLE, GROUPS, group_parts
 from .data.sources import parse_spec
 from .errors import UserError
+from .finetune import BATCH_SIZE, CHUNK_LEN, LR, TOKENS
+from .scorers import SCORERS as SCORER_TABLE
+from .scorers import help_text as scorer_help
 
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # pragma: no cover
     import tomli as tomllib
 
-SCORERS = ("abs", "freq", "rms", "std", "random")
+SCORERS = tuple(SCORER_TABLE)
 SELECTIONS = ("global", "per-layer")
+# eps of a union of groups, and of the scorers whose scale is not the activations' (attr, wanda), relative to
+# the median retain importance: the default ff eps (1e-3) is about 1% of the median abs importance of
+# SmolLM2-135M's ff neurons on prose (0.107), so these keep it
+RELATIVE_EPS = 1e-2
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", bool: "true or false"}
 
@@ -44,8 +51,9 @@ def setting(default, text: str, choices: tuple[str, ...] | None = None):
 
 
 def safe_name(raw: str) -> str:
-    """raw with every run of characters that are unsafe in a folder name replaced by one '_'."""
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw)
+    """raw with every run of characters that are unsafe in a folder name replaced by one '_'; a filter's '!='
+    becomes '_not_', so that code#lang!=python and code#lang=python stay apart."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", raw.replace("!=", " not "))
 
 
 class Settings:
@@ -80,18 +88,7 @@ class Settings:
 
     @classmethod
     def from_toml(cls, path: str | Path, base=None):
-        path = Path(path)
-        if path.is_dir():
-            raise UserError(f"config file {path} is a folder: give a TOML file, such as a run folder's config.toml")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UserError(f"config file {path} does not exist: check the path") from None
-        except UnicodeDecodeError as exc:
-            raise UserError(f"config file {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#x}): "
-                            "save it as UTF-8") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise UserError(f"config file {path} is not valid TOML: {exc}") from None
+        data = read_toml(path, "config file", "such as a run folder's config.toml")
         return cls.from_dict(data, base, source=f"config file {path}")
 
     def check_at_least(self, minimum: int, *keys: str) -> None:
@@ -111,8 +108,9 @@ class RunConfig(Settings):
     forget: str = setting("code", "dataset to forget: built-in name, file, folder[/glob], .jsonl or "
                            "hf:NAME[:CONFIG][:SPLIT]")
     retain: str = setting("prose", "dataset to retain, in the same forms as --forget")
-    group: str = setting("ff", "which neurons to prune", GROUPS)
-    scorer: str = setting("abs", "importance function", SCORERS)
+    group: str = setting("ff", f"which units to prune: {', '.join(GROUPS)}, or several joined by '+' (e.g. "
+                         "ff+attn-preout) to rank them in one budget")
+    scorer: str = setting("abs", scorer_help(), SCORERS)
     steps: int = setting(50, "pruning steps")
     fraction: float = setting(0.02, "fraction of all the group's units pruned per step")
     max_retain_drop: float | None = setting(None, "stop the run when a step's retain top-1 drop (percent of "
@@ -128,11 +126,23 @@ class RunConfig(Settings):
     selection: str = setting("global", "rank units across all layers (global), or prune the same "
                               "fraction in every layer", SELECTIONS)
     eps: float | None = setting(None, "score = I(forget) / (I(retain) + eps); default 1e-3 for ff, "
-                                 "1e-4 for attention groups")
+                                 "1e-4 for attention groups, and 1e-2 relative (see --eps-relative) for a union "
+                                 "of groups and for the attr and wanda scorers")
     eps_relative: bool = setting(False, "eps is a multiple of the median retain importance, which makes "
                                   "the score independent of the importance's scale")
     skip_top_tokens: int = setting(50, "the skip metrics ignore this many of the dataset's most frequent targets")
-    seed: int = setting(0, "seed for the splits, the masking and the random scorer")
+    harden: int = setting(0, "resist relearning: before scoring each pruning step from the second on, fine-tune "
+                          "a throwaway copy of the model for this many steps on the forget dataset's relearn split "
+                          "(selprune relearn's forget attack) and score the units on the attacked copy, so that "
+                          "the units the attack recruits are pruned too; the model itself is never trained. "
+                          "Memory: the copy is a second model, trained in float32 with AdamW (about 16 bytes a "
+                          "parameter more, plus a training batch's activations). 0: off")
+    harden_lr: float = setting(LR, "learning rate of --harden's attack (AdamW, no weight decay)")
+    harden_batch_size: int = setting(BATCH_SIZE, "chunks per fine-tuning step of --harden's attack")
+    harden_chunk_len: int = setting(CHUNK_LEN, "tokens per chunk of --harden's attack data")
+    harden_tokens: int = setting(TOKENS, "tokens of --harden's attack data, from forget documents that scoring "
+                                 "and evaluation never see")
+    seed: int = setting(0, "seed for the splits, the masking, the random scorer and --harden's attack")
     batch_size: int = setting(0, "chunks per batch; 0 = automatic")
     compile: bool = setting(True, "fuse the statistics and the evaluation's rank counts with torch.compile; "
                              "off: eager PyTorch, with no time spent compiling")
@@ -148,14 +158,22 @@ class RunConfig(Settings):
     def eps_value(self) -> float:
         if self.eps is not None:
             return self.eps
-        return 1e-3 if self.group == "ff" else 1e-4
+        if "+" in self.group or SCORER_TABLE[self.scorer].relative_eps:
+            return RELATIVE_EPS
+        return GROUP_TABLE[self.group].eps
+
+    @property
+    def relative_eps(self) -> bool:
+        """A union of groups compares scores across them: each part's eps scales with its own retain median.
+        So does the eps of a scorer whose importance is not in the activations' units (scorers.py)."""
+        return self.eps_relative or "+" in self.group or SCORER_TABLE[self.scorer].relative_eps
 
     @property
     def run_name(self) -> str:
         if self.name:
             return self.name
-        name = f"{self.forget}-vs-{self.retain}-{self.group}-{self.scorer}"
-        return safe_name(name.replace("!=", " not "))  # code#lang!=python and code#lang=python stay apart
+        hardened = f"-harden{self.harden}" if self.harden else ""  # apart from the plain run of the same pair
+        return safe_name(f"{self.forget}-vs-{self.retain}-{self.group}-{self.scorer}{hardened}")
 
     @property
     def output_dir(self) -> Path:
@@ -164,19 +182,23 @@ class RunConfig(Settings):
     def validate(self) -> None:
         """Refuse settings that cannot make a meaningful run, before any expensive work."""
         self.check_finite()
-        if self.group not in GROUPS:
-            raise UserError(f"unknown group {self.group!r}: use one of {', '.join(GROUPS)}")
+        parts = group_parts(self.group)
         if self.scorer not in SCORERS:
             raise UserError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
-        if self.scorer == "freq" and self.group != "ff":
-            raise UserError("the freq scorer needs an activation function, which attention neurons lack: "
-                            "use --scorer abs, rms or std for attention groups")
+        if not set(parts) <= set(SCORER_TABLE[self.scorer].groups):
+            raise UserError(SCORER_TABLE[self.scorer].refusal)
         if self.selection not in SELECTIONS:
             raise UserError(f"unknown selection {self.selection!r}: use global or per-layer")
         if not 0 < self.fraction <= 1:
             raise UserError(f"fraction {self.fraction} is outside (0, 1]: e.g. --fraction 0.02 prunes 2% per step")
         self.check_at_least(1, "steps", "score_tokens", "eval_tokens")
-        self.check_at_least(2, "chunk_len")
+        self.check_at_least(2, "chunk_len", "harden_chunk_len")
+        self.check_at_least(0, "harden")
+        self.check_at_least(1, "harden_batch_size", "harden_tokens")
+        if self.harden_lr <= 0:
+            raise UserError(f"--harden-lr must be positive, got {self.harden_lr}")
+        if self.harden:
+            self._check_harden()
         if self.steps * self.fraction > 1 + 1e-9:
             raise UserError(f"{self.steps} steps x {self.fraction} = {self.steps * self.fraction:g} > 1: "
                             "there are not that many neurons; lower --steps or --fraction")
@@ -204,6 +226,36 @@ class RunConfig(Settings):
         if self.name and not _is_plain_folder_name(self.name):
             raise UserError(f"--name {self.name!r} is not a plain folder name: use letters, digits, '-', '_' and "
                             "'.', without '/', '\\', '..' or a leading '.' (the run goes to runs/NAME)")
+
+    def _check_harden(self) -> None:
+        """--harden changes what scoring measures, from step 2 on: refuse runs where it would change nothing
+        or where the copy cannot be made (a masked LM is refused once the model is loaded: run.py)."""
+        if self.steps < 2:
+            raise UserError("--harden attacks the model before pruning steps 2 and later (before step 1 nothing is "
+                            "pruned yet), so a 1-step run would not change: use --steps 2 or more, or drop --harden")
+        if not SCORER_TABLE[self.scorer].sums:
+            raise UserError(f"--harden changes the activations that scores rest on, and the {self.scorer} scorer "
+                            "uses none: drop --harden, or use another --scorer")
+        if self.device_map:
+            raise UserError("--harden trains a copy of the whole model on one device, which --device-map cannot "
+                            "shard: drop one of the two")
+
+
+def read_toml(path: str | Path, what: str, example: str) -> dict:
+    """A TOML file's tables, or one line that says what is wrong with it; `what` names the file in that line
+    ("config file"), `example` says which file to give instead of a folder."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder: give a TOML file, {example}")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{what} {path} does not exist: check the path") from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{what} {path} is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#x}): "
+                        "save it as UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UserError(f"{what} {path} is not valid TOML: {exc}") from None
 
 
 def _typed(key: str, value, types: tuple[type, ...], source: str):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import partial
 
 import torch
 
@@ -101,13 +102,15 @@ def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, prog
 
     `fused` compiles the rank counts; `head` saves building the Head (its band constants) on every call.
     """
+    return _evaluate(model, (input_ids, attention_mask), batch_size, skip_ids, progress, fused, head,
+                     partial(causal_predictions, model))
 
-    def predict(ids, mask):
-        hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-        valid = (mask[:, :-1] * mask[:, 1:]).bool()
-        return hidden[:, :-1][valid.to(hidden.device)], ids[:, 1:][valid]
 
-    return _evaluate(model, (input_ids, attention_mask), batch_size, skip_ids, progress, fused, head, predict)
+def causal_predictions(model, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states entering the output layer [N, D], targets [N]) at every position whose next token is real."""
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    valid = (mask[:, :-1] * mask[:, 1:]).bool()
+    return hidden[:, :-1][valid.to(hidden.device)], ids[:, 1:][valid]
 
 
 def _output_layer_input(model, ids, mask, selected) -> torch.Tensor:
@@ -138,10 +141,11 @@ def evaluate_masked(model, input_ids, labels, attention_mask, batch_size, skip_i
 
     `fused` and `head` as in evaluate_causal; only the masked positions ever get logits.
     """
-
-    def predict(ids, lab, mask):
-        selected = lab != -100
-        return _output_layer_input(model, ids, mask, selected), lab[selected]
-
     return _evaluate(model, (input_ids, labels, attention_mask), batch_size, skip_ids, progress, fused, head,
-                     predict)
+                     partial(masked_predictions, model))
+
+
+def masked_predictions(model, ids, labels, mask) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hidden states entering the output layer [N, D], targets [N]) at the masked positions (labels != -100)."""
+    selected = labels != -100
+    return _output_layer_input(model, ids, mask, selected), labels[selected]

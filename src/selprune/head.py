@@ -111,3 +111,22 @@ def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool 
         top10.append(better < 10)
         loss.append(block_loss)
     return torch.cat(top1), torch.cat(top10), torch.cat(loss)
+
+
+def loss_gradient(hidden: torch.Tensor, model, targets: torch.Tensor, rows: int = 256) -> torch.Tensor:
+    """d/d hidden [N, D] of the cross-entropy summed over the N positions, where hidden enters the output
+    layer; in hidden's dtype.
+
+    One block of logits at a time, in float32 or wider (soft-capped where the model caps), so memory holds
+    one block's logits, not all N rows' (the attr scorer: stats.attributions). The weights get no gradient.
+    """
+    linear = model.get_output_embeddings()
+    cap = getattr(text_config(model.config), "final_logit_softcapping", None)
+    grads = []
+    for start in range(0, len(targets), rows):
+        h = hidden[start:start + rows].detach().requires_grad_(True)
+        with torch.enable_grad():
+            logits = linear(h)
+            logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+            grads.append(torch.autograd.grad(_loss(logits, targets[start:start + rows], cap).sum(), h)[0])
+    return torch.cat(grads) if grads else torch.zeros_like(hidden)

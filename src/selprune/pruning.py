@@ -67,6 +67,12 @@ class PrunedRecord:
         return cls(str(data["group"]), layers, units, steps)
 
 
+def step_budget(per_step: int, total: int, step: int) -> int:
+    """Units that step `step` prunes: per_step, rounded from the fraction, until the last step, which takes
+    what is left if the rounding ran over (50 steps of 2% of 46,080 units: 49 x 922, then 902)."""
+    return max(0, min(per_step, total - per_step * (step - 1)))
+
+
 def pruned_parts(neurons: NeuronGroup, mask: torch.Tensor) -> Iterator[tuple[torch.Tensor, int, torch.Tensor]]:
     """(tensor, dim, index) for every weight and bias slice that holds a unit marked in mask [layers, units]."""
     for layer, row in enumerate(mask):

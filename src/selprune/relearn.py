@@ -26,12 +26,13 @@ import numpy as np
 import torch
 
 from . import atomic
-from .arch import NeuronGroup, architecture_of
+from .arch import NeuronGroup, architecture_of, neuron_group
 from .batching import auto_batch_size
 from .config import Settings, setting
 from .data import load_documents, make_splits
 from .errors import UserError
 from .evaluate import evaluate_causal
+from .finetune import BATCH_SIZE, CHUNK_LEN, LR, TOKENS, fine_tuning, require_one_batch
 from .head import Head
 from .models import cpu_has_bf16, load_model, resolve_device
 from .pruning import apply, pruned_parts, still_zero
@@ -42,7 +43,7 @@ from .scoring import random_scores, select
 
 COLUMNS = ("attack", "model", "lr", "step", "forget_top1", "forget_loss", "retain_top1", "retain_loss",
            "train_loss", "pruned_zero")
-DEFAULT_LR = {"adamw": 1e-4, "lora": 5e-5}  # LoRA's from Che et al. 2025 (rank 16, alpha 32)
+DEFAULT_LR = {"adamw": LR, "lora": 5e-5}  # LoRA's from Che et al. 2025 (rank 16, alpha 32)
 OPTIMIZERS = ("adamw", "lora")
 
 
@@ -56,9 +57,9 @@ class RelearnConfig(Settings):
     lr: tuple[float, ...] = setting((), "learning rates to try; each model keeps the one that recovers most "
                                     "(default 1e-4 for adamw, 5e-5 for lora)")
     max_steps: int = setting(64, "fine-tuning steps; evaluated at 0, 1, 2, 4, 8, ... and the last")
-    batch_size: int = setting(4, "chunks per fine-tuning step")
-    chunk_len: int = setting(256, "tokens per fine-tuning chunk")
-    relearn_tokens: int = setting(16_384, "tokens of attack data per dataset, from documents that the run's "
+    batch_size: int = setting(BATCH_SIZE, "chunks per fine-tuning step")
+    chunk_len: int = setting(CHUNK_LEN, "tokens per fine-tuning chunk")
+    relearn_tokens: int = setting(TOKENS, "tokens of attack data per dataset, from documents that the run's "
                                   "scoring and evaluation never saw")
     eval_tokens: int = setting(4_096, "evaluation tokens per dataset at each point (the start of the run's "
                                "evaluation chunks)")
@@ -167,9 +168,7 @@ class Relearn:
                 self.attacks[attack] = (self._splits(spec).relearn if spec in (rc.forget, rc.retain)
                                         else self._other(spec))
         for attack, chunks in self.attacks.items():
-            if len(chunks.input_ids) < c.batch_size:
-                raise UserError(f"attack {attack!r} has {len(chunks.input_ids)} chunks of {c.chunk_len} tokens, fewer "
-                                f"than one batch of {c.batch_size}: raise --relearn-tokens or lower --batch-size")
+            require_one_batch(f"attack {attack!r}", chunks, c.batch_size, "--relearn-tokens", "--batch-size")
         self.contenders = self._contenders()
 
     def _splits(self, spec: str):
@@ -258,25 +257,20 @@ class Relearn:
         c = self.config
         torch.manual_seed(c.seed)
         model = copy.deepcopy(self.base)
-        neurons = NeuronGroup(model, contender.group)
+        neurons = neuron_group(model, contender.group)
         if contender.mask is not None:
             apply(neurons, contender.mask)
             if c.reinit_pruned:
                 reinitialise(neurons, contender.mask, c.seed)
         trained = self._trainable(model)
-        optimizer = torch.optim.AdamW([p for p in trained.parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
-                                      fused=True)
-        data = self.attacks[attack]
-        order = _batches(len(data.input_ids), c.batch_size, c.seed)
+        training = fine_tuning(trained, self.attacks[attack], lr, c.batch_size, c.seed, self.bf16)
         rows, losses = [], []
         for step in range(c.max_steps + 1):
             if step in self.points:
                 rows.append(self._row(attack, contender, lr, step, trained, losses))
                 losses = []
             if step < c.max_steps:
-                index = next(order)
-                batch = (data.input_ids[index].to(self.device), data.attention_mask[index].to(self.device))
-                losses.append(fine_tune_step(trained, optimizer, *batch, self.bf16))
+                losses.append(next(training))
         return rows
 
     def _trainable(self, model):
@@ -300,7 +294,7 @@ class Relearn:
                                                  torch.empty(0, dtype=torch.long), head=head)
             metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
         zero = "" if contender.mask is None or step != self.config.max_steps else \
-            str(still_zero(NeuronGroup(evaluated, contender.group), contender.mask))
+            str(still_zero(neuron_group(evaluated, contender.group), contender.mask))
         model.train()
         return {"attack": attack, "model": contender.label, "lr": lr, "step": step, **metrics,
                 "train_loss": float(np.mean(losses)) if losses else "", "pruned_zero": zero}
@@ -314,26 +308,6 @@ class Relearn:
         if hasattr(copied, "merge_and_unload"):
             copied = copied.merge_and_unload()
         return copied.to(torch.bfloat16 if self.bf16 else torch.float32).eval().requires_grad_(False)
-
-
-def fine_tune_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> float:
-    """One optimiser step on the causal-LM loss of a batch (padding not predicted); returns the loss."""
-    labels = ids.masked_fill(mask == 0, -100)
-    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.detach().item()
-
-
-def _batches(rows: int, batch_size: int, seed: int):
-    """Row indices of each fine-tuning batch: seeded shuffles of the attack data, one epoch after another."""
-    generator = torch.Generator().manual_seed(seed)
-    while True:
-        order = torch.randperm(rows, generator=generator)
-        for start in range(0, rows - batch_size + 1, batch_size):  # a last, smaller batch waits for the next epoch
-            yield order[start:start + batch_size]
 
 
 @torch.no_grad()

@@ -22,9 +22,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from . import atomic
+from .arch import GROUP_TABLE
 from .errors import UserError
 from .rundir import RunFolder, summary_of
-
 
 # ---------------------------------------------------------------- plots
 
@@ -131,7 +131,7 @@ def _load_run(run_dir, color) -> dict:
         "metrics": metrics,
         "summary": summary_of(metrics),
         "pruned": _pruned_per_step(folder),
-        "unit": "heads" if config.group == "attn-head" else "neurons",
+        "unit": GROUP_TABLE[config.group].units_word if config.group in GROUP_TABLE else "units",
         "color": color,
     }
 

@@ -6,6 +6,7 @@ completed step with the same result.
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import time
@@ -16,17 +17,19 @@ import torch
 from tqdm.auto import tqdm
 
 from . import atomic, distributed
-from .arch import NeuronGroup, architecture_of
+from .arch import NeuronGroup, architecture_of, neuron_group
 from .batching import auto_batch_size
 from .config import RunConfig
-from .data import load_documents, make_splits, mask_for_mlm
+from .data import Chunks, load_documents, make_splits, mask_for_mlm
 from .errors import UserError
 from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
+from .finetune import fine_tuning, require_one_batch
 from .head import Head
 from .models import context_length, load_model
-from .pruning import PrunedRecord, apply
+from .pruning import PrunedRecord, apply, step_budget
 from .rundir import COLUMNS, RunFolder, summarize
-from .scoring import importance, random_scores, scores, select
+from .scorers import SCORERS
+from .scoring import importance, random_scores, scores, select, step_seed
 from .stats import NEEDS, collect
 
 
@@ -42,6 +45,8 @@ class Dataset:
     eval_mask: torch.Tensor
     eval_labels: torch.Tensor | None  # masked LMs only
     skip_ids: torch.Tensor
+    attack: Chunks | None = None  # with --harden, the forget dataset's relearn split: the attack's data
+    score_labels: torch.Tensor | None = None  # a masked LM scored by attr: score_ids are then masked too
 
 
 class Run:
@@ -78,12 +83,17 @@ class Run:
         docs = {spec: _documents(spec, c) for _, spec in sides}
         self.model, self.tokenizer = self._load_model()
         longest = context_length(self.model.config)
-        if longest is not None and c.chunk_len > longest:
-            raise UserError(f"--chunk-len {c.chunk_len} is longer than the model's context of {longest} tokens: "
-                            f"use --chunk-len {longest} or less")
+        for option, length in (("--chunk-len", c.chunk_len), ("--harden-chunk-len", c.harden and c.harden_chunk_len)):
+            # the second is 0, so never too long, when --harden is off
+            if longest is not None and length > longest:
+                raise UserError(f"{option} {length} is longer than the model's context of {longest} tokens: "
+                                f"use {option} {longest} or less")
         self.masked_lm = architecture_of(self.model.config).masked_lm
+        if c.harden and self.masked_lm:
+            raise UserError(f"--harden fine-tunes the model as a causal language model, and {c.model} is a masked "
+                            "LM: drop --harden")
         self.head = Head(self.model)  # its band constants, once per run: pruning never touches the head
-        self.neurons = NeuronGroup(self.model, c.group)
+        self.neurons = neuron_group(self.model, c.group)
         self._check_budget()
         self.device = next(self.model.parameters()).device
         self.batch_size = c.batch_size or auto_batch_size(self.model, c.chunk_len, self.device)
@@ -93,6 +103,11 @@ class Run:
         self.log(f"model: {type(self.model).__name__} {self.model.dtype} on {self.device}; "
                  f"{n.layers} layers x {n.units_per_layer} {c.group} units = {n.total_units}; "
                  f"{c.score_tokens} scoring + {c.eval_tokens} evaluation tokens per dataset")
+        if c.harden:
+            require_one_batch(f"--harden's attack data ({c.forget})", self.data[0].attack, c.harden_batch_size,
+                              "--harden-tokens", "--harden-batch-size")
+            self.log(f"harden: before scoring steps 2 to {c.steps}, {c.harden} fine-tuning steps of a copy of the "
+                     f"model on {c.harden_batch_size} x {c.harden_chunk_len} tokens of {c.forget} (lr {c.harden_lr:g})")
 
     def _load_model(self):
         c = self.config
@@ -108,21 +123,26 @@ class Run:
         if per_step == 0:
             raise UserError(f"--fraction {c.fraction} prunes 0 {where} {pool} {c.group} units per step: use at "
                             f"least --fraction {1 / pool:.3g}")
-        if per_step * c.steps > pool:
+        if per_step * (c.steps - 1) >= pool:  # the last step may take fewer (step_budget), but not none
             raise UserError(f"{c.steps} steps x {per_step} {where} {pool} {c.group} units per step is more than "
-                            f"there are: use at most --steps {pool // per_step}, or a smaller --fraction")
+                            f"there are: use at most --steps {-(-pool // per_step)}, or a smaller --fraction")
 
     def _dataset(self, role: str, spec: str, docs) -> Dataset:
         c = self.config
         splits = make_splits(docs, self.tokenizer, chunk_len=c.chunk_len, eval_tokens=c.eval_tokens, seed=c.seed,
-                             score_tokens=0 if role == "watch" else c.score_tokens, name=spec)
+                             score_tokens=0 if role == "watch" else c.score_tokens, name=spec,
+                             relearn_tokens=c.harden_tokens if c.harden and role == "forget" else 0,
+                             relearn_chunk_len=c.harden_chunk_len, relearn_option="--harden-tokens")
         labels, eval_ids = None, splits.eval.input_ids
         if self.masked_lm:
             eval_ids, labels = mask_for_mlm(splits.eval, self.tokenizer, seed=c.seed)
         scored = splits.score or splits.eval  # a watched dataset's frequent tokens come from its evaluation chunks
         skip = frequent_tokens(scored.input_ids, scored.attention_mask, c.skip_top_tokens)
-        return Dataset(role, spec, scored.input_ids, scored.attention_mask, eval_ids, splits.eval.attention_mask,
-                       labels, skip)
+        score_ids, score_labels = scored.input_ids, None
+        if self.masked_lm and "attribution" in NEEDS[c.scorer]:  # attr's loss: masked tokens, as evaluated
+            score_ids, score_labels = mask_for_mlm(scored, self.tokenizer, seed=c.seed)
+        return Dataset(role, spec, score_ids, scored.attention_mask, eval_ids, splits.eval.attention_mask,
+                       labels, skip, splits.relearn, score_labels)
 
     # -- one step's parts ----------------------------------------------------------------------
 
@@ -137,20 +157,50 @@ class Run:
                                                      d.skip_ids, bar, self.config.compile, self.head)
         return m
 
-    def measure(self, d: Dataset) -> torch.Tensor:
-        """Per-unit importance on one dataset's scoring chunks, under the current pruning."""
+    def measure(self, d: Dataset, neurons: NeuronGroup) -> torch.Tensor:
+        """Per-unit importance of one group on one dataset's scoring chunks, under the current pruning."""
         with self._bar(int(d.score_mask.sum()), f"stats {d.role}") as bar:
-            stats, self.batch_size = collect(self.model, self.neurons, d.score_ids, d.score_mask,
+            stats, self.batch_size = collect(neurons.model, neurons, d.score_ids, d.score_mask,
                                              self.batch_size, bar, NEEDS[self.config.scorer],
-                                             fused=self.config.compile)
-        return importance(stats, self.config.scorer, self.neurons.dims_per_unit)
+                                             fused=self.config.compile, labels=d.score_labels)
+        norms = neurons.out_norms() if SCORERS[self.config.scorer].weights else None
+        return importance(stats, self.config.scorer, neurons.dims_per_unit, norms)
 
-    def step_scores(self, step: int) -> torch.Tensor:
+    def step_scores(self, step: int, neurons=None) -> torch.Tensor:
+        """Scores of every unit; a union of groups scores each part on its own and sets them side by side.
+
+        `neurons`: the units to measure, by default the model's; with --harden, an attacked copy's (`attacked`).
+        """
         c = self.config
         if c.scorer == "random":
             return random_scores((self.neurons.layers, self.neurons.units_per_layer), c.seed, step)
-        forget, retain = (self.measure(d) for d in self.data)
-        return scores(forget, retain, c.eps_value, c.eps_relative)
+        forget, retain = ([self.measure(d, part) for part in (neurons or self.neurons).parts] for d in self.data)
+        return torch.cat([scores(f, r, c.eps_value, c.relative_eps) for f, r in zip(forget, retain)], dim=1)
+
+    def pruning_scores(self, step: int) -> torch.Tensor:
+        """This step's scores; with --harden, from step 2 on, measured on an attacked copy that is then dropped."""
+        if not (self.config.harden and step > 1):
+            return self.step_scores(step)
+        return self.step_scores(step, self.attacked(step))  # the copy is freed with its group, on return
+
+    def attacked(self, step: int):
+        """The units of a copy of the model as pruned so far, after --harden steps of the relearning attack
+        (selprune relearn's forget attack: float32 weights, AdamW, bf16 compute where the run computes in
+        bf16), then cast back to the run's dtype for scoring. The units the attack recruits to bring the
+        forget data back fire on it there, so scoring finds them. The model itself never sees a gradient.
+
+        Seeded by (seed, step), so each step draws other batches and a resumed run draws the same ones.
+        """
+        c = self.config
+        seed = step_seed(c.seed, step)
+        torch.manual_seed(seed)  # dropout, in the models that have it
+        model = copy.deepcopy(self.model).float().requires_grad_(True).train()
+        training = fine_tuning(model, self.data[0].attack, c.harden_lr, c.harden_batch_size, seed,
+                               bf16=self.model.dtype == torch.bfloat16)
+        for _ in range(c.harden):
+            next(training)
+        training.close()  # frees the optimiser's state
+        return neuron_group(model.requires_grad_(False).eval().to(self.model.dtype), c.group)
 
     def units_per_step(self) -> int:
         c, n = self.config, self.neurons
@@ -182,7 +232,8 @@ class Run:
         base = {(r["role"], r["dataset"]): float(r["top1"]) for r in rows if int(r["step"]) == 0}
         for step in range(max(done, 0) + 1, (done if stop else c.steps) + 1):
             t0 = time.perf_counter()
-            new = select(self.step_scores(step), pruned, self.units_per_step(), c.selection == "per-layer")
+            budget = step_budget(self.units_per_step(), n.total_units, step)
+            new = select(self.pruning_scores(step), pruned, budget, c.selection == "per-layer")
             apply(n, new)
             pruned |= new
             record.add(step, new)
@@ -263,7 +314,7 @@ class Run:
             self.model = None  # free its memory before the second copy is loaded
             self.model, _ = self._load_model()
             kept = range(1, self.stop["kept_step"] + 1)
-            apply(NeuronGroup(self.model, self.config.group), self.record.mask(kept))
+            apply(neuron_group(self.model, self.config.group), self.record.mask(kept))
         return self.model
 
 

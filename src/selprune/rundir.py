@@ -32,7 +32,7 @@ import numpy as np
 from . import atomic
 from .config import RunConfig
 from .errors import UserError
-from .pruning import PrunedRecord
+from .pruning import PrunedRecord, step_budget
 
 COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens", "top1", "top10", "loss",
            "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip", "top1_drop_rel",
@@ -137,9 +137,7 @@ class RunFolder:
                                 "file), so its settings are lost; start again in a new folder with --output")
             raise UserError(f"nothing to resume in {self.path}: no step was finished; start it without --resume")
         self.lock()
-        saved, kept = self.read_config().to_dict(), given.to_dict()
-        changed = sorted(k for k in set(saved) | set(kept)
-                         if k not in RESUMABLE_CHANGES and saved.get(k) != kept.get(k))
+        changed = self.changed_settings(given)
         if changed:
             self.unlock()
             raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): "
@@ -151,6 +149,12 @@ class RunFolder:
     def read_config(self) -> RunConfig:
         self._require(self.config_path)
         return RunConfig.from_toml(self.config_path)
+
+    def changed_settings(self, given: RunConfig) -> list[str]:
+        """The settings that decide the result and differ between config.toml and `given`: a run may be
+        continued with `given` only when there are none."""
+        saved, kept = self.read_config().to_dict(), given.to_dict()
+        return sorted(k for k in set(saved) | set(kept) if k not in RESUMABLE_CHANGES and saved.get(k) != kept.get(k))
 
     # -- the commit ------------------------------------------------------------------------------
 
@@ -255,7 +259,8 @@ class RunFolder:
         if steps != list(range(1, done + 1)):
             raise self._damaged(self.pruned_path, f"has steps {steps}, progress.json says 1 to {done} were completed")
         counts = [int(record.mask_of(s).sum()) for s in steps]
-        if any(c != per_step for c in counts) or int(record.mask().sum()) != sum(counts):
+        expected = [step_budget(per_step, empty.layers * empty.units_per_layer, s) for s in steps]
+        if counts != expected or int(record.mask().sum()) != sum(counts):
             raise self._damaged(self.pruned_path, f"prunes {counts} units per step; this run prunes {per_step} "
                                 "distinct units a step")
         if _sha256(pruned_text(record)) != checksum:

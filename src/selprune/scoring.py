@@ -7,10 +7,15 @@ import torch
 from .stats import NEEDS, Stats
 
 
-def importance(stats: Stats, kind: str, dims_per_unit: int = 1) -> torch.Tensor:
-    """Paper Definition 1, per activation dim, then averaged over each unit's dims: [layers, units].
+def importance(stats: Stats, kind: str, dims_per_unit: int = 1,
+               out_norms: torch.Tensor | None = None) -> torch.Tensor:
+    """Per activation dim, then averaged over each unit's dims: [layers, units] (formulas: scorers.py).
 
-    freq = P(z > 0); abs = mean |z|; rms = sqrt(mean z^2); std = population std of z.
+    The paper's Definition 1: freq = P(z > 0); abs = mean |z|; rms = sqrt(mean z^2); std = population std.
+    attr = mean |z dL/dz|, the first-order loss change of zeroing the unit at each position.
+    wanda = sqrt(mean of (z ||w||)^2) over the unit's dims, with ||w|| the norm of the weights that read a
+    dim (`out_norms`, [layers, width]): the root-mean-square norm of what the unit writes (a head's dims
+    are treated as uncorrelated), which for one dim is Wanda's rms(z) x ||w||.
     """
     missing = [m for m in NEEDS.get(kind, ()) if getattr(stats, m) is None]
     if missing:
@@ -24,10 +29,17 @@ def importance(stats: Stats, kind: str, dims_per_unit: int = 1) -> torch.Tensor:
         value = (stats.sum_sq / n).sqrt()
     elif kind == "std":
         value = (stats.sum_sq / n - (stats.sum / n) ** 2).clamp_min(0).sqrt()
+    elif kind == "attr":
+        value = stats.attribution / n
+    elif kind == "wanda":
+        if out_norms is None:
+            raise ValueError("importance 'wanda' needs the norms of the weights that read each dim (out_norms)")
+        value = stats.sum_sq / n * out_norms.double() ** 2  # mean squared write; the root comes after the mean
     else:
         raise ValueError(f"no importance function {kind!r}")
     layers, width = value.shape
-    return value.reshape(layers, width // dims_per_unit, dims_per_unit).mean(-1)
+    unit = value.reshape(layers, width // dims_per_unit, dims_per_unit).mean(-1)
+    return unit.sqrt() if kind == "wanda" else unit
 
 
 def scores(forget: torch.Tensor, retain: torch.Tensor, eps: float, relative: bool = False) -> torch.Tensor:
@@ -41,9 +53,14 @@ def scores(forget: torch.Tensor, retain: torch.Tensor, eps: float, relative: boo
     return forget / (retain + eps)
 
 
+def step_seed(seed: int, step: int) -> int:
+    """The seed of one pruning step's random draws: a resumed run draws what an uninterrupted one did."""
+    return seed * 1_000_003 + step
+
+
 def random_scores(shape, seed: int, step: int) -> torch.Tensor:
     """The paper's baseline: uniform random scores, seeded per step so a resumed run matches."""
-    gen = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    gen = torch.Generator().manual_seed(step_seed(seed, step))
     return torch.rand(shape, generator=gen, dtype=torch.float64)
 
 

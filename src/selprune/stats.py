@@ -1,8 +1,9 @@
 """Streaming per-neuron activation statistics, collected by hooks during batched forward passes.
 
 Per activation dim: count, sum z, sum |z|, sum z^2 and count(z > 0), over every non-padding
-position. Each batch is reduced on the model's device in float32 and added to float64 totals,
-so memory is O(neurons), never O(tokens).
+position; and, for the attr scorer, sum |z dL/dz|, which takes a backward pass (`attributions`).
+Each batch is reduced on the model's device in float32 and added to float64 totals, so memory is
+O(neurons), never O(tokens).
 """
 
 from __future__ import annotations
@@ -14,10 +15,14 @@ import torch
 from . import distributed
 from .arch import NeuronGroup
 from .batching import for_each_batch
+from .evaluate import causal_predictions, masked_predictions
 from .fusion import Fused
+from .head import loss_gradient
+from .scorers import SCORERS
 
-MOMENTS = ("sum", "sum_abs", "sum_sq", "positive")
-NEEDS = {"freq": ("positive",), "abs": ("sum_abs",), "rms": ("sum_sq",), "std": ("sum", "sum_sq")}
+MOMENTS = ("sum", "sum_abs", "sum_sq", "positive")  # of the activations alone: a forward pass
+SUMS = (*MOMENTS, "attribution")  # attribution = sum |z dL/dz|: a forward and a backward pass
+NEEDS = {name: scorer.sums for name, scorer in SCORERS.items()}
 
 
 @dataclass
@@ -29,13 +34,14 @@ class Stats:
     sum_abs: torch.Tensor | None = None
     sum_sq: torch.Tensor | None = None
     positive: torch.Tensor | None = None
+    attribution: torch.Tensor | None = None
 
     @classmethod
     def zeros(cls, layers: int, width: int, moments=MOMENTS, device=None) -> Stats:
         return cls(0.0, **{m: torch.zeros(layers, width, dtype=torch.float64, device=device) for m in moments})
 
     def moments(self) -> dict[str, torch.Tensor]:
-        return {m: getattr(self, m) for m in MOMENTS if getattr(self, m) is not None}
+        return {m: getattr(self, m) for m in SUMS if getattr(self, m) is not None}
 
     def add(self, other: Stats) -> None:
         self.count += other.count
@@ -83,42 +89,86 @@ def reduce_batch(z: torch.Tensor, keep: torch.Tensor | None, moments=MOMENTS,
 
 @torch.no_grad()
 def collect(model, neurons: NeuronGroup, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-            batch_size: int, progress=None, moments=MOMENTS, fused: bool = False) -> tuple[Stats, int]:
-    """Statistics of one dataset's chunks; runs the base model only (no language-model head).
+            batch_size: int, progress=None, moments=MOMENTS, fused: bool = False,
+            labels: torch.Tensor | None = None) -> tuple[Stats, int]:
+    """Statistics of one dataset's chunks.
 
-    `moments` limits the work to what the scorer needs (NEEDS); by default all are collected.
+    `moments` (of SUMS) limits the work to what the scorer needs (NEEDS); by default the four activation
+    moments, for which the base model runs alone (no language-model head). "attribution" runs the whole
+    model and a backward pass per batch (`attributions`); `labels` are then a masked LM's targets (-100
+    where nothing is predicted), while a causal LM predicts each next token.
     `fused` compiles the reductions with torch.compile (worth it for long runs; first use ~30 s).
 
     Under data parallelism each process reads its share of the chunks and gets the total.
     Returns the statistics (on CPU) and the batch size that worked.
     """
-    input_ids, attention_mask = distributed.shard(input_ids, attention_mask)
+    tensors = distributed.shard(input_ids, attention_mask, *(() if labels is None else (labels,)))
     device = next(model.parameters()).device
     total = Stats.zeros(neurons.layers, neurons.width, moments, device)
+    activation = tuple(m for m in moments if m in MOMENTS)
+    attribute = "attribution" in moments
     pending: dict[int, dict] = {}
     keep: list = [None]
 
-    def hook(layer, z):  # layers of a sharded model (device_map) may sit on other devices
-        sums = reduce_batch(z, keep[0] if keep[0] is None else keep[0].to(z.device), moments, fused)
-        pending[layer] = {m: v.to(device) for m, v in sums.items()}
+    def reduce(t: torch.Tensor, which) -> dict[str, torch.Tensor]:  # a sharded model's layers may sit elsewhere
+        sums = reduce_batch(t, keep[0] if keep[0] is None else keep[0].to(t.device), which, fused) if which else {}
+        return {m: v.to(device) for m, v in sums.items()}
+
+    def observe(layer, z):
+        pending[layer] = reduce(z, activation)
 
     def one_batch(start, stop):
         pending.clear()
-        ids = input_ids[start:stop].to(device, non_blocking=True)
-        mask = attention_mask[start:stop].to(device, non_blocking=True)
+        ids, mask, *lab = (t[start:stop].to(device, non_blocking=True) for t in tensors)
         flat = mask.reshape(-1).bool()
         positions = int(flat.sum())
         keep[0] = None if positions == flat.numel() else flat
-        model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        if not attribute:
+            model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+        else:
+            zg = attributions(model, neurons, ids, mask, *lab, observe=observe)
+            for layer, g in enumerate(zg):
+                pending[layer]["attribution"] = reduce(g, ("sum_abs",))["sum_abs"]  # sum |z dL/dz|
         total.add(Stats(float(positions), **{m: torch.stack([pending[layer][m] for layer in range(neurons.layers)])
                                              .double() for m in moments}))
         if progress is not None:
             progress.update(positions)
 
-    handles = neurons.add_hooks(hook)
+    handles = [] if attribute else neurons.add_hooks(observe)  # attributions hooks each batch itself
     try:
-        batch_size = for_each_batch(len(input_ids), batch_size, one_batch)
+        batch_size = for_each_batch(len(tensors[0]), batch_size, one_batch)
     finally:
         for h in handles:
             h.remove()
     return total.to("cpu").sum_across_processes(), batch_size
+
+
+def attributions(model, neurons: NeuronGroup, ids: torch.Tensor, mask: torch.Tensor,
+                 labels: torch.Tensor | None = None, observe=None) -> list[torch.Tensor]:
+    """z x dL/dz at every position of one batch, per layer [batch, length, width].
+
+    L is the cross-entropy summed over the predicted positions (each next token, or a masked LM's
+    labels), so z dL/dz at a position is the first-order estimate of how much L falls when that z is set
+    to 0 there. Each block's z is multiplied by a gate of ones, and dL/dgate = z dL/dz: nothing is
+    detached, so the gradient keeps every path through the later layers, and the parameters get none
+    (autograd.grad). observe(layer, z), if given, sees the activations on the way.
+    """
+    gates: dict[int, torch.Tensor] = {}
+
+    def gate(layer, z):
+        if observe is not None:
+            observe(layer, z.detach())
+        gates[layer] = z.new_ones(()).expand(z.shape).requires_grad_()  # one stored number, a full-size gradient
+        return z * gates[layer]
+
+    handles = neurons.add_hooks(gate, edit=True)
+    try:
+        with torch.enable_grad():
+            hidden, targets = (causal_predictions(model, ids, mask) if labels is None
+                               else masked_predictions(model, ids, labels, mask))
+            hidden = hidden.to(model.get_output_embeddings().weight.device)  # a sharded model's head is elsewhere
+            grad = loss_gradient(hidden, model, targets.to(hidden.device))
+            return list(torch.autograd.grad(hidden, [gates[layer] for layer in range(neurons.layers)], grad))
+    finally:
+        for h in handles:
+            h.remove()

@@ -38,8 +38,11 @@ class Splits:
 
 def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 512, score_tokens: int = 100_000,
                 eval_tokens: int = 100_000, seed: int = 0, name: str = "dataset", relearn_tokens: int = 0,
-                relearn_chunk_len: int | None = None) -> Splits:
-    """Shuffle documents with `seed`, fill the evaluation budget first, then scoring, then relearning."""
+                relearn_chunk_len: int | None = None, relearn_option: str = "--relearn-tokens") -> Splits:
+    """Shuffle documents with `seed`, fill the evaluation budget first, then scoring, then relearning.
+
+    `relearn_option` is the flag that sets relearn_tokens, for the message when the dataset is too small.
+    """
     if chunk_len < 2:
         raise UserError(f"--chunk-len must be at least 2 tokens, got {chunk_len}")
     if eval_tokens <= 0 or score_tokens < 0:  # score_tokens = 0: a dataset that is only evaluated
@@ -58,7 +61,8 @@ def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 51
         ids, doc_ids, doc_tokens = _fill(stream, budget)
         used.append(doc_tokens)
         if len(ids) < budget:  # the stream is spent: `used` counts every token of the dataset
-            raise _too_few_tokens(name, len(documents), used, {k: v for k, v in budgets.items() if v > 0})
+            raise _too_few_tokens(name, len(documents), used, {k: v for k, v in budgets.items() if v > 0},
+                                  relearn_option)
         parts[part] = _pack(ids, doc_ids, lengths.get(part, chunk_len), _pad_id(tokenizer, separator))
     return Splits(score=parts.get("scoring"), eval=parts["evaluation"], relearn=parts.get("relearning"))
 
@@ -100,12 +104,13 @@ def _fill(stream: Iterator[tuple[str, list[int]]], budget: int) -> tuple[list[in
     return ids, doc_ids, used
 
 
-def _too_few_tokens(name: str, documents: int, used: list[int], budgets: dict[str, int]) -> UserError:
+def _too_few_tokens(name: str, documents: int, used: list[int], budgets: dict[str, int],
+                    relearn_option: str) -> UserError:
     """Each part takes whole documents, so a dataset can hold more tokens than asked and still be too small."""
     total, parts = sum(used), list(budgets)
     asked = " + ".join(f"{budget} {part}" for part, budget in budgets.items())
     before = " and ".join(f"the {part} part's documents took {n}" for part, n in zip(parts, used[:-1]))
-    options = {"evaluation": "--eval-tokens", "scoring": "--score-tokens", "relearning": "--relearn-tokens"}
+    options = {"evaluation": "--eval-tokens", "scoring": "--score-tokens", "relearning": relearn_option}
     return UserError(
         f"dataset {name!r} has {total} tokens in all, in {documents} documents (or pieces of at most "
         f"{PIECE_CHARS} characters), too few for {asked} tokens from separate documents: "

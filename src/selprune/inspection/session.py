@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ..arch import NeuronGroup, architecture_of
+from ..arch import architecture_of, neuron_group
 from ..batching import auto_batch_size
 from ..data import Document, load_documents, make_splits
 from ..errors import UserError
@@ -25,12 +25,21 @@ from ..head import Head
 from ..models import context_length, load_config, load_model
 from ..pruning import PrunedRecord, apply
 from ..report import write_report
-from ..run import _documents  # the run's own document limits, so the splits come out the same
+from ..run import (
+    _documents,  # the run's own document limits, so the splits come out the same
+)
 from ..rundir import RunFolder
 from .checks import Check, builtin_checks, language_identifier
 from .generate import GREEDY, Decoding, generate
 from .lens import lens_top1
-from .prompts import CODE_SUFFIXES, MAX_HEADER_TOKENS, PromptSet, function_prompts, suffix, text_prompts
+from .prompts import (
+    CODE_SUFFIXES,
+    MAX_HEADER_TOKENS,
+    PromptSet,
+    function_prompts,
+    suffix,
+    text_prompts,
+)
 from .settings import InspectConfig
 
 
@@ -91,7 +100,7 @@ class Inspection:
         c, rc = self.config, self.run_config
         model, self.tokenizer = self.load_model()
         self.model_config = model.config
-        neurons = NeuronGroup(model, self.record.group)
+        neurons = neuron_group(model, self.record.group)
         if (neurons.layers, neurons.units_per_layer) != (self.record.layers, self.record.units_per_layer):
             raise UserError(f"{rc.model} has {neurons.layers} x {neurons.units_per_layer} {self.record.group} units, "
                             f"the run's pruned.json {self.record.layers} x {self.record.units_per_layer}: "

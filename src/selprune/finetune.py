@@ -1,0 +1,59 @@
+"""Fine-tuning as the relearning attack does it, shared by `selprune relearn` (the attack on a finished run)
+and `selprune run --harden` (the same attack on a copy of the model before each pruning step).
+
+Full fine-tuning: AdamW with no weight decay on the causal-LM loss, bf16 compute where asked. With no decay
+a weight whose gradient is always 0 never moves, so pruned ff units stay exactly zero (docs/METHOD.md).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .errors import UserError
+
+# The attack's defaults, for `selprune relearn` and `selprune run --harden` alike.
+LR = 1e-4
+BATCH_SIZE = 4
+CHUNK_LEN = 256
+TOKENS = 16_384
+
+
+def fine_tune_step(model, optimizer, ids: torch.Tensor, mask: torch.Tensor, bf16: bool) -> float:
+    """One optimiser step on the causal-LM loss of a batch (padding not predicted); returns the loss."""
+    labels = ids.masked_fill(mask == 0, -100)
+    with torch.autocast(ids.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+    loss.backward()
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return loss.detach().item()
+
+
+def batches(rows: int, batch_size: int, seed: int):
+    """Row indices of each fine-tuning batch: seeded shuffles of the attack data, one epoch after another."""
+    generator = torch.Generator().manual_seed(seed)
+    while True:
+        order = torch.randperm(rows, generator=generator)
+        for start in range(0, rows - batch_size + 1, batch_size):  # a last, smaller batch waits for the next epoch
+            yield order[start:start + batch_size]
+
+
+def fine_tuning(model, chunks, lr: float, batch_size: int, seed: int, bf16: bool):
+    """AdamW on the model's trainable parameters, one step per next(): yields each step's loss, without end.
+
+    The batches are seeded shuffles of `chunks` (input_ids, attention_mask). Closing the generator frees the
+    optimiser's state.
+    """
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr, weight_decay=0.0,
+                                  fused=True)
+    device = next(model.parameters()).device
+    for index in batches(len(chunks.input_ids), batch_size, seed):
+        yield fine_tune_step(model, optimizer, chunks.input_ids[index].to(device),
+                             chunks.attention_mask[index].to(device), bf16)
+
+
+def require_one_batch(what: str, chunks, batch_size: int, tokens_flag: str, batch_flag: str) -> None:
+    """Refuse attack data of fewer chunks than one batch: `batches` would never yield."""
+    if len(chunks.input_ids) < batch_size:
+        raise UserError(f"{what} has {len(chunks.input_ids)} chunks of {chunks.input_ids.shape[1]} tokens, fewer "
+                        f"than one batch of {batch_size}: raise {tokens_flag} or lower {batch_flag}")

@@ -1,0 +1,272 @@
+"""selprune sweep on tiny runs: a grid of run folders that skips finished runs, resumes partial ones and ends
+with the same results as an uninterrupted sweep; its summary, its dry run, the marked tables of a results
+file; and every bad grid refused with one line, before anything runs."""
+
+import csv
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import tomli_w
+
+from selprune.cli import main
+from selprune.rundir import RunFolder, summarize
+from selprune.sweep import load, sweep
+
+COMPARES = [{"name": "selective-vs-random", "variants": [{"scorer": "abs"}, {"scorer": "random"}]},
+            {"name": "abs-alone", "variants": [{"scorer": "abs"}]}]
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+TOKENS = {"abs": 4 * 2 * 200 + 3 * 2 * 300, "random": 4 * 2 * 200}  # conftest's TINY_RUN: evaluation + scoring
+
+
+def write_grid(path, config, **changes):
+    """A grid file of two tiny runs (scorer abs and random) with two comparisons; `changes` replace settings."""
+    settings = {**{k: v for k, v in config.to_dict().items() if k not in ("output", "name")}, **changes}
+    path.write_text(tomli_w.dumps({"settings": settings, "grid": {"scorer": ["abs", "random"]}, "compare": COMPARES}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_config, tmp_path_factory):
+    """A finished sweep: (grid file, sweep folder)."""
+    root = tmp_path_factory.mktemp("sweep")
+    grid = write_grid(root / "tiny.toml", tiny_config(root))
+    sweep(grid, output=root / "whole", quiet=True)
+    return grid, root / "whole"
+
+
+def files(folder):
+    """Every file under folder: (mtime, bytes)."""
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def summary_rows(folder, without=("wall_s",)):
+    with open(folder / "summary.csv", newline="") as f:
+        return [{k: v for k, v in row.items() if k not in without} for row in csv.DictReader(f)]
+
+
+@pytest.fixture
+def no_runs(monkeypatch):
+    """selprune.run.run fails the test if called."""
+    def fail(*args, **kw):
+        raise AssertionError("the sweep ran a run")
+
+    monkeypatch.setattr("selprune.run.run", fail)
+
+
+def test_a_sweep_writes_every_run_the_summary_and_the_comparisons(finished):
+    grid, out = finished
+    plan = load(grid, out)
+    assert [run.label for run in plan.runs] == ["abs", "random"]
+    rows = summary_rows(out, without=())
+    assert [row["run"] for row in rows] == [run.name for run in plan.runs]
+    for run, row in zip(plan.runs, rows):
+        assert run.folder.completed_step() == 3 and (run.folder.path / "report.html").is_file()
+        assert run.folder.path.parent == out and run.name.endswith(f"-{row['scorer']}")
+        assert float(row["max_rel_diff"]) == summarize(run.folder.path)["max_rel_diff"]
+        assert float(row["wall_s"]) > 0
+    summary = (out / "summary.md").read_text()
+    assert "| pair (forget / retain) | abs | random |" in summary
+    links = re.findall(r"\]\((compare/[^)]+)\)", summary)
+    assert len(links) > 2 and all((out / link).is_file() for link in links), links
+    pair = plan.runs[0].pair
+    for name in ("selective-vs-random", "abs-alone"):
+        assert (out / "compare" / pair / name / "report.html").is_file()
+    timings = (out / "timings.json").read_text()
+    assert all(f'"tokens": {TOKENS[run.values["scorer"]]}' in timings for run in plan.runs), timings
+
+
+def test_a_rerun_runs_nothing_and_leaves_the_run_folders_as_they_are(finished, no_runs, capsys):
+    grid, out = finished
+    before = {run.name: files(run.folder.path) for run in load(grid, out).runs}
+    assert main(["sweep", str(grid), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.count(": finished, skipped") == 2
+    assert {run.name: files(run.folder.path) for run in load(grid, out).runs} == before
+
+
+class Crash(Exception):
+    pass
+
+
+def test_an_interrupted_sweep_continues_to_the_same_results(finished, tmp_path, monkeypatch, capsys):
+    grid, whole = finished
+    out = tmp_path / "crashed"
+    real, calls = RunFolder.commit, {"n": 0}
+
+    def flaky(self, *args, **kw):  # the first run commits steps 0-3, the second 0 and 1, then dies at step 2
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise Crash()
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(RunFolder, "commit", flaky)
+    with pytest.raises(Crash):
+        sweep(grid, output=out, quiet=True)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["sweep", str(grid), "--output", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"finished +\S+-abs +step 3 of 3", listed), listed
+    assert re.search(rf"partial +\S+-random +step 1 of 3 done, {2 * 2 * 200:,} tokens left", listed), listed
+    assert main(["sweep", str(grid), "--output", str(out), "--quiet"]) == 0
+    assert "resuming after step 1" in capsys.readouterr().out
+    for run in load(grid, out).runs:
+        for name in ("metrics.csv", "pruned.json"):
+            assert (run.folder.path / name).read_text() == (whole / run.name / name).read_text(), name
+    assert summary_rows(out) == summary_rows(whole)
+
+
+def test_a_run_that_a_stop_criterion_ended_counts_as_finished(finished, tmp_path, no_runs, capsys):
+    grid, whole = finished
+    out = shutil.copytree(whole, tmp_path / "stopped")
+    progress = out / load(grid).runs[0].name / "state" / "progress.json"
+    record = json.loads(progress.read_text())
+    progress.write_text(json.dumps({**record, "completed_step": 2, "stopped": {"kept_step": 1, "reason": "test"}}))
+    assert main(["sweep", str(grid), "--output", str(out), "--dry-run"]) == 0
+    assert re.search(r"finished +\S+-abs +step 2 of 3 \(stopped early\)", capsys.readouterr().out)
+    assert main(["sweep", str(grid), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.count(": finished, skipped") == 2
+
+
+def test_a_dry_run_lists_the_runs_and_their_cost_and_runs_nothing(finished, no_runs, capsys):
+    grid, whole = finished
+    out = whole.parent / "new"  # beside a finished sweep, whose timings give the estimate
+    assert main(["sweep", str(grid), "--output", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    for scorer in ("abs", "random"):
+        assert re.search(rf"new +\S+-{scorer} +{TOKENS[scorer]:,} tokens", listed), listed
+    assert f"to run: 2 of 2 runs, {sum(TOKENS.values()):,} tokens" in listed
+    assert re.search(r"time for \S+: about \d+ s, at the [\d.]+ ms a token that 2 earlier run\(s\)", listed), listed
+    assert not out.exists()
+    assert main(["sweep", str(grid), "--output", str(whole), "--dry-run"]) == 0
+    assert "to run: nothing; all 2 runs are finished" in capsys.readouterr().out
+
+
+def test_results_tables_are_rewritten_between_their_markers_only(finished, tmp_path, no_runs):
+    grid, out = finished
+    pair = load(grid, out).runs[0].pair
+    document = tmp_path / "RESULTS.md"
+    marked = [f"<!-- sweep: tiny table: {kind} -->" for kind in ("overview", f"runs {pair}", f"plots {pair}", "cost")]
+    text = ("# Results\n\nProse written by hand.\n\n" + "".join(f"{m}\nstale table\n<!-- /sweep -->\n\nmore prose\n"
+                                                            for m in marked)
+            + "<!-- sweep: other table: overview -->\nanother sweep's table\n<!-- /sweep -->\nthe end\n")
+    document.write_text(text)
+    sweep(grid, output=out, results=document)
+    new = document.read_text()
+
+    def prose(markdown):
+        return re.sub(r"(<!-- sweep: tiny table: [^>]*-->\n).*?(<!-- /sweep -->)", r"\1\2", markdown,
+                      flags=re.DOTALL)
+
+    assert prose(new) == prose(text) and "stale table" not in new and "another sweep's table" in new
+    assert "| pair (forget / retain) | abs | random |" in new and "| random |" in new
+    links = re.findall(r"\]\((results/[^)]+)\)", new)
+    assert links and all((tmp_path / link).is_file() for link in links), links
+    copied = {p.relative_to(tmp_path / "results").as_posix() for p in (tmp_path / "results").rglob("*")}
+    assert f"{pair}/selective-vs-random/summary.json" in copied
+    assert not [p for p in copied if p.endswith("report.html")]
+    assert not [p for p in copied if p.startswith(f"{pair}/abs-alone/neurons-")]  # shown once per pair
+
+
+def test_a_run_made_with_other_settings_is_refused_and_kept(finished, tmp_path, no_runs, capsys):
+    grid, out = finished
+    other = write_grid(tmp_path / "tiny.toml", load(grid).runs[0].config, steps=2)
+    folders = [run.folder.path for run in load(grid, out).runs]
+    before = [files(folder) for folder in folders]
+    assert main(["sweep", str(other), "--output", str(out)]) == 2
+    one_error_line(capsys, "holds a run with other settings (steps)")
+    assert [files(folder) for folder in folders] == before
+
+
+def test_a_sweep_folder_in_use_is_refused(finished, tmp_path, no_runs, capsys):
+    grid, _ = finished
+    holder = RunFolder(tmp_path / "busy")
+    holder.lock()
+    try:
+        assert main(["sweep", str(grid), "--output", str(tmp_path / "busy")]) == 2
+    finally:
+        holder.unlock()
+    one_error_line(capsys, "in use by another selprune process")
+
+
+def test_the_repository_grids_load_with_the_runs_of_docs_results():
+    paper = load(SWEEPS / "paper.toml")
+    assert len(paper.runs) == 32 and paper.runs[0].name == "code-vs-prose-ff-abs"
+    assert paper.folder.as_posix() == "runs/sweeps/paper"
+    assert {(r.config.steps, r.config.fraction, r.config.score_tokens, r.config.eval_tokens) for r in paper.runs} \
+        == {(8, 0.025, 4096, 4096)}
+    assert {name: [r.label for r in runs] for name, runs in paper.comparisons()["german-vs-english"].items()} == {
+        "selective-vs-random": ["ff abs", "ff random"],
+        "groups": ["ff abs", "attn-value abs", "attn-preout abs", "attn-head abs"],
+        "scorers": ["ff abs", "ff freq", "ff rms", "ff std"]}
+    beyond = load(SWEEPS / "beyond.toml")
+    assert {r.label for r in beyond.runs} == {"ff abs", "ff attr", "ff wanda", "ff+attn-preout abs"}
+
+
+def test_help_says_what_the_paper_grid_costs(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    assert "32 runs" in capsys.readouterr().out
+
+
+def one_error_line(capsys, *phrases):
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("selprune: error:"), err
+    for phrase in phrases:
+        assert phrase in err[0], err[0]
+
+
+GRID = '[grid]\nscorer = ["abs", "random"]\n'
+
+
+@pytest.mark.parametrize("content, phrases", [
+    ("runs = 3\n", ["unknown key(s) runs", "valid keys are compare, grid, settings"]),
+    ("[settings]\nstep = 8\n", ["[settings]: unknown key(s) step"]),
+    ('[settings]\nsteps = "ten"\n', ['steps = "ten" should be an integer']),
+    ('[settings]\noutput = "x"\n', ["output cannot be set", "--output"]),
+    ('[grid]\ngroups = ["ff"]\n', ["[grid]: unknown key groups"]),
+    ('[grid]\nscorer = "abs"\n', ['scorer = "abs" should be a list', 'scorer = ["abs"]']),
+    ("[grid]\nscorer = []\n", ["scorer is an empty list"]),
+    ('[grid]\nseed = ["one"]\n', ['seed = "one" should be an integer']),
+    ('[grid]\npairs = [["code"]]\n', ["should be [forget, retain]"]),
+    ('[grid]\nvariants = ["ff"]\n', ["should be a table of settings"]),
+    ('[grid]\nscorer = ["nope"]\n', ["run code-vs-prose-nope", "unknown scorer 'nope'"]),
+    ('[grid]\nscorer = ["abs"]\nvariants = [{scorer = "rms"}]\n', ["scorer is given by both scorer and variants"]),
+    ('[grid]\nscorer = ["abs", "abs"]\n', ["several runs would share the folder code-vs-prose-abs"]),
+    (GRID + '[[compare]]\nname = "x"\nvariants = [{scorer = "rms"}]\n',
+     ['compare]] x: no run of the grid has scorer = "rms"']),
+    (GRID + '[[compare]]\nname = "x"\nvariants = [{group = "ff"}]\n', ["group is not a key the grid varies"]),
+    (GRID + '[[compare]]\nname = "x"\nvariant = [{scorer = "abs"}]\n', ["unknown key(s) variant"]),
+    (GRID + '[[compare]]\nname = "a b"\nvariants = [{scorer = "abs"}]\n', ["should be a plain folder name"]),
+    ("[grid\n", ["not valid TOML"]),
+    (None, ["does not exist"]),
+])
+def test_a_bad_grid_is_one_line_exit_2_before_anything_runs(tmp_path, no_runs, capsys, content, phrases):
+    grid = tmp_path / "bad.toml"
+    if content is not None:
+        grid.write_text(content)
+    assert main(["sweep", str(grid), "--output", str(tmp_path / "out")]) == 2
+    one_error_line(capsys, str(grid), *phrases)
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("content, phrases", [
+    (None, ["does not exist"]),
+    ("# Results\n", ["has no table of the sweep grid"]),
+    ("<!-- sweep: grid table: everything -->\n<!-- /sweep -->\n", ["line 1", "unknown table 'everything'"]),
+    ("<!-- sweep: grid table: runs nowhere -->\n<!-- /sweep -->\n", ["has no runs for nowhere", "code-vs-prose"]),
+    ("text\n<!-- sweep: grid table: overview -->\n", ["line 2", "never closed"]),
+    ("<!-- /sweep -->\n", ["closes no table"]),
+    ("<!-- sweep grid overview -->\n", ["not a sweep marker"]),
+])
+def test_a_bad_results_file_is_one_line_exit_2_before_anything_runs(tmp_path, no_runs, capsys, content, phrases):
+    grid = tmp_path / "grid.toml"
+    grid.write_text(GRID)
+    document = tmp_path / "RESULTS.md"
+    if content is not None:
+        document.write_text(content)
+    assert main(["sweep", str(grid), "--output", str(tmp_path / "out"), "--results", str(document)]) == 2
+    one_error_line(capsys, str(document), *phrases)
+    assert not (tmp_path / "out").exists()
