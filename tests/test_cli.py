@@ -341,6 +341,20 @@ def test_ctrl_c_exits_130(capsys, monkeypatch, tmp_path):
     assert code == 130 and err == "selprune: interrupted; finished steps are saved (continue with --resume)\n"
 
 
+def test_an_interrupted_command_says_how_to_go_on(capsys, monkeypatch, tmp_path):
+    """A sweep goes on by running it again, an inspection has written nothing; a run resumes (above)."""
+    monkeypatch.chdir(tmp_path)
+    for command, target, argv, words in (
+            ("sweep", "selprune.sweep.sweep", ["grid.toml"], "run the same command again"),
+            ("inspect", "selprune.inspection.inspect_run", ["RUN"], "nothing was written")):
+        def interrupted(*args, **kwargs):
+            raise KeyboardInterrupt()
+
+        monkeypatch.setattr(target, interrupted)
+        code, _, err = run_cli(capsys, command, *argv)
+        assert code == 130 and err.startswith("selprune: interrupted;") and words in err, err
+
+
 def test_sigterm_exits_143_and_the_handler_is_restored(capsys, monkeypatch, tmp_path):
     def terminated(config, resume=False, quiet=False):
         os.kill(os.getpid(), signal.SIGTERM)

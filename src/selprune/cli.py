@@ -270,7 +270,11 @@ def sigterm_raises():
         signal.signal(signal.SIGTERM, previous)
 
 
-SAVED = "finished steps are saved (continue with --resume)"
+# What an interrupted command leaves, and how to go on (the others write their results only when done).
+SAVED = {"run": "finished steps are saved (continue with --resume)",
+         "relearn": "finished attacks are saved (continue with --resume)",
+         "sweep": "finished runs and steps are saved (run the same command again to continue)"}
+NOTHING_SAVED = "nothing was written; run it again"
 OUT_OF_MEMORY = "out of memory: lower --batch-size or --chunk-len, or use --dtype bfloat16"
 ENVIRONMENT_FAILURES = {
     errno.ENOSPC: "the disk is full: free some space, or write elsewhere with --output",
@@ -283,7 +287,7 @@ ENVIRONMENT_FAILURES = {
 BUG = "selprune: internal error: this is a bug; please report it with the traceback above"
 
 
-def explain(exc: BaseException) -> tuple[int, str]:
+def explain(exc: BaseException, command: str = "run") -> tuple[int, str]:
     """The exit status for exc (errors.py) and the line that says what happened and what to do."""
     if isinstance(exc, UserError):
         return EXIT_BAD_INPUT, f"selprune: error: {exc}"
@@ -295,10 +299,11 @@ def explain(exc: BaseException) -> tuple[int, str]:
         cause = ENVIRONMENT_FAILURES.get(exc.errno) or exc.strerror or str(exc)
         paths = " -> ".join(str(p) for p in (exc.filename, exc.filename2) if p is not None)
         return EXIT_ENVIRONMENT, f"selprune: error: {paths + ': ' if paths else ''}{cause}"
+    saved = SAVED.get(command, NOTHING_SAVED)
     if isinstance(exc, KeyboardInterrupt):
-        return EXIT_INTERRUPTED, f"selprune: interrupted; {SAVED}"
+        return EXIT_INTERRUPTED, f"selprune: interrupted; {saved}"
     if isinstance(exc, Terminated):
-        return EXIT_TERMINATED, f"selprune: terminated; {SAVED}"
+        return EXIT_TERMINATED, f"selprune: terminated; {saved}"
     return EXIT_BUG, BUG
 
 
@@ -310,7 +315,7 @@ def main(argv=None) -> int:
         with sigterm_raises():
             handler(args)
     except (Exception, KeyboardInterrupt, Terminated) as exc:  # noqa: BLE001 (a bug's traceback is printed)
-        status, line = explain(exc)
+        status, line = explain(exc, args.command)
         if status == EXIT_BUG:
             traceback.print_exc()
         print(line, file=sys.stderr)
