@@ -167,3 +167,14 @@ def write_run_folder(path, config: RunConfig, rows: list[dict], record) -> Path:
 def write_run():
     """Factory: write_run(path, config, rows, record) -> path (see write_run_folder)."""
     return write_run_folder
+
+
+def one_error_line(capsys, argv, *phrases) -> None:
+    """`selprune ARGV` refuses with exit status 2 and one line that starts "selprune: error:" and says each phrase."""
+    from selprune.cli import main
+
+    code = main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("selprune: error:"), err
+    for phrase in phrases:
+        assert phrase in err[0], err[0]

@@ -5,10 +5,10 @@ import itertools
 
 import pytest
 import torch
+from conftest import one_error_line
 
 from selprune import run as run_module
 from selprune.arch import neuron_group
-from selprune.cli import main
 from selprune.config import RunConfig
 from selprune.errors import UserError
 from selprune.models import load_model
@@ -123,14 +123,6 @@ def test_resume_after_a_crash_equals_an_uninterrupted_hardened_run(tiny_config, 
     torch.manual_seed(12345)  # the global generator as a new process would not leave it
     run_module.run(config, resume=True, quiet=True)
     assert files(config.output_dir) == files(whole)
-
-
-def one_error_line(capsys, argv, *phrases):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("selprune: error:"), err
-    for phrase in phrases:
-        assert phrase in err[0], err[0]
 
 
 def test_bad_input_is_one_line_exit_2(capsys, tiny_llama, tiny_data, save_tiny, tmp_path):

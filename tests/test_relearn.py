@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 import torch
+from conftest import one_error_line
 
 from selprune import relearn as relearn_module
 from selprune import run as run_module
@@ -144,14 +145,6 @@ def test_a_second_attack_in_the_same_folder_needs_resume_or_a_name(ff_run):
     with pytest.raises(relearn_module.UserError, match="different settings.*max_steps"):
         relearn(RelearnConfig(run=str(ff_run), random_control=False, **{**SMALL, "max_steps": 2}), resume=True,
                 quiet=True)
-
-
-def one_error_line(capsys, argv, *phrases):
-    code = main(argv)
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("selprune: error:"), err
-    for phrase in phrases:
-        assert phrase in err[0], err[0]
 
 
 def test_bad_input_is_one_line_exit_2(capsys, ff_run, tmp_path):
