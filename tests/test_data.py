@@ -1,6 +1,7 @@
 """Data layer: shipped corpora, spec loaders, token splits and MLM masking (no network needed)."""
 
 import gzip
+import itertools
 import json
 import sys
 import types
@@ -124,15 +125,24 @@ def test_splits_are_disjoint_exact_and_padded_last(prose, tokenizer):
         assert (part.input_ids[part.attention_mask == 0] == tokenizer.pad_token_id).all()
 
 
-def test_the_relearn_split_is_disjoint_and_leaves_the_others_as_they_were(prose, tokenizer):
+def test_the_relearn_and_hardening_splits_are_disjoint_and_leave_the_others_as_they_were(prose, tokenizer):
     two = make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, seed=1)
     three = make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, seed=1,
                         relearn_tokens=1500, relearn_chunk_len=32)
+    four = make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, seed=1,
+                       relearn_tokens=1500, relearn_chunk_len=32, harden_tokens=700, harden_chunk_len=16)
     assert two.relearn is None and three.relearn.tokens == 1500 and three.relearn.input_ids.shape[1] == 32
+    assert three.harden is None and four.harden.tokens == 700 and four.harden.input_ids.shape[1] == 16
     for part in ("score", "eval"):
         assert torch.equal(getattr(two, part).input_ids, getattr(three, part).input_ids)
-    docs = [set(part.doc_ids) for part in (three.eval, three.score, three.relearn)]
-    assert not (docs[0] & docs[1]) and not (docs[0] & docs[2]) and not (docs[1] & docs[2])
+    for part in ("score", "eval", "relearn"):
+        assert torch.equal(getattr(three, part).input_ids, getattr(four, part).input_ids)
+    docs = [set(part.doc_ids) for part in (four.eval, four.score, four.relearn, four.harden)]
+    assert all(not (a & b) for a, b in itertools.combinations(docs, 2))
+    with pytest.raises(UserError, match=r"too few for 2000 evaluation \+ 3000 scoring \+ 1500 relearning \+ \d+ "
+                                        r"hardening .*--relearn-tokens/--harden-tokens or more"):
+        make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, relearn_tokens=1500,
+                    harden_tokens=10**9)
     with pytest.raises(UserError, match=r"too few for 2000 evaluation \+ 3000 scoring \+ \d+ relearning .*"
                                         r"--relearn-tokens"):
         make_splits(prose, tokenizer, chunk_len=64, score_tokens=3000, eval_tokens=2000, relearn_tokens=10**9)

@@ -2,6 +2,7 @@
 the model itself, resumes exactly, and refuses what it cannot do."""
 
 import itertools
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,10 +14,11 @@ from selprune.config import RunConfig
 from selprune.errors import UserError
 from selprune.models import load_model
 from selprune.pruning import apply, still_zero
+from selprune.relearn import Relearn, RelearnConfig
 from selprune.rundir import RunFolder
 
 # a high learning rate, so that 4 steps on the tiny model move it enough to change the selection
-HARDEN = dict(harden=4, harden_lr=1e-2, harden_batch_size=2, harden_chunk_len=16, harden_tokens=96)
+HARDEN = dict(harden=4, harden_lr=1e-2, harden_batch_size=2, harden_chunk_len=16, harden_tokens=96, harden_holdout=96)
 COMPARED = ("metrics.csv", "pruned.json")
 
 
@@ -97,6 +99,24 @@ def test_the_attack_settings_are_recorded_and_a_resume_may_not_change_them(harde
     assert RunConfig(harden=4).run_name == f"{RunConfig().run_name}-harden4"  # apart from the plain run
 
 
+def test_relearn_attacks_a_hardened_run_with_text_the_hardening_never_saw(hardened, plain, capsys):
+    """--harden trains on the forget documents after its holdout; selprune relearn's forget attack takes the
+    holdout's, and an attack with more tokens than the holdout (on the run or on a control) is refused."""
+    attack = dict(chunk_len=16, batch_size=2, eval_tokens=64, device="cpu")
+    analysis = Relearn(RelearnConfig(run=str(hardened.folder.path), relearn_tokens=96, **attack), quiet=True)
+    try:
+        analysis.load()
+    finally:
+        analysis.run.unlock()
+    assert analysis.attacks["forget"].tokens == 96
+    assert not set(analysis.attacks["forget"].doc_ids) & set(hardened.data[0].attack.doc_ids)
+    for run, control in ((hardened.folder.path, ()), (plain, (f"{hardened.folder.path}:2",))):
+        argv = ["relearn", str(run), "--relearn-tokens", "97", *(a for c in control for a in ("--control", c)),
+                "--name", "more"] + [a for k, v in attack.items() for a in ("--" + k.replace("_", "-"), str(v))]
+        one_error_line(capsys, argv, "hardened (--harden)", "--relearn-tokens 96 or fewer")
+        assert not (Path(run) / "relearn-more").exists()
+
+
 class Crash(Exception):
     pass
 
@@ -133,7 +153,7 @@ def test_bad_input_is_one_line_exit_2(capsys, tiny_llama, tiny_data, save_tiny, 
     def argv(model=tiny_llama, **settings):
         flags = dict(model=model, forget=tiny_data / "forget", retain=tiny_data / "retain", steps=2, fraction=0.1,
                      score_tokens=300, eval_tokens=200, chunk_len=32, dtype="float32", output=next(outputs),
-                     harden_chunk_len=16, harden_tokens=96, harden_batch_size=2)
+                     harden_chunk_len=16, harden_tokens=96, harden_batch_size=2, harden_holdout=96)
         flags.update(settings)
         return ["run", "--no-compile", *(str(a) for k, v in flags.items() for a in ("--" + k.replace("_", "-"), v))]
 
@@ -144,6 +164,8 @@ def test_bad_input_is_one_line_exit_2(capsys, tiny_llama, tiny_data, save_tiny, 
     one_error_line(capsys, argv(harden=2, scorer="random"), "the random scorer uses none")
     one_error_line(capsys, argv(model=roberta, harden=2), "masked LM")
     one_error_line(capsys, argv(harden=2, harden_tokens=10**6), "too few for", "--harden-tokens")
+    one_error_line(capsys, argv(harden=2, harden_holdout=10**6), "too few for", "--harden-holdout")
+    one_error_line(capsys, argv(harden=2, harden_holdout=-1), "--harden-holdout must be at least 0")
     one_error_line(capsys, argv(harden=2, harden_batch_size=50), "fewer than one batch of 50", "--harden-batch-size")
     one_error_line(capsys, argv(harden=2, harden_chunk_len=65), "--harden-chunk-len 65 is longer than the model's")
     assert not list(tmp_path.glob("run*/metrics.csv"))

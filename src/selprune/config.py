@@ -132,16 +132,20 @@ class RunConfig(Settings):
                                   "the score independent of the importance's scale")
     skip_top_tokens: int = setting(50, "the skip metrics ignore this many of the dataset's most frequent targets")
     harden: int = setting(0, "resist relearning: before scoring each pruning step from the second on, fine-tune "
-                          "a throwaway copy of the model for this many steps on the forget dataset's relearn split "
-                          "(selprune relearn's forget attack) and score the units on the attacked copy, so that "
-                          "the units the attack recruits are pruned too; the model itself is never trained. "
-                          "Memory: the copy is a second model, trained in float32 with AdamW (about 16 bytes a "
-                          "parameter more, plus a training batch's activations). 0: off")
+                          "a throwaway copy of the model for this many steps on forget data (selprune relearn's "
+                          "forget attack, on documents that attack does not use) and score the units on the "
+                          "attacked copy, so that the units the attack recruits are pruned too; the model itself "
+                          "is never trained. Memory: the copy is a second model, trained in float32 with AdamW "
+                          "(about 16 bytes a parameter more, plus a training batch's activations). 0: off")
     harden_lr: float = setting(LR, "learning rate of --harden's attack (AdamW, no weight decay)")
     harden_batch_size: int = setting(BATCH_SIZE, "chunks per fine-tuning step of --harden's attack")
     harden_chunk_len: int = setting(CHUNK_LEN, "tokens per chunk of --harden's attack data")
-    harden_tokens: int = setting(TOKENS, "tokens of --harden's attack data, from forget documents that scoring "
-                                 "and evaluation never see")
+    harden_tokens: int = setting(TOKENS, "tokens of --harden's attack data, from forget documents that scoring, "
+                                 "evaluation and the --harden-holdout never see")
+    harden_holdout: int = setting(TOKENS, "forget tokens kept out of --harden's data, the first after scoring "
+                                  "and evaluation: the data of selprune relearn's forget attack (up to its "
+                                  "--relearn-tokens, same default), so that attack finds the capability with "
+                                  "text the hardening never trained on")
     seed: int = setting(0, "seed for the splits, the masking, the random scorer and --harden's attack")
     batch_size: int = setting(0, "chunks per batch; 0 = automatic")
     compile: bool = setting(True, "fuse the statistics and the evaluation's rank counts with torch.compile; "
@@ -195,6 +199,7 @@ class RunConfig(Settings):
         self.check_at_least(2, "chunk_len", "harden_chunk_len")
         self.check_at_least(0, "harden")
         self.check_at_least(1, "harden_batch_size", "harden_tokens")
+        self.check_at_least(0, "harden_holdout")
         if self.harden_lr <= 0:
             raise UserError(f"--harden-lr must be positive, got {self.harden_lr}")
         if self.harden:

@@ -28,7 +28,7 @@ import torch
 from . import atomic
 from .arch import NeuronGroup, architecture_of, neuron_group
 from .batching import auto_batch_size
-from .config import Settings, setting
+from .config import RunConfig, Settings, setting
 from .data import load_documents, make_splits
 from .errors import UserError
 from .evaluate import evaluate_causal
@@ -133,6 +133,8 @@ class Relearn:
         if not 1 <= self.step <= self.done_steps:
             raise UserError(f"{config.run} has pruning steps 1 to {self.done_steps}, not {self.step}: give --step "
                             f"between 1 and {self.done_steps}")
+        self.controls = [self._control_run(spec) for spec in config.control]
+        self._refuse_seen_data()
         self.run.lock()
         self.results = AnalysisFolder(self.run, config.folder, COLUMNS)
         try:
@@ -198,11 +200,13 @@ class Relearn:
             scores = random_scores(tuple(mask.shape), c.seed, 0)
             random_mask = select(scores, torch.zeros_like(mask), int(mask.sum()), rc.selection == "per-layer")
             found.append(Contender("random", rc.group, random_mask))
-        for spec in c.control:
-            found.append(self._control(spec))
+        for other, config, last in self.controls:
+            label = f"{config.name or other.path.name}@{last}"
+            found.append(Contender(label, config.group, other.record().mask(range(1, last + 1))))
         return found
 
-    def _control(self, spec: str) -> Contender:
+    def _control_run(self, spec: str) -> tuple[RunFolder, RunConfig, int]:
+        """A --control PATH[:STEP], checked: its folder, its settings and the step whose pruning is attacked."""
         path, _, step = spec.rpartition(":") if ":" in spec else (spec, "", "")
         other = RunFolder(path)
         if not other.config_path.is_file():
@@ -215,8 +219,19 @@ class Relearn:
         last = int(step) if step.isdigit() else done
         if not 1 <= last <= done:
             raise UserError(f"control {path} has pruning steps 1 to {done}, not {step}")
-        mask = other.record().mask(range(1, last + 1))
-        return Contender(f"{config.name or Path(path).name}@{last}", config.group, mask)
+        return other, config, last
+
+    def _refuse_seen_data(self) -> None:
+        """A hardened run trained its throwaway copies on the forget documents after its --harden-holdout
+        tokens of the relearn split; an attack with more relearn tokens would train on them again."""
+        c, rc = self.config, self.run_config
+        specs = {rc.forget if a == "forget" else rc.retain if a == "retain" else a[len("other:"):] for a in c.attack}
+        for config in [rc] + [control for _, control, _ in self.controls]:
+            if config.harden and config.forget in specs and c.relearn_tokens > config.harden_holdout:
+                raise UserError(f"a run attacked here was hardened (--harden) on {config.forget} documents after "
+                                f"the first {config.harden_holdout} relearn tokens, and --relearn-tokens "
+                                f"{c.relearn_tokens} would attack with them too: use --relearn-tokens "
+                                f"{config.harden_holdout} or fewer (more --max-steps repeat them), or other data")
 
     # -- the attack ----------------------------------------------------------------------------
 

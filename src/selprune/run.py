@@ -45,7 +45,7 @@ class Dataset:
     eval_mask: torch.Tensor
     eval_labels: torch.Tensor | None  # masked LMs only
     skip_ids: torch.Tensor
-    attack: Chunks | None = None  # with --harden, the forget dataset's relearn split: the attack's data
+    attack: Chunks | None = None  # with --harden, the forget dataset's hardening split: the attack's data
     score_labels: torch.Tensor | None = None  # a masked LM scored by attr: score_ids are then masked too
 
 
@@ -129,10 +129,11 @@ class Run:
 
     def _dataset(self, role: str, spec: str, docs) -> Dataset:
         c = self.config
+        hardening = bool(c.harden) and role == "forget"  # relearn's attack data stays unseen: held out
         splits = make_splits(docs, self.tokenizer, chunk_len=c.chunk_len, eval_tokens=c.eval_tokens, seed=c.seed,
                              score_tokens=0 if role == "watch" else c.score_tokens, name=spec,
-                             relearn_tokens=c.harden_tokens if c.harden and role == "forget" else 0,
-                             relearn_chunk_len=c.harden_chunk_len, relearn_option="--harden-tokens")
+                             relearn_tokens=c.harden_holdout if hardening else 0, relearn_option="--harden-holdout",
+                             harden_tokens=c.harden_tokens if hardening else 0, harden_chunk_len=c.harden_chunk_len)
         labels, eval_ids = None, splits.eval.input_ids
         if self.masked_lm:
             eval_ids, labels = mask_for_mlm(splits.eval, self.tokenizer, seed=c.seed)
@@ -142,7 +143,7 @@ class Run:
         if self.masked_lm and "attribution" in NEEDS[c.scorer]:  # attr's loss: masked tokens, as evaluated
             score_ids, score_labels = mask_for_mlm(scored, self.tokenizer, seed=c.seed)
         return Dataset(role, spec, score_ids, scored.attention_mask, eval_ids, splits.eval.attention_mask,
-                       labels, skip, splits.relearn, score_labels)
+                       labels, skip, splits.harden, score_labels)
 
     # -- one step's parts ----------------------------------------------------------------------
 

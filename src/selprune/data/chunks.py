@@ -1,8 +1,9 @@
-"""Tokenize documents into fixed-length chunks: an evaluation, a scoring and (for relearning) a relearn part.
+"""Tokenize documents into fixed-length chunks: an evaluation, a scoring, a relearn and a hardening part.
 
-Scores that decide what to prune, the accuracy that judges the result and the data of a relearning attack
-must not see the same text, so the parts never share a document. They are filled in that order from one
-seeded shuffle, so adding the relearn part leaves the other two as they were. Budgets are exact token
+Scores that decide what to prune, the accuracy that judges the result, the data of a relearning attack and
+the data that `run --harden` trains its throwaway copies on must not see the same text, so the parts never
+share a document. They are filled in that order from one seeded shuffle, so adding a later part leaves the
+earlier ones as they were. Budgets are exact token
 counts, so runs with the same settings are comparable.
 """
 
@@ -34,12 +35,14 @@ class Splits:
     score: Chunks | None  # None for a dataset that is only evaluated
     eval: Chunks
     relearn: Chunks | None = None  # only when asked for: the data of a relearning attack
+    harden: Chunks | None = None  # only when asked for: the data of --harden's attacks, after the relearn part
 
 
 def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 512, score_tokens: int = 100_000,
                 eval_tokens: int = 100_000, seed: int = 0, name: str = "dataset", relearn_tokens: int = 0,
-                relearn_chunk_len: int | None = None, relearn_option: str = "--relearn-tokens") -> Splits:
-    """Shuffle documents with `seed`, fill the evaluation budget first, then scoring, then relearning.
+                relearn_chunk_len: int | None = None, relearn_option: str = "--relearn-tokens",
+                harden_tokens: int = 0, harden_chunk_len: int | None = None) -> Splits:
+    """Shuffle documents with `seed`, fill the evaluation budget first, then scoring, relearning, hardening.
 
     `relearn_option` is the flag that sets relearn_tokens, for the message when the dataset is too small.
     """
@@ -52,8 +55,9 @@ def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 51
     order = list(documents)
     random.Random(seed).shuffle(order)
     stream = _tokenized(order, tokenizer, separator)
-    budgets = {"evaluation": eval_tokens, "scoring": score_tokens, "relearning": relearn_tokens}
-    lengths = {"relearning": relearn_chunk_len or chunk_len}
+    budgets = {"evaluation": eval_tokens, "scoring": score_tokens, "relearning": relearn_tokens,
+               "hardening": harden_tokens}
+    lengths = {"relearning": relearn_chunk_len or chunk_len, "hardening": harden_chunk_len or chunk_len}
     parts, used = {}, []
     for part, budget in budgets.items():
         if budget <= 0:
@@ -64,7 +68,8 @@ def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 51
             raise _too_few_tokens(name, len(documents), used, {k: v for k, v in budgets.items() if v > 0},
                                   relearn_option)
         parts[part] = _pack(ids, doc_ids, lengths.get(part, chunk_len), _pad_id(tokenizer, separator))
-    return Splits(score=parts.get("scoring"), eval=parts["evaluation"], relearn=parts.get("relearning"))
+    return Splits(score=parts.get("scoring"), eval=parts["evaluation"], relearn=parts.get("relearning"),
+                  harden=parts.get("hardening"))
 
 
 def _separator_id(tokenizer) -> int:
@@ -110,12 +115,14 @@ def _too_few_tokens(name: str, documents: int, used: list[int], budgets: dict[st
     total, parts = sum(used), list(budgets)
     asked = " + ".join(f"{budget} {part}" for part, budget in budgets.items())
     before = " and ".join(f"the {part} part's documents took {n}" for part, n in zip(parts, used[:-1]))
-    options = {"evaluation": "--eval-tokens", "scoring": "--score-tokens", "relearning": relearn_option}
+    options = {"evaluation": "--eval-tokens", "scoring": "--score-tokens", "relearning": relearn_option,
+               "hardening": "--harden-tokens"}
+    flags = dict.fromkeys(options[p] for p in parts)
     return UserError(
         f"dataset {name!r} has {total} tokens in all, in {documents} documents (or pieces of at most "
         f"{PIECE_CHARS} characters), too few for {asked} tokens from separate documents: "
         f"{before}, leaving {total - sum(used[:-1])} for {parts[len(used) - 1]}; use smaller "
-        f"{'/'.join(options[p] for p in parts)} or more data"
+        f"{'/'.join(flags)} or more data"
     )
 
 
