@@ -169,12 +169,17 @@ def write_run():
     return write_run_folder
 
 
-def one_error_line(capsys, argv, *phrases) -> None:
-    """`selprune ARGV` refuses with exit status 2 and one line that starts "selprune: error:" and says each phrase."""
+def one_error_line(capsys, argv, *phrases) -> str:
+    """`selprune ARGV` refuses with exit status 2 and one line that starts "selprune: error:" and says each
+    phrase (argparse's refusals too); returns the line."""
     from selprune.cli import main
 
-    code = main(argv)
+    try:
+        code = main(argv)
+    except SystemExit as exc:
+        code = exc.code
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("selprune: error:"), err
+    assert code == 2 and len(err) == 1 and err[0].startswith("selprune: error:"), (code, err)
     for phrase in phrases:
         assert phrase in err[0], err[0]
+    return err[0]

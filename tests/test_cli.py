@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import one_error_line
 
 from selprune import __version__
 from selprune.allocator import keep_freed_memory
@@ -51,14 +52,6 @@ def test_list_datasets(capsys):
         assert name in out
 
 
-def one_error_line(code, err, *phrases):
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("selprune: error:"), err
-    for phrase in phrases:
-        assert phrase in lines[0], lines[0]
-
-
 @pytest.mark.parametrize("args, phrases", [
     (["--model", "no-such-model"], ["unknown model 'no-such-model'", "smollm2-135m"]),
     (["--model", "/no/such/folder"], ["/no/such/folder"]),
@@ -92,30 +85,27 @@ def one_error_line(code, err, *phrases):
     (["--name", ".hidden"], ["'.hidden' is not a plain folder name"]),
 ])
 def test_bad_input_is_one_line_exit_2(capsys, tmp_path, args, phrases):
-    code, _, err = run_cli(capsys, "run", "--output", str(tmp_path / "run"), *args)
-    one_error_line(code, err, *phrases)
+    one_error_line(capsys, ["run", "--output", str(tmp_path / "run"), *args], *phrases)
 
 
 def test_unsupported_architecture(capsys, tmp_path):
     folder = tmp_path / "model"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "mamba", "architectures": ["MambaForCausalLM"]}))
-    code, _, err = run_cli(capsys, "run", "--model", str(folder), "--output", str(tmp_path / "run"))
-    one_error_line(code, err, "unsupported architecture 'mamba'", "llama")
+    one_error_line(capsys, ["run", "--model", str(folder), "--output", str(tmp_path / "run")],
+                   "unsupported architecture 'mamba'", "llama")
 
 
 def test_existing_output_folder_is_not_overwritten(capsys, tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "metrics.csv").write_text("finished work\n")
-    code, _, err = run_cli(capsys, "run", "--output", str(out))
-    one_error_line(code, err, "already exists", "--resume")
+    one_error_line(capsys, ["run", "--output", str(out)], "already exists", "--resume")
     assert (out / "metrics.csv").read_text() == "finished work\n"
 
 
 def test_resume_of_nothing(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "run", "--resume", "--output", str(tmp_path / "none"))
-    one_error_line(code, err, "nothing to resume")
+    one_error_line(capsys, ["run", "--resume", "--output", str(tmp_path / "none")], "nothing to resume")
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -173,10 +163,7 @@ def test_help_shows_every_flag_and_no_measured_numbers(capsys):
     (["--steps", "ten"], "invalid int value: 'ten'"),
 ])
 def test_argument_errors_are_one_line_exit_2(capsys, argv, phrase):
-    with pytest.raises(SystemExit) as exc:
-        main(["run", *argv])
-    assert exc.value.code == 2
-    one_error_line(exc.value.code, capsys.readouterr().err, phrase)
+    one_error_line(capsys, ["run", *argv], phrase)
 
 
 @pytest.fixture
@@ -226,13 +213,12 @@ def test_precedence_defaults_preset_file_flags(capsys, tmp_path, runs):
 def test_a_bad_config_file_is_one_line_exit_2(capsys, tmp_path, content, phrase):
     path = tmp_path / "c.toml"
     path.mkdir() if content is None else path.write_bytes(content)
-    code, _, err = run_cli(capsys, "run", "--config", str(path), "--output", str(tmp_path / "run"))
-    one_error_line(code, err, str(path), phrase)
+    one_error_line(capsys, ["run", "--config", str(path), "--output", str(tmp_path / "run")], str(path),
+                   phrase)
 
 
 def test_a_missing_config_file_is_one_line_exit_2(capsys, tmp_path):
-    code, _, err = run_cli(capsys, "run", "--config", str(tmp_path / "none.toml"))
-    one_error_line(code, err, "none.toml", "does not exist")
+    one_error_line(capsys, ["run", "--config", str(tmp_path / "none.toml")], "none.toml", "does not exist")
 
 
 # -- report: never into another run's folder ---------------------------------------------------------
@@ -287,8 +273,7 @@ def test_a_long_comparison_keeps_a_legal_folder_name(capsys, tmp_path, reports):
 @pytest.mark.parametrize("args", [["a", "b", "-o", "a"], ["a", "b", "-o", "b"], ["a", "-o", "b"]])
 def test_a_report_never_goes_into_another_run_folder(capsys, tmp_path, reports, args):
     fake_run(tmp_path / "a"), fake_run(tmp_path / "b")
-    code, _, err = run_cli(capsys, "report", *args)
-    one_error_line(code, err, "is a run folder")
+    one_error_line(capsys, ["report", *args], "is a run folder")
     assert reports == []
 
 

@@ -9,12 +9,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_tiny_tokenizer, save_tiny_model
+from conftest import build_tiny_tokenizer, one_error_line, save_tiny_model
 from tokenizers import decoders
 from transformers import AutoTokenizer
 
 from selprune.arch import ARCHITECTURES, NeuronGroup
-from selprune.cli import main
 from selprune.config import PRESETS, RunConfig
 from selprune.inspection import InspectConfig, inspect_run
 from selprune.inspection.checks import (
@@ -276,26 +275,19 @@ def test_inspecting_a_busy_run_is_refused(inspected, tiny_run):
 # ---------------------------------------------------------------- refusals: one line, exit 2
 
 
-def refused(capsys, *argv):
-    try:
-        code = main(["inspect", *argv])
-    except SystemExit as exc:  # argparse's own refusals
-        code = exc.code
-    err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and err[0].startswith("selprune: error:"), err
-    return err[0]
-
 
 def test_refusals(capsys, tiny_run, tmp_path):
     folder = str(tiny_run[0])
-    assert "not a folder" in refused(capsys, str(tmp_path / "nowhere"))
-    assert "--step 4" in refused(capsys, folder, "--step", "4")
-    assert "always shown" in refused(capsys, folder, "--step", "0")
-    assert "invalid int value: 'two'" in refused(capsys, folder, "--step", "two")
-    assert "--prefix-tokens must be at least 1" in refused(capsys, folder, "--prefix-tokens", "0")
-    assert "--temperature must be positive" in refused(capsys, folder, "--temperature", "0")
-    assert "context of 64 tokens" in refused(capsys, folder, "--prefix-tokens", "40", "--new-tokens", "30")
-    assert "--body-tokens 64" in refused(capsys, folder, "--body-tokens", "64")
+    assert "not a folder" in one_error_line(capsys, ["inspect", str(tmp_path / "nowhere")])
+    assert "--step 4" in one_error_line(capsys, ["inspect", folder, "--step", "4"])
+    assert "always shown" in one_error_line(capsys, ["inspect", folder, "--step", "0"])
+    assert "invalid int value: 'two'" in one_error_line(capsys, ["inspect", folder, "--step", "two"])
+    assert "--prefix-tokens must be at least 1" in one_error_line(capsys, ["inspect", folder,
+                                                                           "--prefix-tokens", "0"])
+    assert "--temperature must be positive" in one_error_line(capsys, ["inspect", folder, "--temperature", "0"])
+    assert "context of 64 tokens" in one_error_line(capsys, ["inspect", folder, "--prefix-tokens", "40",
+                                                             "--new-tokens", "30"])
+    assert "--body-tokens 64" in one_error_line(capsys, ["inspect", folder, "--body-tokens", "64"])
 
 
 def test_masked_lms_are_refused(capsys, save_tiny, write_run, tmp_path):
@@ -305,7 +297,7 @@ def test_masked_lms_are_refused(capsys, save_tiny, write_run, tmp_path):
              "units_pruned": 2 * s} for s in (0, 1) for role, spec in (("forget", "code"), ("retain", "prose"))]
     record = PrunedRecord("ff", 2, 24, [{"step": 1, "pruned": {"0": [1, 2]}}])
     folder = write_run(tmp_path / "bert-run", config, rows, record)
-    assert "masked LM (bert)" in refused(capsys, str(folder))
+    assert "masked LM (bert)" in one_error_line(capsys, ["inspect", str(folder)])
     assert not (folder / "inspect").exists()
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from conftest import one_error_line
 
 from selprune.cli import main
 from selprune.rundir import RunFolder, summarize
@@ -175,8 +176,7 @@ def test_a_run_made_with_other_settings_is_refused_and_kept(finished, tmp_path, 
     other = write_grid(tmp_path / "tiny.toml", load(grid).runs[0].config, steps=2)
     folders = [run.folder.path for run in load(grid, out).runs]
     before = [files(folder) for folder in folders]
-    assert main(["sweep", str(other), "--output", str(out)]) == 2
-    one_error_line(capsys, "holds a run with other settings (steps)")
+    one_error_line(capsys, ["sweep", str(other), "--output", str(out)], "holds a run with other settings (steps)")
     assert [files(folder) for folder in folders] == before
 
 
@@ -185,10 +185,10 @@ def test_a_sweep_folder_in_use_is_refused(finished, tmp_path, no_runs, capsys):
     holder = RunFolder(tmp_path / "busy")
     holder.lock()
     try:
-        assert main(["sweep", str(grid), "--output", str(tmp_path / "busy")]) == 2
+        one_error_line(capsys, ["sweep", str(grid), "--output", str(tmp_path / "busy")],
+                       "in use by another selprune process")
     finally:
         holder.unlock()
-    one_error_line(capsys, "in use by another selprune process")
 
 
 def test_the_repository_grids_load_with_the_runs_of_docs_results():
@@ -209,13 +209,6 @@ def test_help_says_what_the_paper_grid_costs(capsys):
     with pytest.raises(SystemExit):
         main(["sweep", "--help"])
     assert "32 runs" in capsys.readouterr().out
-
-
-def one_error_line(capsys, *phrases):
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("selprune: error:"), err
-    for phrase in phrases:
-        assert phrase in err[0], err[0]
 
 
 GRID = '[grid]\nscorer = ["abs", "random"]\n'
@@ -247,8 +240,7 @@ def test_a_bad_grid_is_one_line_exit_2_before_anything_runs(tmp_path, no_runs, c
     grid = tmp_path / "bad.toml"
     if content is not None:
         grid.write_text(content)
-    assert main(["sweep", str(grid), "--output", str(tmp_path / "out")]) == 2
-    one_error_line(capsys, str(grid), *phrases)
+    one_error_line(capsys, ["sweep", str(grid), "--output", str(tmp_path / "out")], str(grid), *phrases)
     assert not (tmp_path / "out").exists()
 
 
@@ -267,6 +259,6 @@ def test_a_bad_results_file_is_one_line_exit_2_before_anything_runs(tmp_path, no
     document = tmp_path / "RESULTS.md"
     if content is not None:
         document.write_text(content)
-    assert main(["sweep", str(grid), "--output", str(tmp_path / "out"), "--results", str(document)]) == 2
-    one_error_line(capsys, str(document), *phrases)
+    one_error_line(capsys, ["sweep", str(grid), "--output", str(tmp_path / "out"), "--results", str(document)],
+                   str(document), *phrases)
     assert not (tmp_path / "out").exists()
