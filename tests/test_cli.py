@@ -360,3 +360,14 @@ def test_a_bug_exits_1_with_its_traceback_and_a_line_saying_so(capsys, monkeypat
     assert code == 1
     assert lines[0] == "Traceback (most recent call last):" and "RuntimeError: unexpected state" in err
     assert lines[-1] == "selprune: internal error: this is a bug; please report it with the traceback above"
+
+
+def test_a_list_flag_given_twice_keeps_both_values():
+    """`--control A --control B` is `--control A B`: the second may not silently replace the first."""
+    parser = build_parser()
+    twice = parser.parse_args(["relearn", "run", "--control", "a", "--control", "b:2", "--attack", "forget",
+                               "--attack", "retain"])
+    once = parser.parse_args(["relearn", "run", "--control", "a", "b:2", "--attack", "forget", "retain"])
+    assert twice.control == once.control == ["a", "b:2"] and twice.attack == once.attack == ["forget", "retain"]
+    assert parser.parse_args(["run", "--watch", "german", "--watch", "english"]).watch == ["german", "english"]
+    assert parser.parse_args(["relearn", "run"]).control is None  # unset: the settings' default

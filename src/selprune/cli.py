@@ -63,8 +63,8 @@ def add_config_flags(parser: argparse.ArgumentParser, settings=RunConfig, skip=(
         if kind is bool:
             parser.add_argument(*names, action=argparse.BooleanOptionalAction, help=text)
         elif kind is tuple:
-            parser.add_argument(*names, nargs="+", type=types[field.name][1], choices=field.metadata["choices"],
-                                help=text)
+            parser.add_argument(*names, action="extend", nargs="+", type=types[field.name][1],  # repeatable
+                                choices=field.metadata["choices"], help=text)
         else:
             parser.add_argument(*names, type=kind, choices=field.metadata["choices"], help=text)
 
