@@ -4,10 +4,14 @@ import math
 
 import pytest
 import torch
+from conftest import MODEL_TYPES
 
 from selprune import head as head_module
+from selprune.arch import ARCHITECTURES
 from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens
 from selprune.head import Head, score_predictions
+
+CAUSAL = [t for t in MODEL_TYPES if not ARCHITECTURES[t].masked_lm]
 
 
 def _assert_metrics_of(m, logits, targets, skip):
@@ -25,8 +29,9 @@ def _assert_metrics_of(m, logits, targets, skip):
     assert m.loss_skip == pytest.approx(float(loss[keep].mean()), rel=1e-5)
 
 
-def test_causal_evaluation_equals_naive_logits(tiny_model, tiny_batch):
-    model = tiny_model("opt")
+@pytest.mark.parametrize("arch", CAUSAL)
+def test_causal_evaluation_equals_naive_logits(arch, tiny_model, tiny_batch):
+    model = tiny_model(arch)
     ids, mask = tiny_batch(batch=3, length=12)
     skip = frequent_tokens(ids, mask, 5)
     m, _ = evaluate_causal(model, ids, mask, batch_size=2, skip_ids=skip)

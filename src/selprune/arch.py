@@ -136,6 +136,15 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
                     "is it a base model without the language-model head?")
 
 
+def decoder(model: nn.Module) -> nn.Module:
+    """The module that holds a causal LM's blocks: embeddings to final norm, returning last_hidden_state.
+
+    Not `model.base_model`: in a multimodal wrapper that can be the whole model (gemma3 on transformers
+    4.56 returns the language-model output there, without the hidden states)."""
+    path, _ = find_blocks(model)
+    return model.get_submodule(path.rpartition(".")[0])
+
+
 def _get(root: nn.Module, path: str) -> nn.Module:
     return root.get_submodule(path.split(":")[0])
 
@@ -337,9 +346,8 @@ class ResidualStream:
         if arch.masked_lm:
             raise UserError(f"{model.config.model_type} is a masked LM: reading the residual stream through the "
                             "head needs a causal LM")
-        path, self.blocks = find_blocks(model)
-        holder = model.get_submodule(path.rpartition(".")[0])
-        self.final = [m for m in (_optional(holder, name) for name in arch.final) if m is not None]
+        _, self.blocks = find_blocks(model)
+        self.final = [m for m in (_optional(decoder(model), name) for name in arch.final) if m is not None]
 
     def add_hooks(self, fn) -> list:
         """Call fn(layer, hidden) with every block's output [..., hidden size]; returns handles."""

@@ -14,6 +14,7 @@ from functools import partial
 import torch
 
 from . import distributed
+from .arch import decoder
 from .batching import for_each_batch
 from .head import Head, score_predictions
 
@@ -108,7 +109,7 @@ def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, prog
 
 def causal_predictions(model, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden states entering the output layer [N, D], targets [N]) at every position whose next token is real."""
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    hidden = decoder(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     valid = (mask[:, :-1] * mask[:, 1:]).bool()
     return hidden[:, :-1][valid.to(hidden.device)], ids[:, 1:][valid]
 
