@@ -12,7 +12,9 @@ import pytest
 import tomli_w
 from conftest import one_error_line
 
+from selprune import run as run_module
 from selprune.cli import main
+from selprune.errors import UserError
 from selprune.rundir import RunFolder, summarize
 from selprune.sweep import load, sweep
 
@@ -116,6 +118,31 @@ def test_an_interrupted_sweep_continues_to_the_same_results(finished, tmp_path, 
     for run in load(grid, out).runs:
         for name in ("metrics.csv", "pruned.json"):
             assert (run.folder.path / name).read_text() == (whole / run.name / name).read_text(), name
+    assert summary_rows(out) == summary_rows(whole)
+
+
+def test_a_failed_run_does_not_stop_the_others(finished, tmp_path, monkeypatch, capsys):
+    """The first run fails when it starts (as out of memory or a bad dataset found late would); the second still
+    runs, the sweep then refuses to summarise with one line naming the failed run, and a rerun finishes it."""
+    grid, whole = finished
+    out = tmp_path / "failed"
+    real = run_module.run
+
+    def fussy(config, *args, **kw):
+        if config.scorer == "abs":
+            raise UserError("no memory for abs today")
+        return real(config, *args, **kw)
+
+    monkeypatch.setattr(run_module, "run", fussy)
+    abs_run, random_run = load(grid, out).runs
+    line = one_error_line(capsys, ["sweep", str(grid), "--output", str(out), "--quiet"], "1 of 2 runs failed",
+                          f"{abs_run.name}: no memory for abs today", "run the sweep again")
+    assert "also" not in line
+    assert random_run.folder.completed_step() == 3 and abs_run.folder.completed_step() == -1
+    assert not (out / "summary.csv").exists()
+    monkeypatch.undo()
+    assert main(["sweep", str(grid), "--output", str(out), "--quiet"]) == 0
+    assert "finished, skipped" in capsys.readouterr().out
     assert summary_rows(out) == summary_rows(whole)
 
 

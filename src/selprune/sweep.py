@@ -16,7 +16,8 @@ The sweep's folder, runs/sweeps/<the grid file's name> by default:
 
     SWEEP/<run>/                    one ordinary run folder per combination, named from the pair and the
                                     grid's values (code-vs-prose-seed0-ff-abs); a finished run is skipped, a
-                                    partial one resumed, so an interrupted sweep continues when run again
+                                    partial one resumed, so an interrupted sweep continues when run again;
+                                    a run that fails does not stop the others
     SWEEP/timings.json              each run's wall time and the tokens it read (--dry-run's estimates)
     SWEEP/summary.csv, summary.md   every run's headline numbers and wall time
     SWEEP/compare/<pair>/<name>/    the overlay reports of each [[compare]] (<pair>: code-vs-prose-seed0,
@@ -52,7 +53,7 @@ from pathlib import Path
 
 from . import atomic
 from .config import RunConfig, flag, read_toml, safe_name
-from .errors import UserError
+from .errors import OutOfMemory, UserError
 from .report import _number
 from .rundir import RETAIN_BUDGET, RunFolder, csv_text, summary_of
 from .scorers import SCORERS
@@ -417,7 +418,11 @@ def sweep(grid, output=None, dry_run: bool = False, results=None, quiet: bool = 
 
 
 def _run_all(plan: Sweep, quiet: bool) -> dict:
-    """Skip the finished runs, resume the partial ones, start the new ones; returns the timings."""
+    """Skip the finished runs, resume the partial ones, start the new ones; returns the timings.
+
+    A run that fails (bad input found only when it starts, out of memory) does not stop the others: the
+    sweep goes on, then refuses to summarise, naming the failed runs, so that one fix and a rerun finish it.
+    """
     from .run import run as run_one
 
     states = [state(run) for run in plan.runs]
@@ -427,6 +432,7 @@ def _run_all(plan: Sweep, quiet: bool) -> dict:
     print(f"sweep {plan.grid}: {len(plan.runs)} runs in {plan.folder}, {finished} finished already "
           "(if it stops, run it again: it continues where it stopped)", flush=True)
     width = len(str(len(plan.runs)))
+    failed: list[tuple[str, Exception]] = []
     for i, (run, (what, done)) in enumerate(zip(plan.runs, states), 1):
         prefix = f"[{i:{width}d}/{len(plan.runs)}] {run.name}"
         if what == "finished":
@@ -438,14 +444,22 @@ def _run_all(plan: Sweep, quiet: bool) -> dict:
         start = time.perf_counter()
         try:
             run_one(run.config, resume=what == "partial", quiet=quiet)
-        except UserError as exc:
-            raise UserError(f"{run.name}: {exc}") from None
+        except (UserError, OutOfMemory) as exc:
+            print(f"{prefix}: failed: {exc}", flush=True)
+            failed.append((run.name, exc))
+            continue
         seconds = time.perf_counter() - start
         before = timings.get(run.name, {"seconds": 0.0, "tokens": 0})
         timings[run.name] = {"seconds": before["seconds"] + seconds, "tokens": before["tokens"] + tokens,
                              "model": run.config.model, "host": platform.node()}
         atomic.write_text(path, json.dumps({"runs": timings}, indent=2) + "\n")
         print(f"{prefix}: done in {duration(seconds)}", flush=True)
+    if failed:
+        (name, first), more = failed[0], [n for n, _ in failed[1:]]
+        others = f" (also {', '.join(more)})" if more else ""
+        raise type(first)(f"{len(failed)} of {len(plan.runs)} runs failed{others}, so no summary was written; "
+                          f"{name}: {first}. The other runs are finished: fix this and run the sweep again, it "
+                          "skips them")
     return timings
 
 
