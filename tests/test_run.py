@@ -2,9 +2,11 @@
 
 import csv
 import dataclasses
+import hashlib
 import json
 
 import pytest
+import tomli_w
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
@@ -106,6 +108,45 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, tiny_config,
         assert (out / name).read_text() == (finished / name).read_text(), name
     resumed, whole = (load_file(d / "model" / "model.safetensors") for d in (out, finished))
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
+
+
+def test_a_run_made_before_a_setting_existed_resumes_and_an_edited_config_is_refused(finished, tiny_config,
+                                                                                       tmp_path, monkeypatch):
+    """An older selprune wrote config.toml without a setting added since (here harden_holdout, at its default)
+    and took progress.json's checksum of that file's settings: the run resumes to the uninterrupted result.
+    A config.toml whose settings changed after its steps were committed is refused."""
+    out = tmp_path / "older"
+    config = tiny_config(out)
+    real = run_module.select
+
+    def flaky(*args, **kw):  # killed while scoring step 2
+        if RunFolder(out).completed_step() == 1:
+            raise Crash()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(run_module, "select", flaky)
+    with pytest.raises(Crash):
+        run_module.run(config, quiet=True)
+    monkeypatch.undo()
+    older = {k: v for k, v in config.to_dict().items() if k != "harden_holdout"}
+    progress = json.loads((out / "state" / "progress.json").read_text())
+
+    def write(settings):
+        (out / "config.toml").write_text(tomli_w.dumps(settings))
+        kept = {k: v for k, v in settings.items() if k not in ("batch_size", "save_model", "device", "device_map",
+                                                               "output", "compile")}
+        progress["sha256"]["config.toml"] = hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
+        (out / "state" / "progress.json").write_text(json.dumps(progress))
+
+    write(older)
+    edited = (out / "config.toml").read_text().replace("seed = 0", "seed = 1")
+    (out / "config.toml").write_text(edited)
+    with pytest.raises(UserError, match="has other settings than the ones its steps were made with"):
+        run_module.run(tiny_config(out, seed=1), resume=True, quiet=True)
+    write(older)
+    run_module.run(config, resume=True, quiet=True)
+    for name in ("metrics.csv", "pruned.json"):
+        assert (out / name).read_text() == (finished / name).read_text(), name
 
 
 def test_finished_run_is_not_redone(finished, tiny_config, monkeypatch):

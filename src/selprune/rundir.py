@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import atomic
-from .config import RunConfig
+from .config import RunConfig, read_toml
 from .errors import UserError
 from .pruning import PrunedRecord, step_budget
 
@@ -52,9 +52,13 @@ def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def _settings_digest(config: RunConfig) -> str:
-    """A checksum of the settings that decide a run's result (not those that may change on resume)."""
-    kept = {k: v for k, v in config.to_dict().items() if k not in RESUMABLE_CHANGES}
+def _settings_digest(settings: dict) -> str:
+    """A checksum of the settings that decide a run's result (not those that may change on resume).
+
+    Taken of the settings as config.toml holds them, not as a RunConfig fills them in: a setting added to
+    selprune after a run was made is missing from its config.toml, and must not make the run unresumable.
+    """
+    kept = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
     return _sha256(json.dumps(kept, sort_keys=True))
 
 
@@ -172,7 +176,7 @@ class RunFolder:
         self.progress_path.parent.mkdir(exist_ok=True)
         progress = {"format": FORMAT, "completed_step": step,
                     "sha256": {"metrics.csv": _sha256(metrics), "pruned.json": _sha256(pruned),
-                               "config.toml": _settings_digest(config)}}
+                               "config.toml": _settings_digest(config.to_dict())}}
         if stop is not None:
             progress["stopped"] = stop
         atomic.write_text(self.progress_path, json.dumps(progress))
@@ -232,7 +236,8 @@ class RunFolder:
             done = progress["completed_step"]
             if done > config.steps:
                 raise self._damaged(self.progress_path, f"says step {done} of a {config.steps}-step run was completed")
-            if _settings_digest(self.read_config()) != progress["sha256"]["config.toml"]:
+            written = read_toml(self.config_path, "config file", "such as a run folder's config.toml")
+            if _settings_digest(written) != progress["sha256"]["config.toml"]:
                 raise self._damaged(self.config_path, "has other settings than the ones its steps were made with")
             record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
             rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
