@@ -183,3 +183,24 @@ def one_error_line(capsys, argv, *phrases) -> str:
     for phrase in phrases:
         assert phrase in err[0], err[0]
     return err[0]
+
+class Crash(Exception):
+    """The failure that a test injects to stand for a crash."""
+
+
+def crash_in_step_2(monkeypatch, config: RunConfig) -> None:
+    """Run `config` and crash it while it selects step 2's units, after step 1 was committed."""
+    from selprune import run as run_module
+
+    real = run_module.select
+
+    def flaky(*args, **kw):
+        if RunFolder(config.output_dir).completed_step() == 1:
+            raise Crash()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(run_module, "select", flaky)
+    with pytest.raises(Crash):
+        run_module.run(config, quiet=True)
+    monkeypatch.undo()
+    assert RunFolder(config.output_dir).completed_step() == 1

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import one_error_line
+from conftest import crash_in_step_2, one_error_line
 
 from selprune import run as run_module
 from selprune.arch import neuron_group
@@ -117,29 +117,13 @@ def test_relearn_attacks_a_hardened_run_with_text_the_hardening_never_saw(harden
         assert not (Path(run) / "relearn-more").exists()
 
 
-class Crash(Exception):
-    pass
-
-
 def test_resume_after_a_crash_equals_an_uninterrupted_hardened_run(tiny_config, save_tiny, tmp_path, monkeypatch):
     """On a GPT-2, whose dropout draws from torch's global generator while the copy trains: each step's attack
     must be seeded by itself for a resumed run to match."""
     gpt2 = str(save_tiny("gpt2", tmp_path / "gpt2"))
     whole = run_module.run(tiny_config(tmp_path / "whole", model=gpt2, **HARDEN), quiet=True)
     config = tiny_config(tmp_path / "crashed", model=gpt2, **HARDEN)
-    real, calls = run_module.select, {"n": 0}
-
-    def flaky(*args, **kw):  # after step 2's attack, before its selection
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise Crash()
-        return real(*args, **kw)
-
-    monkeypatch.setattr(run_module, "select", flaky)
-    with pytest.raises(Crash):
-        run_module.run(config, quiet=True)
-    monkeypatch.undo()
-    assert RunFolder(config.output_dir).completed_step() == 1
+    crash_in_step_2(monkeypatch, config)  # after step 2's attack, before its selection
     torch.manual_seed(12345)  # the global generator as a new process would not leave it
     run_module.run(config, resume=True, quiet=True)
     assert files(config.output_dir) == files(whole)

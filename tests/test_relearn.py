@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 import torch
-from conftest import one_error_line
+from conftest import Crash, one_error_line
 
 from selprune import relearn as relearn_module
 from selprune import run as run_module
@@ -111,10 +111,6 @@ def test_pruned_ff_weights_have_zero_gradients(pruned_runs, tiny_llama, tiny_bat
         for p in model.parameters():
             p -= 0.1 * p.grad  # a large plain gradient step
     assert still_zero(neurons, mask)
-
-
-class Crash(Exception):
-    pass
 
 
 def test_resume_after_a_crash_gives_the_same_csv(pruned_runs, tmp_path, monkeypatch):

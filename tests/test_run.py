@@ -8,6 +8,7 @@ import json
 import pytest
 import tomli_w
 import torch
+from conftest import Crash, crash_in_step_2
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -70,27 +71,14 @@ def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finishe
         assert not torch.equal(base(ids).logits, model(ids).logits)
 
 
-class Crash(Exception):
-    pass
-
-
 @pytest.mark.parametrize("crash_at", ["select", "metrics"])
 def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, tiny_config, tmp_path, monkeypatch, crash_at):
     out = tmp_path / "crashed"
     config = tiny_config(out, save_model=True)
-    calls = {"n": 0}
     if crash_at == "select":  # killed while scoring step 2
-        real = run_module.select
-
-        def flaky(*args, **kw):
-            calls["n"] += 1
-            if calls["n"] == 2:
-                raise Crash()
-            return real(*args, **kw)
-
-        monkeypatch.setattr(run_module, "select", flaky)
+        crash_in_step_2(monkeypatch, config)
     else:  # killed between writing pruned.json and metrics.csv of step 2
-        real = run_module.atomic.write_text
+        real, calls = run_module.atomic.write_text, {"n": 0}
 
         def flaky(path, text):
             if path.name == "metrics.csv":
@@ -100,9 +88,9 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, tiny_config,
             return real(path, text)
 
         monkeypatch.setattr(run_module.atomic, "write_text", flaky)
-    with pytest.raises(Crash):
-        run_module.run(config, quiet=True)
-    monkeypatch.undo()
+        with pytest.raises(Crash):
+            run_module.run(config, quiet=True)
+        monkeypatch.undo()
     run_module.run(config, resume=True, quiet=True)
     for name in ("metrics.csv", "pruned.json"):
         assert (out / name).read_text() == (finished / name).read_text(), name
@@ -117,17 +105,7 @@ def test_a_run_made_before_a_setting_existed_resumes_and_an_edited_config_is_ref
     A config.toml whose settings changed after its steps were committed is refused."""
     out = tmp_path / "older"
     config = tiny_config(out)
-    real = run_module.select
-
-    def flaky(*args, **kw):  # killed while scoring step 2
-        if RunFolder(out).completed_step() == 1:
-            raise Crash()
-        return real(*args, **kw)
-
-    monkeypatch.setattr(run_module, "select", flaky)
-    with pytest.raises(Crash):
-        run_module.run(config, quiet=True)
-    monkeypatch.undo()
+    crash_in_step_2(monkeypatch, config)
     older = {k: v for k, v in config.to_dict().items() if k != "harden_holdout"}
     progress = json.loads((out / "state" / "progress.json").read_text())
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
-from conftest import one_error_line
+from conftest import Crash, one_error_line
 
 from selprune import run as run_module
 from selprune.cli import main
@@ -87,10 +87,6 @@ def test_a_rerun_runs_nothing_and_leaves_the_run_folders_as_they_are(finished, n
     assert main(["sweep", str(grid), "--output", str(out)]) == 0
     assert capsys.readouterr().out.count(": finished, skipped") == 2
     assert {run.name: files(run.folder.path) for run in load(grid, out).runs} == before
-
-
-class Crash(Exception):
-    pass
 
 
 def test_an_interrupted_sweep_continues_to_the_same_results(finished, tmp_path, monkeypatch, capsys):
