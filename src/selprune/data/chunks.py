@@ -3,8 +3,7 @@
 Scores that decide what to prune, the accuracy that judges the result, the data of a relearning attack and
 the data that `run --harden` trains its throwaway copies on must not see the same text, so the parts never
 share a document. They are filled in that order from one seeded shuffle, so adding a later part leaves the
-earlier ones as they were. Budgets are exact token
-counts, so runs with the same settings are comparable.
+earlier ones as they were. Budgets are exact token counts, so runs with the same settings are comparable.
 """
 
 from __future__ import annotations
