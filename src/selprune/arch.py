@@ -347,7 +347,8 @@ class ResidualStream:
             raise UserError(f"{model.config.model_type} is a masked LM: reading the residual stream through the "
                             "head needs a causal LM")
         _, self.blocks = find_blocks(model)
-        self.final = [m for m in (_optional(decoder(model), name) for name in arch.final) if m is not None]
+        holder = decoder(model)
+        self.final = [m for m in (_optional(holder, name) for name in arch.final) if m is not None]
 
     def add_hooks(self, fn) -> list:
         """Call fn(layer, hidden) with every block's output [..., hidden size]; returns handles."""
