@@ -24,7 +24,8 @@ from selprune.arch import NeuronGroup
 from selprune.batching import auto_batch_size
 from selprune.evaluate import evaluate_causal
 from selprune.pruning import apply
-from selprune.scoring import importance, scores, select
+from selprune.scorers import importance
+from selprune.selection import scores, select
 from selprune.stats import collect
 
 

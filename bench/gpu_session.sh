@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The whole GPU check in one command, for the device machine (its python3 has torch, transformers and
-# triton; nothing is installed). From the repository root there, with $OUT set by the device tool:
-#   bash bench/gpu_session.sh        (about 6-8 minutes on one H200; give it a 540 s limit)
-# Here, to check the script itself on a CPU:  OUT=/tmp/out PYTHON=.venv/bin/python bash bench/gpu_session.sh --tiny
+# The whole GPU check in one command, for a GPU machine whose python3 has torch, transformers and triton
+# (nothing is installed). From the repository root, writing the outputs to $OUT (default gpu-out/):
+#   bash bench/gpu_session.sh        (about 6-8 minutes on one H200)
+# To check the script itself on a CPU:  OUT=/tmp/out PYTHON=.venv/bin/python bash bench/gpu_session.sh --tiny
 set -uo pipefail
 export PYTHONUNBUFFERED=1 PYTHONPATH=src:bench
 PY=${PYTHON:-python3}
+OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 if [ "${1:-}" = "--tiny" ]; then
   "$PY" bench/gpu.py --tiny --device cpu 2>&1 | tee "$OUT/gpu-tiny.txt"

@@ -32,7 +32,7 @@ from selprune.config import RunConfig
 from selprune.finetune import fine_tuning
 from selprune.pruning import apply
 from selprune.run import Run
-from selprune.scoring import select
+from selprune.selection import select
 
 
 def main() -> None:

@@ -30,7 +30,7 @@ from selprune.allocator import keep_freed_memory
 from selprune.config import RunConfig
 from selprune.pruning import apply
 from selprune.run import Run
-from selprune.scoring import select
+from selprune.selection import select
 
 
 def ratio(rounds: list[dict[str, float]], num: str, *den: str) -> str:

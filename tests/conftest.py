@@ -1,5 +1,6 @@
 """Shared fixtures: tiny random-initialised models (one per supported architecture), built from configs
-with no download, a tiny tokenizer, and two small datasets of different text for whole runs."""
+with no download, a tiny tokenizer, two small datasets of different text for whole runs, one finished run
+and the reader of a run's metrics."""
 
 from pathlib import Path
 
@@ -146,6 +147,20 @@ def tiny_config(tiny_llama, tiny_data):
                         retain=str(tiny_data / "retain"), output=str(out))
         return RunConfig(**{**settings, **overrides})
     return make
+
+
+@pytest.fixture(scope="session")
+def finished_run(tiny_config, tmp_path_factory) -> Path:
+    """A finished run at TINY_RUN's settings, its pruned model saved, shared by the whole session: never modify
+    it (copy it first, as shutil.copytree(finished_run, tmp_path / "run"))."""
+    from selprune.run import run
+
+    return run(tiny_config(tmp_path_factory.mktemp("finished") / "run", save_model=True), quiet=True)
+
+
+def read_metrics(folder) -> list[dict[str, str]]:
+    """A run folder's metrics.csv, as rows of strings in file order."""
+    return RunFolder(folder).rows()
 
 
 def write_run_folder(path, config: RunConfig, rows: list[dict], record) -> Path:

@@ -1,6 +1,7 @@
 """The neuron groups on a tiny model of every supported architecture: activations, and zeroing = masking."""
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers.pytorch_utils import Conv1D
 
 from selprune.arch import (
     ARCHITECTURES,
+    GROUP_TABLE,
     GROUPS,
     NeuronGroup,
     architecture_of,
@@ -37,6 +39,22 @@ def capture(model, group, ids, mask):
         for h in handles:
             h.remove()
     return neurons, seen, out
+
+
+@pytest.mark.parametrize("like", ["ff", "attn-value"])
+def test_a_group_is_one_entry_of_the_table(like, tiny_model, tiny_batch, monkeypatch):
+    """An entry registered in GROUP_TABLE alone is a group: one that repeats a group's reading point under
+    another name reads that group's activations and names its weights (phi3: fused gate_up and qkv)."""
+    monkeypatch.setitem(GROUP_TABLE, "copy", dataclasses.replace(GROUP_TABLE[like], name="copy"))
+    model = tiny_model("phi3")
+    ids, mask = tiny_batch()
+    (ours, seen, _), (theirs, expected, _) = capture(model, "copy", ids, mask), capture(model, like, ids, mask)
+    assert (ours.width, ours.units_per_layer) == (theirs.width, theirs.units_per_layer)
+    for layer in expected:
+        torch.testing.assert_close(seen[layer], expected[layer])
+    units = [0, theirs.units_per_layer - 1]
+    assert [(m, side, i.tolist()) for m, side, i in ours.weights_of(1, units)] == \
+        [(m, side, i.tolist()) for m, side, i in theirs.weights_of(1, units)]
 
 
 def linear(module, x):

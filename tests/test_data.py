@@ -19,9 +19,12 @@ from selprune.data import (
     load_documents,
     make_splits,
     mask_for_mlm,
+    run_documents,
+    run_splits,
     sources,
     split_text,
 )
+from selprune.data.splits import HF_CHARS_PER_TOKEN
 from selprune.errors import UserError
 
 BUILTIN = resources.files("selprune.data").joinpath("builtin")
@@ -397,3 +400,108 @@ def test_hf_offline_and_wrong_fields(monkeypatch):
     monkeypatch.setattr(sources, "_load_hf_dataset", lambda *a: [{"content": "x"}])
     with pytest.raises(UserError, match="no 'text' field"):
         load_documents("hf:org/corpus")
+
+
+# ---------------------------------------------------------------- a run's splits, for every command
+
+
+class CountedStream:
+    """A fake streamed Hugging Face dataset of `size` records per name that counts the records read."""
+
+    def __init__(self, size: int = 2000):
+        self.size, self.read = size, 0
+
+    def __call__(self, name, config, split):
+        for i in range(self.size):
+            self.read += 1
+            yield {"text": document_text(name, i)}
+
+
+def document_text(name: str, i: int) -> str:
+    from conftest import TEXT
+
+    words = TEXT.split()
+    return " ".join(words[(i * 7 + k + len(name)) % len(words)] for k in range(14)) + f" {i}"
+
+
+def write_source(kind: str, root, name: str) -> str:
+    """A dataset spec of `kind` (file, folder, hf) with 60 documents of its own text (hf: fake, endless)."""
+    if kind == "hf":
+        return f"hf:org/{name}"
+    if kind == "file":
+        path = root / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"id": i, "text": document_text(name, i)}) + "\n" for i in range(60)))
+        return str(path)
+    (root / name).mkdir()
+    for i in range(60):
+        (root / name / f"{i}.txt").write_text(document_text(name, i))
+    return str(root / name)
+
+
+@pytest.mark.parametrize("kind", ["file", "folder", "hf"])
+def test_run_relearn_and_inspect_see_the_same_documents_in_each_split(kind, tiny_config, tmp_path, monkeypatch):
+    from selprune import run as run_module
+    from selprune.data import chunks
+    from selprune.inspection.session import Inspection
+    from selprune.inspection.settings import InspectConfig
+    from selprune.relearn import Relearn, RelearnConfig
+    from selprune.rundir import RunFolder
+
+    stream = CountedStream()
+    monkeypatch.setattr(sources, "_load_hf_dataset", stream)
+    made = []
+
+    class Recorded(chunks.Splits):
+        def __post_init__(self):
+            made.append(self)
+
+    monkeypatch.setattr(chunks, "Splits", Recorded)
+    forget, retain = (write_source(kind, tmp_path, name) for name in ("forget", "retain"))
+    folder = run_module.run(tiny_config(tmp_path / "run", forget=forget, retain=retain, steps=1), quiet=True)
+    ran, made[:] = made[:2], []
+    run_read, stream.read = stream.read, 0
+
+    relearning = Relearn(RelearnConfig(run=str(folder), relearn_tokens=96, chunk_len=16, eval_tokens=64,
+                                       random_control=False, device="cpu"), quiet=True)
+    try:
+        relearning.load()
+    finally:
+        relearning.run.unlock()
+    relearned, made[:] = made[:2], []
+    if kind == "hf":  # the run's documents and a little more for the attack, not the whole dataset
+        assert run_read < stream.size and run_read < stream.read < 2 * run_read
+    run_folder = RunFolder(folder)
+    inspection = Inspection(InspectConfig(run=str(folder)), run_folder.read_config(), run_folder.record(), [1], True)
+    inspection.tokenizer = relearning.tokenizer
+    inspected = [inspection._side(role, spec) for role, spec in (("forget", forget), ("retain", retain))]
+
+    for run_splits, relearn_splits, side in zip(ran, relearned, inspected):
+        assert relearn_splits.eval.doc_ids == run_splits.eval.doc_ids == made.pop(0).eval.doc_ids
+        assert relearn_splits.score.doc_ids == run_splits.score.doc_ids
+        assert {d.id for d in side.held_out} == set(run_splits.eval.doc_ids)
+        assert {d.id for d in side.scored} == set(run_splits.score.doc_ids)
+        assert not set(relearn_splits.relearn.doc_ids) & set(run_splits.eval.doc_ids + run_splits.score.doc_ids)
+
+
+def test_the_hf_read_limit_counts_the_harden_budgets_and_the_relearn_tokens(monkeypatch, tokenizer):
+    monkeypatch.setattr(sources, "_load_hf_dataset", CountedStream())
+    plain = types.SimpleNamespace(chunk_len=16, score_tokens=100, eval_tokens=100, seed=0)  # no --harden fields
+    hardened = types.SimpleNamespace(**vars(plain), harden=2, harden_holdout=50, harden_tokens=200, harden_chunk_len=8)
+
+    def read_until(docs, tokens):  # the documents reach 16 characters a token, the last one only just
+        chars = [len(d.text) for d in docs]
+        return sum(chars[:-1]) < HF_CHARS_PER_TOKEN * tokens <= sum(chars)
+
+    alone = run_documents(plain, "hf:org/x")
+    assert read_until(alone.run, 200) and not alone.later
+    hard = run_documents(hardened, "hf:org/x")
+    assert read_until(hard.run, 450) and not hard.later
+    assert run_documents(hardened, "hf:org/x", role="retain") == alone  # --harden trains on the forget data only
+    attack = run_documents(hardened, "hf:org/x", relearn_tokens=30)
+    assert attack.run == hard.run and read_until(attack.run + attack.later, 480)
+    splits = run_splits(hardened, tokenizer, "hf:org/x")
+    assert splits.relearn.tokens == 50 and splits.harden.tokens == 200 and splits.harden.input_ids.shape[1] == 8
+    relearn = run_splits(hardened, tokenizer, "hf:org/x", relearn_tokens=30, relearn_chunk_len=4)
+    assert relearn.harden is None and relearn.relearn.input_ids.shape[1] == 4
+    assert relearn.relearn.doc_ids[0] == splits.relearn.doc_ids[0] and relearn.eval.doc_ids == splits.eval.doc_ids
+    assert run_splits(plain, tokenizer, "hf:org/x", role="watch").score is None

@@ -1,12 +1,12 @@
 """Data-parallel statistics: two processes (torchrun, gloo on CPU) give the same run as one process."""
 
-import csv
 import json
 import socket
 import subprocess
 import sys
 
 import pytest
+from conftest import read_metrics
 
 
 def free_port() -> int:
@@ -24,11 +24,6 @@ def selprune(*args, processes=1):
     return done
 
 
-def metrics(folder):
-    with open(folder / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.mark.parametrize("group", ["ff", "attn-value"])
 def test_two_processes_prune_the_same_neurons_as_one(tmp_path, group, tiny_llama, make_datasets):
     model = tiny_llama
@@ -42,7 +37,7 @@ def test_two_processes_prune_the_same_neurons_as_one(tmp_path, group, tiny_llama
 
     one, two = (json.loads((tmp_path / d / "pruned.json").read_text()) for d in ("one", "two"))
     assert one == two and sum(len(v) for s in one["steps"] for v in s["pruned"].values()) > 0
-    rows_one, rows_two = metrics(tmp_path / "one"), metrics(tmp_path / "two")
+    rows_one, rows_two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
     assert len(rows_one) == len(rows_two) == 8
     for a, b in zip(rows_one, rows_two):
         assert a["tokens"] == b["tokens"]  # every evaluation position counted once, across both processes

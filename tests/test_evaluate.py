@@ -9,15 +9,20 @@ from conftest import MODEL_TYPES
 from selprune import head as head_module
 from selprune.arch import ARCHITECTURES
 from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens
-from selprune.head import Head, score_predictions
+from selprune.head import Head, NonFiniteLogits, score_predictions
 
 CAUSAL = [t for t in MODEL_TYPES if not ARCHITECTURES[t].masked_lm]
+
+
+def _rank(logits, targets):
+    """How many other tokens' logits are at or above the target's: a tie does not help the target."""
+    return (logits >= logits.gather(1, targets[:, None])).sum(1) - 1
 
 
 def _assert_metrics_of(m, logits, targets, skip):
     """m is what float64 logits [N, V] at the predicted positions say of their targets [N]."""
     target = logits.gather(1, targets[:, None])[:, 0]
-    rank = (logits > target[:, None]).sum(1)
+    rank = _rank(logits, targets)
     loss = torch.logsumexp(logits, 1) - target
     keep = ~torch.isin(targets, skip)
     assert m.tokens == len(targets) and 0 < keep.sum() < len(keep)
@@ -44,22 +49,26 @@ def test_causal_evaluation_equals_naive_logits(arch, tiny_model, tiny_batch):
 @pytest.mark.parametrize("arch", ["opt", "phi", "gemma2"])  # plain head, head with bias, soft-capped logits
 @pytest.mark.parametrize("scale", [1.0, 400.0])  # random-init logits near 0; logits as large as a trained model's
 def test_bf16_ranks_equal_exact_ranks(arch, scale, fused, tiny_model, tiny_batch):
-    """Ranks decided on bf16 logits plus the float32 band are those of exact logits, ties included."""
+    """Ranks decided on bf16 logits plus the float32 band are those of exact logits; an exact tie is a miss."""
     model = tiny_model(arch).to(torch.bfloat16)
     head, cap = model.get_output_embeddings(), model.config.final_logit_softcapping if arch == "gemma2" else None
     head.weight.mul_(scale)
-    head.weight[7] = head.weight[5]  # two tokens with identical logits: a tie is a hit for both
+    head.weight[5].mul_(4)  # token 5 on top at many positions,
+    head.weight[7] = head.weight[5]  # and token 7 with identical logits: a tie is a hit for neither
     ids, mask = tiny_batch(batch=4, length=24)
-    ids[:, 1::3] = 7
     hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1].reshape(-1, 16)
-    targets = ids[:, 1:].reshape(-1)
-    assert Head(model).cap == cap
-    top1, top10, loss = score_predictions(hidden, Head(model), targets, rows=7, fused=fused)
     exact = hidden.double() @ head.weight.double().T
     if head.bias is not None:
         exact += head.bias.double()
-    rank = (exact > exact.gather(1, targets[:, None])).sum(1)
+    targets = ids[:, 1:].reshape(-1)
+    targets[::3] = 7
+    targets[1::3] = exact.argmax(1)[1::3]  # hits, unless token 5 or 7 is on top
+    assert Head(model).cap == cap
+    top1, top10, loss = score_predictions(hidden, Head(model), targets, rows=7, fused=fused)
+    rank = _rank(exact, targets)
     assert 0 < int((rank == 0).sum()) < len(rank), "the check needs hits and misses"
+    tied_on_top = (exact > exact.gather(1, targets[:, None])).sum(1) == 0
+    assert (tied_on_top & (targets == 7)).any(), "the check needs token 7 tied with 5 on top"
     assert torch.equal(top1, rank == 0) and torch.equal(top10, rank < 10)
     capped = torch.tanh(exact / cap) * cap if cap else exact
     ref = torch.logsumexp(capped, 1) - capped.gather(1, targets[:, None])[:, 0]
@@ -107,7 +116,7 @@ def test_masked_bf16_ranks_equal_exact_ranks(tiny_model, tiny_batch):
     labels[sel] = torch.where(torch.arange(int(sel.sum())) % 2 == 0, 5, 7)
     m, _ = evaluate_masked(model, ids, labels, mask, len(ids), torch.empty(0, dtype=torch.long))
     exact = _output_layer_input(model, ids, mask)[sel].double() @ out.weight.double().T + out.bias.double()
-    rank = (exact > exact.gather(1, labels[sel][:, None])).sum(1)
+    rank = _rank(exact, labels[sel])
     rounded = exact.to(torch.bfloat16)
     assert (rounded[:, 5] == rounded[:, 7]).all() and (exact[:, 5] > exact[:, 7]).all(), "needs bf16-only ties"
     assert 0 < int((rank == 0).sum()) < len(rank), "the check needs hits and misses"
@@ -118,3 +127,42 @@ def test_frequent_tokens_ignores_padding():
     ids = torch.tensor([[5, 5, 5, 6, 7, 7]])
     mask = torch.tensor([[1, 1, 1, 1, 0, 0]])
     assert frequent_tokens(ids, mask, 2).tolist() == [5, 6]
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", ["llama", "roberta"])
+def test_constant_logits_score_no_hits(arch, dtype, fused, tiny_model, tiny_batch):
+    """A collapsed model (every logit equal) ranks each target below V - 1 ties: top-1 and top-10 are 0,
+    skip variants included, never 1."""
+    model = tiny_model(arch).to(dtype)
+    model.get_output_embeddings().weight.zero_()
+    if model.get_output_embeddings().bias is not None:
+        model.get_output_embeddings().bias.fill_(0.5)
+    ids, mask = tiny_batch(batch=3, length=12)
+    skip = frequent_tokens(ids, mask, 5)
+    if arch == "roberta":
+        ids, labels, mask = _masked_batch(tiny_batch)
+        m, _ = evaluate_masked(model, ids, labels, mask, 2, skip, fused=fused)
+    else:
+        m, _ = evaluate_causal(model, ids, mask, batch_size=2, skip_ids=skip, fused=fused)
+    assert m.tokens > 0
+    assert (m.top1, m.top10, m.top1_skip, m.top10_skip) == (0.0, 0.0, 0.0, 0.0)
+    assert m.loss == pytest.approx(math.log(model.config.vocab_size), rel=1e-2)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+@pytest.mark.parametrize("arch", ["llama", "roberta"])
+def test_non_finite_logits_end_the_evaluation(arch, bad, fused, tiny_model, tiny_batch):
+    """NaN or infinite logits have no rank: one clear error that names what was evaluated, not a score."""
+    model = tiny_model(arch)
+    model.get_output_embeddings().weight[11, 0] = bad  # one token's logit, at every position
+    ids, mask = tiny_batch(batch=3, length=12)
+    skip = frequent_tokens(ids, mask, 5)
+    with pytest.raises(NonFiniteLogits, match="the outputs of tiny on prose are not finite .*learning rate"):
+        if arch == "roberta":
+            ids, labels, mask = _masked_batch(tiny_batch)
+            evaluate_masked(model, ids, labels, mask, 2, skip, fused=fused, what="tiny on prose")
+        else:
+            evaluate_causal(model, ids, mask, batch_size=2, skip_ids=skip, fused=fused, what="tiny on prose")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import crash_in_step_2, one_error_line
+from conftest import crash_in_step_2, one_error_line, read_metrics
 
 from selprune import run as run_module
 from selprune.arch import neuron_group
@@ -27,11 +27,6 @@ def files(folder) -> dict[str, bytes]:
 
 
 @pytest.fixture(scope="module")
-def plain(tiny_config, tmp_path_factory):
-    return run_module.run(tiny_config(tmp_path_factory.mktemp("plain") / "run"), quiet=True)
-
-
-@pytest.fixture(scope="module")
 def hardened(tiny_config, tmp_path_factory):
     """A finished hardened run, and its Run object (which holds the model it pruned)."""
     run = run_module.Run(tiny_config(tmp_path_factory.mktemp("hardened") / "run", **HARDEN), quiet=True)
@@ -49,19 +44,19 @@ def test_the_model_changes_only_by_zeroing(hardened, tiny_llama):
     assert all(p.grad is None for p in hardened.model.parameters())
 
 
-def test_harden_0_is_a_plain_run(plain, tiny_config, tmp_path):
+def test_harden_0_is_a_plain_run(finished_run, tiny_config, tmp_path):
     """With --harden 0 the attack's settings do nothing, not even split the data (10**9 tokens would not fit)."""
-    off = run_module.run(tiny_config(tmp_path / "off", harden=0, harden_lr=5.0, harden_batch_size=1000,
+    off = run_module.run(tiny_config(tmp_path / "off", harden=0, harden_batch_size=1000,
                                      harden_tokens=10**9), quiet=True)
-    assert files(off) == files(plain)
+    assert files(off) == files(finished_run)
 
 
-def test_hardening_changes_what_steps_2_and_later_prune(plain, hardened):
+def test_hardening_changes_what_steps_2_and_later_prune(finished_run, hardened):
     """Step 1 has nothing to relearn and is the plain run's; the attacked copies change the later selections."""
-    ours, theirs = (RunFolder(folder).record() for folder in (hardened.folder.path, plain))
+    ours, theirs = (RunFolder(folder).record() for folder in (hardened.folder.path, finished_run))
     assert torch.equal(ours.mask_of(1), theirs.mask_of(1))
     assert not torch.equal(ours.mask_of(2), theirs.mask_of(2))
-    rows = [RunFolder(folder).rows() for folder in (hardened.folder.path, plain)]
+    rows = [read_metrics(folder) for folder in (hardened.folder.path, finished_run)]
     assert [r for r in rows[0] if r["step"] in ("0", "1")] == [r for r in rows[1] if r["step"] in ("0", "1")]
 
 
@@ -99,7 +94,7 @@ def test_the_attack_settings_are_recorded_and_a_resume_may_not_change_them(harde
     assert RunConfig(harden=4).run_name == f"{RunConfig().run_name}-harden4"  # apart from the plain run
 
 
-def test_relearn_attacks_a_hardened_run_with_text_the_hardening_never_saw(hardened, plain, capsys):
+def test_relearn_attacks_a_hardened_run_with_text_the_hardening_never_saw(hardened, finished_run, capsys):
     """--harden trains on the forget documents after its holdout; selprune relearn's forget attack takes the
     holdout's, and an attack with more tokens than the holdout (on the run or on a control) is refused."""
     attack = dict(chunk_len=16, batch_size=2, eval_tokens=64, device="cpu")
@@ -110,7 +105,7 @@ def test_relearn_attacks_a_hardened_run_with_text_the_hardening_never_saw(harden
         analysis.run.unlock()
     assert analysis.attacks["forget"].tokens == 96
     assert not set(analysis.attacks["forget"].doc_ids) & set(hardened.data[0].attack.doc_ids)
-    for run, control in ((hardened.folder.path, ()), (plain, (f"{hardened.folder.path}:2",))):
+    for run, control in ((hardened.folder.path, ()), (finished_run, (f"{hardened.folder.path}:2",))):
         argv = ["relearn", str(run), "--relearn-tokens", "97", *(a for c in control for a in ("--control", c)),
                 "--name", "more"] + [a for k, v in attack.items() for a in ("--" + k.replace("_", "-"), str(v))]
         one_error_line(capsys, argv, "hardened (--harden)", "--relearn-tokens 96 or fewer")

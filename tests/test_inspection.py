@@ -322,3 +322,44 @@ def test_pruning_code_breaks_python_and_keeps_english(tmp_path):
     assert value["python", "python parses", 1] < value["python", "python parses", 0], value
     assert value["python", "python body", 1] <= value["python", "python body", 0] / 2, value
     assert value["retain", "base perplexity", 1] < 1.5 * value["retain", "base perplexity", 0], value
+
+
+def test_an_inspection_holds_one_model_at_a_time(tiny_run, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    from selprune.inspection.session import Inspection
+
+    folder = shutil.copytree(tiny_run[0], tmp_path / "run")
+    loaded, alive_at_load = [], []
+    real = Inspection.load_model
+
+    def load(self):
+        gc.collect()
+        alive_at_load.append([ref() is not None for ref in loaded])
+        model, tokenizer = real(self)
+        loaded.append(weakref.ref(model))
+        return model, tokenizer
+
+    monkeypatch.setattr(Inspection, "load_model", load)
+    inspect_run(tiny_settings(folder, tiny_run[1], step=(1,), sample=False, functions=0), quiet=True)
+    assert alive_at_load == [[], [False]]  # the unpruned model for the checks finds the pruned one gone
+
+
+@pytest.mark.parametrize("model_type", ["gemma3", "llama"])
+def test_statistics_and_the_lens_never_run_the_whole_model(model_type, tiny_model, tiny_batch):
+    """On the transformers floor, gemma3's `base_model` is the whole multimodal model, head included: the
+    instance is made to answer so here, and the statistics and the lens run only the decoder."""
+    from selprune.arch import neuron_group
+    from selprune.stats import collect
+
+    model = tiny_model(model_type)
+    embeddings = model.get_input_embeddings()  # found through base_model, so kept as it was
+    model.__class__ = type("AsOnTheFloor", (type(model),), {"base_model": property(lambda self: self),
+                                                            "get_input_embeddings": lambda self: embeddings})
+    ids, mask = tiny_batch()
+    calls = []
+    model.register_forward_hook(lambda *args: calls.append(1))  # the whole model, output layer and all
+    stats, _ = collect(model, neuron_group(model, "ff"), ids, mask, 2)
+    top1, _ = lens_top1(model, ids, mask, 2)
+    assert calls == [] and stats.count == mask.sum() and len(top1) == 2

@@ -8,9 +8,8 @@ chunks of 256, bf16 on a 2-core CPU), relative top-1 drops forget(code) / retain
 The thresholds below leave wide margins under those numbers.
 """
 
-import csv
-
 import pytest
+from conftest import read_metrics
 
 from selprune.config import preset
 from selprune.relearn import COLUMNS, RelearnConfig, relearn
@@ -21,10 +20,8 @@ pytestmark = pytest.mark.slow
 
 
 def drops(out):
-    with open(out / "metrics.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
     by_step = {}
-    for r in rows:
+    for r in read_metrics(out):
         by_step.setdefault(int(r["step"]), {})[r["role"]] = float(r["top1_drop_rel"])
     return by_step
 

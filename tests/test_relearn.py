@@ -197,3 +197,13 @@ def test_other_data_and_another_run_as_control(pruned_runs, tmp_path, make_datas
     assert {r["model"] for r in rows} == {"pruned", "base", "attn-value@1"}
     final = {r["model"]: r for r in rows if r["step"] == "4"}
     assert final["attn-value@1"]["pruned_zero"] == "False" and final["pruned"]["pruned_zero"] == "True"
+
+
+def test_resume_accepts_the_run_path_spelled_differently(pruned_runs, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(pruned_runs["ff"], tmp_path / "runs" / "x")
+    small = ["--max-steps", "1", "--batch-size", "2", "--chunk-len", "16", "--relearn-tokens", "96", "--eval-tokens",
+             "64", "--device", "cpu", "--no-random-control", "--quiet"]
+    assert main(["relearn", "runs/x", *small]) == 0
+    for spelling in ("./runs/x", str(tmp_path / "runs" / "x"), "runs/../runs/x/"):
+        assert main(["relearn", spelling, "--resume", "--quiet"]) == 0

@@ -15,6 +15,7 @@ that asks for too much memory fails with exit 3 instead of taking the shared mac
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -35,6 +36,7 @@ import pytest
 
 from selprune.pruning import PrunedRecord
 
+pytestmark = pytest.mark.slow  # minutes of separate processes: `pytest -m "not slow"` skips them locally
 MEMORY_LIMIT = 8 << 30  # bytes of address space per command
 TIMEOUT = 600  # seconds per command
 REFUSAL_TIMEOUT = 120  # a refusal that takes longer is waiting for the folder's lock
@@ -838,3 +840,210 @@ def test_kill_9_at_a_random_moment_then_resume_gives_the_uninterrupted_result(fi
         assert "at completed step -1" in k.state, f"{k.state}: a committed step was not resumed\n{k.resumed}"
         assert k.restarted.returncode == 0, f"{k.state}\n{k.restarted}"
     assert_same_results(k.out, finished.path, f"after a kill -9 ({k.state})")
+
+
+# -- wrong answers with exit 0 (issue 23), in process ------------------------------------------------------
+
+
+def every_settings_class() -> list[type]:
+    """The settings dataclass of every command (each module that defines one is imported first)."""
+    import importlib
+
+    from selprune.config import Settings
+
+    for module in ("selprune.config", "selprune.relearn", "selprune.inspection.settings", "selprune.unlearn.settings"):
+        with contextlib.suppress(ModuleNotFoundError):  # unlearn: only where that command exists
+            importlib.import_module(module)
+    return Settings.__subclasses__()
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_every_float_setting_of_every_command_must_be_finite(bad):
+    """A float setting, alone or as one of several (relearn's --lr 1e-4 nan), that is not finite is refused."""
+    import dataclasses
+    import typing
+
+    from selprune.errors import UserError
+
+    checked = []
+    for cls in every_settings_class():
+        for field in dataclasses.fields(cls):
+            hint = typing.get_type_hints(cls)[field.name]
+            if hint == tuple[float, ...]:
+                value = (1e-4, bad)
+            elif float in (hint, *typing.get_args(hint)):
+                value = bad
+            else:
+                continue
+            with pytest.raises(UserError, match="finite"):
+                dataclasses.replace(cls(), **{field.name: value}).check_finite()
+            checked.append(f"{cls.__name__}.{field.name}")
+    assert "RelearnConfig.lr" in checked and "RunConfig.harden_lr" in checked, checked
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf"])
+def test_relearn_with_a_learning_rate_that_is_not_finite_is_one_line(capsys, finished, tmp_path, lr):
+    run = Ctx(tmp_path, finished, None, None).copy()
+    before = snapshot(run)
+    conftest.one_error_line(capsys, ["relearn", str(run), "--lr", "1e-4", lr, "--quiet"], f"--lr is {lr}", "finite")
+    assert snapshot(run) == before
+
+
+def tiny_run_argv(model, data: Path, output, **overrides) -> list[str]:
+    return ["run", *tiny_flags(model, data, **overrides), "--output", str(output), "--quiet"]
+
+
+RELEARN_SMALL = ["--max-steps", "1", "--batch-size", "2", "--chunk-len", "16", "--relearn-tokens", "96",
+                 "--eval-tokens", "64", "--no-random-control", "--device", "cpu", "--quiet"]
+
+
+def test_a_run_records_its_model_by_absolute_path_and_refuses_another_model_there(capsys, tmp_path, tiny_data,
+                                                                                   monkeypatch):
+    from selprune.cli import main
+
+    conftest.save_tiny_model("llama", tmp_path / "m")
+    monkeypatch.chdir(tmp_path)
+    assert main(tiny_run_argv("./m", tiny_data, "run", steps=2)) == 0
+    assert saved_config(tmp_path / "run")["model"] == str((tmp_path / "m").resolve())
+    progress_path = tmp_path / "run" / "state" / "progress.json"
+    progress = json.loads(progress_path.read_text())
+    assert "model" in progress
+
+    progress_path.write_text(json.dumps({k: v for k, v in progress.items() if k != "model"}))
+    monkeypatch.chdir(tiny_data)  # another directory: the run still finds its model
+    assert main(["run", "--resume", "--output", str(tmp_path / "run"), "--quiet"]) == 0, "a folder without a fingerprint"
+    progress_path.write_text(json.dumps(progress))
+
+    shutil.rmtree(tmp_path / "m")
+    conftest.save_tiny_model("llama", tmp_path / "m", seed=1)  # another model of the same shape, at the same path
+    capsys.readouterr()
+    run = str(tmp_path / "run")
+    for argv in (["run", "--resume", "--output", run, "--quiet"], ["relearn", run, *RELEARN_SMALL],
+                 ["inspect", run, "--prompts", "1", "--functions", "0", "--no-lens", "--quiet"]):
+        conftest.one_error_line(capsys, argv, "is not the model", "was made with")
+    assert not (tmp_path / "run" / "relearn").exists() and not (tmp_path / "run" / "inspect").exists()
+
+
+def saved_config(folder: Path) -> dict:
+    from selprune.config import read_toml
+
+    return read_toml(folder / "config.toml", "config file", "a run's")
+
+
+def test_a_moved_run_folder_resumes_its_relearn_results(finished, tmp_path):
+    from selprune.cli import main
+
+    run = Ctx(tmp_path, finished, None, None).copy()
+    assert main(["relearn", str(run), *RELEARN_SMALL]) == 0
+    results = (run / "relearn" / "relearn.csv").read_text()
+    moved = tmp_path / "elsewhere" / "moved"
+    moved.parent.mkdir()
+    shutil.move(run, moved)
+    assert main(["relearn", str(moved), "--resume", "--quiet"]) == 0
+    assert (moved / "relearn" / "relearn.csv").read_text() == results
+
+
+def unfinished_run(tiny_config, folder: Path, monkeypatch, steps_done: int) -> Path:
+    """A 3-step run of the tiny Llama, crashed after committing `steps_done` steps."""
+    from selprune import run as run_module
+    from selprune.rundir import RunFolder
+
+    config = tiny_config(folder, steps=3)
+    real = run_module.select
+
+    def crash_after(*args, **kw):
+        if RunFolder(folder).completed_step() == steps_done:
+            raise conftest.Crash()
+        return real(*args, **kw)
+
+    monkeypatch.setattr(run_module, "select", crash_after)
+    with pytest.raises(conftest.Crash):
+        run_module.run(config, quiet=True)
+    monkeypatch.undo()
+    return folder
+
+
+def test_relearn_on_an_unfinished_run_records_the_step_it_attacked(capsys, tiny_config, tmp_path, monkeypatch):
+    from selprune.cli import main
+    from selprune.relearn import RelearnConfig
+
+    run = unfinished_run(tiny_config, tmp_path / "run", monkeypatch, steps_done=1)
+    assert main(["relearn", str(run), *RELEARN_SMALL[:-1]]) == 0
+    assert "unfinished (1 of 3 steps done)" in capsys.readouterr().out
+    settings = run / "relearn" / "settings.toml"
+    assert RelearnConfig.from_toml(settings).step == 1
+    assert main(["run", "--resume", "--output", str(run), "--quiet"]) == 0  # the run finishes: 3 steps
+    assert main(["relearn", str(run), "--resume", *RELEARN_SMALL[:-1]]) == 0
+    assert "after step 1" in capsys.readouterr().out, "resume presents the results as step 3's"
+    assert RelearnConfig.from_toml(settings).step == 1
+
+
+def test_relearn_on_a_run_with_no_finished_step_says_so(capsys, tiny_config, tmp_path, monkeypatch):
+    run = unfinished_run(tiny_config, tmp_path / "run", monkeypatch, steps_done=0)
+    line = conftest.one_error_line(capsys, ["relearn", str(run), *RELEARN_SMALL], "no finished pruning step yet")
+    assert "between 1 and 0" not in line
+
+
+@pytest.mark.parametrize("text", ["", "[grid]\n", "[settings]\nsteps = 2\n[grid]\n"], ids=["empty", "empty-grid",
+                                                                                         "settings-only"])
+def test_a_grid_that_names_no_run_is_refused(capsys, tmp_path, text):
+    grid = tmp_path / "g.toml"
+    grid.write_text(text)
+    conftest.one_error_line(capsys, ["sweep", str(grid), "--dry-run"], "names no run")
+    conftest.one_error_line(capsys, ["sweep", str(grid), "--output", str(tmp_path / "s")], "names no run")
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_full_disk_names_the_file_it_could_not_write(tmp_path, monkeypatch):
+    from selprune import atomic
+    from selprune.cli import explain
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))  # as os.fsync raises it: no file name
+
+    monkeypatch.setattr(atomic.os, "fsync", full)
+    target = tmp_path / "metrics.csv"
+    with pytest.raises(OSError) as caught:
+        atomic.write_text(target, "step\n")
+    status, line = explain(caught.value)
+    assert status == 4 and str(target) in line and "disk is full" in line, line
+    assert list(tmp_path.iterdir()) == [], "a half-written file was left"
+
+
+def test_harden_lr_without_harden_is_refused(capsys, tiny_llama, tiny_data, tmp_path):
+    conftest.one_error_line(capsys, tiny_run_argv(tiny_llama, tiny_data, tmp_path / "run", harden_lr=1e-3),
+                            "--harden-lr", "--harden is off")
+
+
+def test_harden_says_what_it_costs_before_it_starts(capsys, tiny_config, tmp_path):
+    from selprune.run import Run, hardening_cost
+
+    config = tiny_config(tmp_path / "run", harden=50, harden_tokens=64, harden_chunk_len=16, harden_batch_size=2,
+                         harden_holdout=0)
+    Run(config).load()
+    out = capsys.readouterr().out
+    assert f"about {hardening_cost(config):.1f}x the plain run's forward passes" in out, out
+    # 3 steps: 2 x 50 fine-tuning steps of 2 x 16 tokens, 3 passes each, over 4 evaluations x 2 x 200 + 3 x 2 x 300
+    assert hardening_cost(config) == pytest.approx((3400 + 3 * 2 * 50 * 32) / 3400)
+
+
+def test_sweep_dry_run_refuses_a_damaged_partial_run_as_the_sweep_does(capsys, tiny_llama, tiny_data, tmp_path,
+                                                                      monkeypatch):
+    from selprune.sweep import load
+
+    settings = dict(conftest.TINY_RUN, model=str(tiny_llama), forget=str(tiny_data / "forget"),
+                    retain=str(tiny_data / "retain"))
+    grid = tmp_path / "g.toml"
+    grid.write_text("[settings]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in settings.items() if k != "steps")
+                    + "[grid]\nsteps = [3]\n")
+    out = tmp_path / "s"
+    planned = load(grid, out).runs[0]
+    conftest.crash_in_step_2(monkeypatch, planned.config)  # a partial run: step 1 of 3 committed
+    (planned.folder.path / "pruned.json").write_bytes(garbage())
+    capsys.readouterr()
+    before = snapshot(out)
+    dry = conftest.one_error_line(capsys, ["sweep", str(grid), "--output", str(out), "--dry-run"], "cannot resume",
+                                  "pruned.json")
+    real_line = conftest.one_error_line(capsys, ["sweep", str(grid), "--output", str(out), "--quiet"])
+    assert dry == real_line
+    assert snapshot(out) == before

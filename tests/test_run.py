@@ -1,14 +1,14 @@
 """Whole runs on tiny models: outputs, saved model, resume after a crash, masked LMs."""
 
-import csv
 import dataclasses
 import hashlib
 import json
+import shutil
 
 import pytest
 import tomli_w
 import torch
-from conftest import Crash, crash_in_step_2
+from conftest import Crash, crash_in_step_2, read_metrics
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
@@ -24,30 +24,18 @@ from selprune.rundir import RunFolder
 STEPS = 3  # as conftest's tiny_config
 
 
-@pytest.fixture(scope="module")
-def finished(tiny_config, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "full"
-    run_module.run(tiny_config(out, save_model=True), quiet=True)
-    return out
-
-
-def read_metrics(out):
-    with open(out / "metrics.csv", newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def test_run_folder_has_every_output(finished):
+def test_run_folder_has_every_output(finished_run):
     for name in ("config.toml", "metrics.csv", "pruned.json", "report.html", "state/progress.json",
                  "model/config.json"):
-        assert (finished / name).is_file(), name
-    rows = read_metrics(finished)
+        assert (finished_run / name).is_file(), name
+    rows = read_metrics(finished_run)
     assert [(int(r["step"]), r["role"]) for r in rows] == [(s, role) for s in range(STEPS + 1)
                                                            for role in ("forget", "retain")]
-    assert RunConfig.from_toml(finished / "config.toml").steps == STEPS
+    assert RunConfig.from_toml(finished_run / "config.toml").steps == STEPS
 
 
-def test_each_step_prunes_exactly_the_budget_and_never_twice(finished):
-    record = RunFolder(finished).record()
+def test_each_step_prunes_exactly_the_budget_and_never_twice(finished_run):
+    record = RunFolder(finished_run).record()
     total = record.layers * record.units_per_layer
     seen = set()
     for entry in record.steps:
@@ -55,14 +43,14 @@ def test_each_step_prunes_exactly_the_budget_and_never_twice(finished):
         assert len(units) == round(0.1 * total)
         assert not units & seen
         seen |= units
-    rows = read_metrics(finished)
+    rows = read_metrics(finished_run)
     assert int(rows[-1]["units_pruned"]) == len(seen)
 
 
-def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finished, tiny_llama):
-    reloaded = AutoModelForCausalLM.from_pretrained(finished / "model").eval()
+def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finished_run, tiny_llama):
+    reloaded = AutoModelForCausalLM.from_pretrained(finished_run / "model").eval()
     model, _ = load_model(str(tiny_llama), dtype="float32")
-    record = RunFolder(finished).record()
+    record = RunFolder(finished_run).record()
     apply(NeuronGroup(model, "ff"), record.mask())
     ids = torch.randint(5, 90, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -72,7 +60,7 @@ def test_saved_model_reloads_with_plain_transformers_to_identical_logits(finishe
 
 
 @pytest.mark.parametrize("crash_at", ["select", "metrics"])
-def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, tiny_config, tmp_path, monkeypatch, crash_at):
+def test_resume_after_a_crash_equals_an_uninterrupted_run(finished_run, tiny_config, tmp_path, monkeypatch, crash_at):
     out = tmp_path / "crashed"
     config = tiny_config(out, save_model=True)
     if crash_at == "select":  # killed while scoring step 2
@@ -93,12 +81,12 @@ def test_resume_after_a_crash_equals_an_uninterrupted_run(finished, tiny_config,
         monkeypatch.undo()
     run_module.run(config, resume=True, quiet=True)
     for name in ("metrics.csv", "pruned.json"):
-        assert (out / name).read_text() == (finished / name).read_text(), name
-    resumed, whole = (load_file(d / "model" / "model.safetensors") for d in (out, finished))
+        assert (out / name).read_text() == (finished_run / name).read_text(), name
+    resumed, whole = (load_file(d / "model" / "model.safetensors") for d in (out, finished_run))
     assert resumed.keys() == whole.keys() and all(torch.equal(resumed[k], whole[k]) for k in whole)
 
 
-def test_a_run_made_before_a_setting_existed_resumes_and_an_edited_config_is_refused(finished, tiny_config,
+def test_a_run_made_before_a_setting_existed_resumes_and_an_edited_config_is_refused(finished_run, tiny_config,
                                                                                        tmp_path, monkeypatch):
     """An older selprune wrote config.toml without a setting added since (here harden_holdout, at its default)
     and took progress.json's checksum of that file's settings: the run resumes to the uninterrupted result.
@@ -124,22 +112,22 @@ def test_a_run_made_before_a_setting_existed_resumes_and_an_edited_config_is_ref
     write(older)
     run_module.run(config, resume=True, quiet=True)
     for name in ("metrics.csv", "pruned.json"):
-        assert (out / name).read_text() == (finished / name).read_text(), name
+        assert (out / name).read_text() == (finished_run / name).read_text(), name
 
 
-def test_finished_run_is_not_redone(finished, tiny_config, monkeypatch):
+def test_finished_run_is_not_redone(finished_run, tiny_config, tmp_path, monkeypatch):
     def fail(*args, **kw):
         raise AssertionError("a finished run pruned again")
 
     monkeypatch.setattr(run_module, "select", fail)
-    before = (finished / "metrics.csv").read_text()
-    run_module.run(tiny_config(finished, save_model=True), resume=True, quiet=True)
-    assert (finished / "metrics.csv").read_text() == before
+    copy = shutil.copytree(finished_run, tmp_path / "copy")
+    run_module.run(tiny_config(copy, save_model=True), resume=True, quiet=True)
+    assert (copy / "metrics.csv").read_text() == (finished_run / "metrics.csv").read_text()
 
 
-def test_resume_with_other_settings_is_refused(finished, tiny_config):
+def test_resume_with_other_settings_is_refused(finished_run, tiny_config):
     with pytest.raises(UserError, match="different settings.*steps"):
-        run_module.run(tiny_config(finished, steps=2), resume=True, quiet=True)
+        run_module.run(tiny_config(finished_run, steps=2), resume=True, quiet=True)
 
 
 @pytest.mark.parametrize("group", ["attn-value", "attn-head"])
@@ -196,11 +184,11 @@ def test_masked_lm_run(tiny_config, tmp_path, save_tiny):
     assert len(rows) == 4 and all(0 <= float(r["top1"]) <= 1 for r in rows)
 
 
-def test_device_map_auto_gives_the_same_run(finished, tiny_config, tmp_path):
+def test_device_map_auto_gives_the_same_run(finished_run, tiny_config, tmp_path):
     """accelerate's device_map="auto" (how big models are sharded) places this tiny one on the CPU."""
     out = run_module.run(tiny_config(tmp_path / "mapped", device_map="auto"), quiet=True)
-    assert (out / "pruned.json").read_text() == (finished / "pruned.json").read_text()
-    assert read_metrics(out) == read_metrics(finished)
+    assert (out / "pruned.json").read_text() == (finished_run / "pruned.json").read_text()
+    assert read_metrics(out) == read_metrics(finished_run)
 
 
 def test_offloaded_weights_are_refused(tiny_llama):
@@ -312,3 +300,21 @@ def test_target_forget_drop_stops_at_the_step_that_reaches_it(scripted, tiny_con
     # retain drops 5% and 15% at steps 1 and 2: halfway, where forget drops 20% and 40%
     assert ("forget drop 30.0% at retain drop <= 10% (interpolated between steps 1 and 2, 15.6% pruned)"
             in capsys.readouterr().out)
+
+
+def test_the_kept_model_is_loaded_only_once_the_pruned_one_is_freed(scripted, tiny_config, tmp_path, monkeypatch):
+    import gc
+    import weakref
+
+    loaded, alive_at_load = [], []
+
+    def load(*args, **kwargs):
+        gc.collect()
+        alive_at_load.append([ref() is not None for ref in loaded])
+        model, tokenizer = load_model(*args, **kwargs)
+        loaded.append(weakref.ref(model))
+        return model, tokenizer
+
+    monkeypatch.setattr(run_module, "load_model", load)
+    run_module.run(tiny_config(tmp_path / "budget", max_retain_drop=10.0, save_model=True), quiet=True)
+    assert alive_at_load == [[], [False]]  # the second load, for the kept step, finds the first model gone

@@ -15,16 +15,9 @@ from selprune.rundir import RunFolder, metrics_text, pruned_text
 SHAPE = dict(layers=2, units_per_layer=24, units_per_step=5, roles=("forget", "retain"))  # tiny Llama, ff, 10%
 
 
-@pytest.fixture(scope="module")
-def finished(tiny_config, tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "done"
-    run_module.run(tiny_config(out), quiet=True)
-    return out
-
-
 @pytest.fixture
-def copy(finished, tmp_path):
-    return shutil.copytree(finished, tmp_path / "copy")
+def copy(finished_run, tmp_path):
+    return shutil.copytree(finished_run, tmp_path / "copy")
 
 
 def test_a_commit_reads_back_as_written(copy, tiny_config):

@@ -15,9 +15,8 @@ from selprune.arch import ARCHITECTURES, GROUPS, NeuronGroup, architecture_of
 from selprune.config import RunConfig
 from selprune.errors import UserError
 from selprune.rundir import RunFolder
-from selprune.scorers import SCORERS
-from selprune.scoring import importance
-from selprune.stats import MOMENTS, NEEDS, SUMS, attributions, collect
+from selprune.scorers import SCORERS, Scorer, importance
+from selprune.stats import MOMENTS, SUMS, attributions, collect
 
 METHOD = Path(__file__).parents[1] / "docs" / "METHOD.md"
 TYPES = sorted(ARCHITECTURES)
@@ -28,7 +27,6 @@ TYPES = sorted(ARCHITECTURES)
 
 def test_choices_and_sums_derive_from_the_table():
     assert config_module.SCORERS == tuple(SCORERS)
-    assert {name: s.sums for name, s in SCORERS.items()} == NEEDS
     for s in SCORERS.values():
         assert set(s.sums) <= set(SUMS) and set(s.groups) <= set(GROUPS), s.name
         assert s.formula in RunConfig.__dataclass_fields__["scorer"].metadata["help"]
@@ -62,6 +60,28 @@ def test_attr_and_wanda_default_to_a_relative_eps():
         relative = name in ("attr", "wanda")
         assert config.relative_eps == relative and config.eps_value == (1e-2 if relative else 1e-3), name
     assert RunConfig(scorer="attr", eps=0.5).eps_value == 0.5 and RunConfig(scorer="attr", eps=0.5).relative_eps
+
+
+def test_a_scorer_is_one_entry_of_the_table(tiny_config, tmp_path, monkeypatch):
+    """Registering a scorer in SCORERS, and nowhere else, makes it a scorer of whole runs: the checks, the sums
+    a scoring pass collects and the importance come from the entry (docs/METHOD.md, "Adding a scorer")."""
+    calls, collected = [], []
+
+    def mean_abs(stats, out_norms):  # abs under another name: a run with it must prune what abs prunes
+        calls.append(stats.count)
+        return stats.sum_abs / stats.count
+
+    def spy(model, neurons, ids, mask, batch_size, progress, moments, **kwargs):
+        collected.append(moments)
+        return real(model, neurons, ids, mask, batch_size, progress, moments, **kwargs)
+
+    real = run_module.collect
+    monkeypatch.setattr(run_module, "collect", spy)
+    monkeypatch.setitem(SCORERS, "toy", Scorer("toy", "mean_t abs(z_ti)", mean_abs, sums=("sum_abs",)))
+    toy = RunFolder(run_module.run(tiny_config(tmp_path / "toy", scorer="toy", steps=2), quiet=True)).record()
+    assert collected == [("sum_abs",)] * 4 and len(calls) == 4  # forget and retain, two steps
+    plain = RunFolder(run_module.run(tiny_config(tmp_path / "abs", scorer="abs", steps=2), quiet=True)).record()
+    assert toy.steps == plain.steps and sum(len(units) for units in toy.steps[0]["pruned"].values()) > 0
 
 
 # -- attr ----------------------------------------------------------------------------------------------
@@ -151,7 +171,7 @@ def test_attr_importance_is_the_mean_absolute_attribution_over_real_positions(mo
     model, batch = float64_case(model_type, tiny_model, tiny_batch)
     neurons = NeuronGroup(model, group)
     ids, mask, labels = batch["ids"], batch["mask"], batch["labels"]
-    stats, _ = collect(model, neurons, ids, mask, batch_size=1, moments=NEEDS["attr"], labels=labels)
+    stats, _ = collect(model, neurons, ids, mask, batch_size=1, moments=SCORERS["attr"].sums, labels=labels)
     zg = torch.stack(attributions(model, neurons, **batch))  # [layers, batch, length, width], one batch of 2
     real = zg.reshape(neurons.layers, -1, neurons.width)[:, mask.reshape(-1).bool()]
     per_dim = real.abs().mean(1)
@@ -176,7 +196,7 @@ def test_collecting_attr_leaves_the_model_as_it_was(tiny_model, tiny_batch):
     model = tiny_model("llama").requires_grad_(True)  # even a model whose weights could take gradients
     before = {k: v.clone() for k, v in model.state_dict().items()}
     ids, mask = tiny_batch()
-    stats, _ = collect(model, NeuronGroup(model, "ff"), ids, mask, batch_size=1, moments=NEEDS["attr"])
+    stats, _ = collect(model, NeuronGroup(model, "ff"), ids, mask, batch_size=1, moments=SCORERS["attr"].sums)
     assert float(stats.attribution.sum()) > 0
     assert all(p.grad is None and p.requires_grad for p in model.parameters())
     after = model.state_dict()
@@ -191,7 +211,7 @@ def test_attr_runs_in_bf16(tiny_model, tiny_batch):
     got = {}
     for dtype in (torch.float32, torch.bfloat16):
         model = tiny_model("llama").to(dtype)
-        stats, _ = collect(model, NeuronGroup(model, "ff"), ids, mask, batch_size=2, moments=NEEDS["attr"])
+        stats, _ = collect(model, NeuronGroup(model, "ff"), ids, mask, batch_size=2, moments=SCORERS["attr"].sums)
         got[dtype] = importance(stats, "attr").reshape(-1)
     exact, rounded = got[torch.float32], got[torch.bfloat16]
     assert float(((rounded - exact).abs() / exact).median()) < 0.01
@@ -222,7 +242,7 @@ def test_wanda_equals_a_naive_computation(model_type, group, tiny_model, tiny_ba
     model.base_model(input_ids=ids, attention_mask=mask)
     for h in handles:
         h.remove()
-    stats, _ = collect(model, neurons, ids, mask, batch_size=2, moments=NEEDS["wanda"])
+    stats, _ = collect(model, neurons, ids, mask, batch_size=2, moments=SCORERS["wanda"].sums)
     got = importance(stats, "wanda", neurons.dims_per_unit, neurons.out_norms())
     for layer in range(neurons.layers):
         x = seen[layer].reshape(-1, neurons.width)[mask.reshape(-1).bool()]

@@ -8,8 +8,8 @@ import torch
 
 from selprune import stats as stats_module
 from selprune.arch import NeuronGroup
-from selprune.scoring import importance
-from selprune.stats import NEEDS, Stats, collect, reduce_batch
+from selprune.scorers import SCORERS, importance
+from selprune.stats import Stats, collect, reduce_batch
 
 
 def naive_importance(z: np.ndarray, kind: str) -> np.ndarray:
@@ -82,8 +82,8 @@ def test_collecting_only_what_a_scorer_needs_gives_the_same_importance(kind, tin
     view = NeuronGroup(model, "ff")
     ids, mask = tiny_batch()
     full, _ = collect(model, view, ids, mask, batch_size=1)
-    lean, _ = collect(model, view, ids, mask, batch_size=1, moments=NEEDS[kind])
-    assert set(lean.moments()) == set(NEEDS[kind])
+    lean, _ = collect(model, view, ids, mask, batch_size=1, moments=SCORERS[kind].sums)
+    assert set(lean.moments()) == set(SCORERS[kind].sums)
     torch.testing.assert_close(importance(lean, kind), importance(full, kind))
     other = {"freq": "abs", "abs": "rms", "rms": "abs", "std": "abs"}[kind]
     with pytest.raises(ValueError, match="needs the moment"):

@@ -1,3 +1,3 @@
 """selprune: remove a capability from a language model by selective pruning."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

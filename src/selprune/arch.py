@@ -8,6 +8,7 @@ projection), and its weights sit around that point (docs/METHOD.md, "Neuron grou
     attn-preout  input of the attention output projection: that column
     attn-head    a whole head of pre-out dims: all of its columns
 
+Each group is one entry of GROUP_TABLE, which says where it is read and so where its weights are;
 `NeuronGroup.weights_of` names those weights; pruning.py zeroes them. Several groups joined by `+`
 (`ff+attn-preout`) are pruned in one budget: `GroupUnion` sets their units side by side in each layer.
 """
@@ -25,20 +26,56 @@ from .errors import UserError
 
 @dataclass(frozen=True)
 class Group:
-    """What a group's unit is, and the facts that settings and reports derive from it."""
+    """What a group's unit is, where it is read and where its weights are; settings and reports derive from it.
+
+    A group is read at one projection of every block (`at`, a field of Architecture): at its input, where
+    the unit's weights are that projection's columns (and the rows of the `feeders` that produce the input),
+    or at some of its output dims, where they are the rows that produce them.
+    """
 
     name: str
     unit: str  # what one unit is, for help texts and docs
     units_word: str  # what a report calls them
     eps: float  # default eps of the score: well below typical importances, so it only tames silent units
     activation: bool  # read after an activation function (z > 0 means something: the freq scorer)
+    at: str  # the Architecture field naming the projection where the group is read
+    reads_input: bool = True  # False: the group is output dims of `at` (the value dims of a maybe fused qkv)
+    feeders: str | None = None  # the Architecture field naming the projections that produce the input (rows)
+    whole_heads: bool = False  # a unit is a head's head_dim dims, not one dim
+
+    def width(self, view: NeuronGroup) -> int:
+        """Activation dims per block."""
+        if self.reads_input:
+            return _in_features(_get(view.blocks[0], getattr(view.arch, self.at)))
+        return view.kv_heads * view.head_dim
+
+    def add_hook(self, view: NeuronGroup, layer: int, fn, edit: bool):
+        module = _get(view.blocks[layer], getattr(view.arch, self.at))
+        if self.reads_input:
+            return module.register_forward_pre_hook(_input_hook(fn, layer, edit))
+        return module.register_forward_hook(_output_hook(fn, layer, view.output_rows(self.at), edit))
+
+    def weights_of(self, view: NeuronGroup, layer: int,
+                   dims: torch.Tensor) -> list[tuple[nn.Module, str, torch.Tensor]]:
+        """(projection, side, indices) holding the given activation dims of one layer (NeuronGroup.weights_of)."""
+        block = view.blocks[layer]
+        if not self.reads_input:
+            rows = view.output_rows(self.at)
+            return [(_get(block, getattr(view.arch, self.at)), "out", dims if rows is None else rows[dims])]
+        weights = [(_get(block, getattr(view.arch, self.at)), "in", dims)]
+        for path in getattr(view.arch, self.feeders) if self.feeders else ():
+            rows = view.rows(path.partition(":")[2] or None)
+            weights.append((_get(block, path), "out", rows[dims].reshape(-1)))
+        return weights
 
 
 GROUP_TABLE: dict[str, Group] = {g.name: g for g in (
-    Group("ff", "one feed-forward mid-layer neuron", "neurons", 1e-3, True),
-    Group("attn-value", "one output dim of the value projection", "neurons", 1e-4, False),
-    Group("attn-preout", "one input dim of the attention output projection", "neurons", 1e-4, False),
-    Group("attn-head", "a whole attention head (head_dim pre-out dims)", "heads", 1e-4, False),
+    Group("ff", "one feed-forward mid-layer neuron", "neurons", 1e-3, True, "ff_out", feeders="ff_in"),
+    Group("attn-value", "one output dim of the value projection", "neurons", 1e-4, False, "value",
+          reads_input=False),
+    Group("attn-preout", "one input dim of the attention output projection", "neurons", 1e-4, False, "out"),
+    Group("attn-head", "a whole attention head (head_dim pre-out dims)", "heads", 1e-4, False, "out",
+          whole_heads=True),
 )}
 GROUPS = tuple(GROUP_TABLE)
 # Groups that share units: a head is made of pre-out dims, so one budget cannot hold both.
@@ -180,23 +217,18 @@ class NeuronGroup:
     """
 
     def __init__(self, model: nn.Module, group: str):
-        if group not in GROUPS:
-            raise UserError(f"unknown neuron group {group!r}: use one of {', '.join(GROUPS)}")
+        if group not in GROUP_TABLE:
+            raise UserError(f"unknown neuron group {group!r}: use one of {', '.join(GROUP_TABLE)}")
         self.model, self.group = model, group
         self.arch = architecture_of(model.config)
         cfg = text_config(model.config)
         self.blocks = find_blocks(model)[1]
         self.heads = cfg.num_attention_heads
         self.kv_heads = getattr(cfg, "num_key_value_heads", None) or self.heads
-        first = self.blocks[0]
-        self.head_dim = _in_features(_get(first, self.arch.out)) // self.heads
-        if group == "ff":
-            self.width = _in_features(_get(first, self.arch.ff_out))
-        elif group == "attn-value":
-            self.width = self.kv_heads * self.head_dim
-        else:
-            self.width = self.heads * self.head_dim
-        self.dims_per_unit = self.head_dim if group == "attn-head" else 1
+        self.head_dim = _in_features(_get(self.blocks[0], self.arch.out)) // self.heads
+        self.kind = GROUP_TABLE[group]
+        self.width = self.kind.width(self)
+        self.dims_per_unit = self.head_dim if self.kind.whole_heads else 1
         self.units_per_layer = self.width // self.dims_per_unit
         self.layers = len(self.blocks)
 
@@ -211,29 +243,21 @@ class NeuronGroup:
 
     # -- reading activations -------------------------------------------------------------------
 
-    def _value_rows(self) -> torch.Tensor | None:
-        """Output dims of the value projection that are value neurons; None when it is not fused."""
-        layout = self.arch.value.partition(":")[2] or None
-        if layout is None:
-            return None
-        return _fused_rows(layout, self.width, self.heads, self.kv_heads, self.head_dim)[:, 0]
+    def rows(self, layout: str | None) -> torch.Tensor:
+        """Rows of a projection with this `layout` (see _fused_rows) that belong to each unit dim: [width, rows]."""
+        return _fused_rows(layout, self.width, self.heads, self.kv_heads, self.head_dim)
+
+    def output_rows(self, field: str) -> torch.Tensor | None:
+        """Output dims of the projection `field` (of Architecture) that are this group's; None when unfused."""
+        layout = getattr(self.arch, field).partition(":")[2] or None
+        return None if layout is None else self.rows(layout)[:, 0]
 
     def add_hooks(self, fn, edit: bool = False) -> list:
         """Call fn(layer, z) with z = [..., width] activations at every block; returns handles.
 
         With edit=True, fn returns a replacement z (used to mask activations in tests and checks).
         """
-        handles = []
-        for layer, block in enumerate(self.blocks):
-            if self.group == "attn-value":
-                module = _get(block, self.arch.value)
-                hook = _output_hook(fn, layer, self._value_rows(), edit)
-                handles.append(module.register_forward_hook(hook))
-            else:
-                path = self.arch.ff_out if self.group == "ff" else self.arch.out
-                module = _get(block, path)
-                handles.append(module.register_forward_pre_hook(_input_hook(fn, layer, edit)))
-        return handles
+        return [self.kind.add_hook(self, layer, fn, edit) for layer in range(len(self.blocks))]
 
     # -- where a unit's weights are ------------------------------------------------------------
 
@@ -245,19 +269,7 @@ class NeuronGroup:
     def weights_of(self, layer: int, units) -> list[tuple[nn.Module, str, torch.Tensor]]:
         """(projection, side, indices) holding the given units of one layer: side "in" = the weights that
         read those dims (columns), "out" = the weights and bias entries that produce them (rows)."""
-        dims = self.expand(units)
-        block = self.blocks[layer]
-        if self.group == "ff":
-            weights = [(_get(block, self.arch.ff_out), "in", dims)]
-            for path in self.arch.ff_in:
-                layout = path.partition(":")[2] or None
-                rows = _fused_rows(layout, self.width, self.heads, self.kv_heads, self.head_dim)
-                weights.append((_get(block, path), "out", rows[dims].reshape(-1)))
-            return weights
-        if self.group == "attn-value":
-            rows = self._value_rows()
-            return [(_get(block, self.arch.value), "out", dims if rows is None else rows[dims])]
-        return [(_get(block, self.arch.out), "in", dims)]
+        return self.kind.weights_of(self, layer, self.expand(units))
 
     @torch.no_grad()
     def out_norms(self) -> torch.Tensor:

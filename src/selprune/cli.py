@@ -112,8 +112,8 @@ def _analysis_parsers(sub) -> None:
         "Continue held-out prompts with the unpruned model and after the chosen steps; check the text (Python "
         "functions parse, same language, fluency); read every layer through the final norm and head (logit lens). "
         "Results: RUN/inspect/ and RUN/report.html. Costs with the embedded model on 2 CPU cores, at the defaults, "
-        "for each model (the unpruned one and each step): generation about 20 s, logit lens about 40 s, checks "
-        "about 5 s; plus about 10 s to load the model twice (docs/PERFORMANCE.md).")
+        "for each model (the unpruned one and each step): generation about 20 s, logit lens about 40 s; the checks "
+        "of all models together 13 to 18 s; plus about 10 s to load the model twice (docs/PERFORMANCE.md).")
 
 
 def cmd_relearn(args) -> None:
@@ -138,18 +138,18 @@ def cmd_inspect(args) -> None:
                       quiet=args.quiet))
 
 
-def config_from_args(args) -> RunConfig:
-    """defaults < preset < --config file < flags; with --resume, the run folder's config is the base."""
-    config = preset(args.preset) if args.preset else RunConfig()
+def config_from_args(args, settings=RunConfig):
+    """defaults < preset (run's) < --config file < flags; with --resume, the folder's config is the base."""
+    config = preset(args.preset) if getattr(args, "preset", None) else settings()
     if args.config:
-        config = RunConfig.from_toml(args.config, config)
-    flags = given_flags(args, RunConfig)
+        config = settings.from_toml(args.config, config)
+    flags = given_flags(args, settings)
     if args.resume:
-        folder = flags.get("output") or str(RunConfig.from_dict(flags, config).output_dir)
+        folder = flags.get("output") or str(settings.from_dict(flags, config).output_dir)
         saved = os.path.join(folder, "config.toml")
         if os.path.isfile(saved):
-            config = RunConfig.from_toml(saved)
-    return RunConfig.from_dict(flags, config, source="command line")
+            config = settings.from_toml(saved)
+    return settings.from_dict(flags, config, source="command line")
 
 
 def cmd_run(args) -> None:
@@ -160,6 +160,30 @@ def cmd_run(args) -> None:
     run(config_from_args(args), resume=args.resume, quiet=args.quiet)
 
 
+def _unlearn_parser(sub) -> None:
+    from .unlearn import UnlearnConfig
+
+    p = sub.add_parser("unlearn", help="fine-tuning unlearning (ga, graddiff, npo, rmu) on a pruning run's data, "
+                       "to compare with pruning", description="Fine-tune the model to forget --forget while keeping "
+                       "--retain, with one of the field's methods, on the scoring split a pruning run with the same "
+                       "settings scores on, evaluated on its evaluation split every --eval-every steps. The folder has "
+                       "a run's shape (config.toml, metrics.csv with the unlearning step as the step, the report) and "
+                       "holds the kept model in RUN/model, so report and relearn --control take it as they take a run.")
+    p.add_argument("--config", metavar="FILE.toml", help="settings from a TOML file (as saved in an unlearning "
+                   "folder); flags override it")
+    add_config_flags(p, UnlearnConfig)
+    p.add_argument("--resume", action="store_true", help="continue the unlearning in the output folder")
+    p.add_argument("--quiet", "-q", action="store_true", help="no console output")
+
+
+def cmd_unlearn(args) -> None:
+    from .allocator import keep_freed_memory
+    from .unlearn import UnlearnConfig, unlearn
+
+    keep_freed_memory()
+    unlearn(config_from_args(args, UnlearnConfig), resume=args.resume, quiet=args.quiet)
+
+
 def _sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="a grid of runs from a TOML file: run what is missing, then summarise and compare",
                        description="Every combination of a grid file's lists is an ordinary run folder in the "
@@ -168,8 +192,9 @@ def _sweep_parser(sub) -> None:
                        "SWEEP/summary.csv and summary.md (each run's headline numbers and wall time) and, for each "
                        "[[compare]] and pair, an overlay report in SWEEP/compare/. Cost with the embedded model on 2 "
                        "CPU cores: sweeps/paper.toml, 32 runs of 8 steps at 4,096 scoring and 4,096 evaluation "
-                       "tokens per dataset, took about 60 minutes (50 s to 6 min a run); --dry-run estimates what "
-                       "is left from the timings of earlier sweeps on the machine.")
+                       "tokens per dataset, took 1 h 14 min of run time, 1 min 20 s to 2 min 39 s a run "
+                       "(docs/RESULTS.md); --dry-run estimates what is left from the timings of earlier sweeps on "
+                       "the machine.")
     p.add_argument("grid", metavar="GRID.toml", help="the grid file")
     p.add_argument("--output", "-o", metavar="DIR", help="the sweep's folder (default runs/sweeps/GRID, the grid "
                    "file's name without .toml)")
@@ -247,6 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _run_parser(sub)
     _analysis_parsers(sub)
+    _unlearn_parser(sub)
     _sweep_parser(sub)
     rep = sub.add_parser("report", help="HTML report and plots of one or more runs (overlaid)")
     rep.add_argument("runs", nargs="+", help="run folders")
@@ -273,6 +299,7 @@ def sigterm_raises():
 # What an interrupted command leaves, and how to go on (the others write their results only when done).
 SAVED = {"run": "finished steps are saved (continue with --resume)",
          "relearn": "finished attacks are saved (continue with --resume)",
+         "unlearn": "finished checkpoints are saved (continue with --resume)",
          "sweep": "finished runs and steps are saved (run the same command again to continue)"}
 NOTHING_SAVED = "nothing was written; run it again"
 OUT_OF_MEMORY = "out of memory: lower --batch-size or --chunk-len, or use --dtype bfloat16"
@@ -310,7 +337,7 @@ def explain(exc: BaseException, command: str = "run") -> tuple[int, str]:
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     handler = {"run": cmd_run, "relearn": cmd_relearn, "inspect": cmd_inspect, "report": cmd_report,
-               "sweep": cmd_sweep, "list": cmd_list}[args.command]
+               "unlearn": cmd_unlearn, "sweep": cmd_sweep, "list": cmd_list}[args.command]
     try:
         with sigterm_raises():
             handler(args)

@@ -97,9 +97,11 @@ class Settings:
                 raise UserError(f"{flag(key)} must be at least {minimum}, got {getattr(self, key)}")
 
     def check_finite(self) -> None:
+        """Every float setting, alone or in a tuple (relearn's --lr), is a finite number."""
         for key, value in dataclasses.asdict(self).items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise UserError(f"{flag(key)} is {value}: give a finite number")
+            for number in value if isinstance(value, tuple) else (value,):
+                if isinstance(number, float) and not math.isfinite(number):
+                    raise UserError(f"{flag(key)} is {number}: give a finite number")
 
 
 @dataclass
@@ -187,8 +189,8 @@ class RunConfig(Settings):
         """Refuse settings that cannot make a meaningful run, before any expensive work."""
         self.check_finite()
         parts = group_parts(self.group)
-        if self.scorer not in SCORERS:
-            raise UserError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORERS)}")
+        if self.scorer not in SCORER_TABLE:
+            raise UserError(f"unknown scorer {self.scorer!r}: use one of {', '.join(SCORER_TABLE)}")
         if not set(parts) <= set(SCORER_TABLE[self.scorer].groups):
             raise UserError(SCORER_TABLE[self.scorer].refusal)
         if self.selection not in SELECTIONS:
@@ -202,6 +204,9 @@ class RunConfig(Settings):
         self.check_at_least(0, "harden_holdout")
         if self.harden_lr <= 0:
             raise UserError(f"--harden-lr must be positive, got {self.harden_lr}")
+        if not self.harden and self.harden_lr != LR:
+            raise UserError(f"--harden-lr {self.harden_lr:g} is the learning rate of --harden's attack, and --harden "
+                            "is off: give --harden K too, or drop --harden-lr")
         if self.harden:
             self._check_harden()
         if self.steps * self.fraction > 1 + 1e-9:

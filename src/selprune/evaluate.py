@@ -1,8 +1,9 @@
 """Next-token (or masked-token) accuracy, loss and perplexity on held-out chunks.
 
 Both objectives score only the positions they predict, through head.score_predictions: in bf16 the
-rounded logits tie often and a plain argmax under-counts top-1, so ranks are those of float32 logits
-(ties counted as hits). The "skip" variants ignore targets among the dataset's most frequent tokens.
+rounded logits tie often and a plain argmax under-counts top-1, so ranks are those of float32 logits (a
+tie does not help the target; NaN or infinite logits end the evaluation with one line that names `what`).
+The "skip" variants ignore targets among the dataset's most frequent tokens.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def frequent_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, k: in
     return torch.sort(counts, descending=True, stable=True).indices[:k]
 
 
-def _evaluate(model, tensors, batch_size, skip_ids, progress, fused, head, predict) -> tuple[Metrics, int]:
+def _evaluate(model, tensors, batch_size, skip_ids, progress, fused, head, predict, what) -> tuple[Metrics, int]:
     """Shared by both objectives: shard, batch, back off on OOM, score and sum.
 
     predict(*batch) -> (hidden states entering the output layer [N, D], targets [N]) of the predicted
@@ -87,7 +88,7 @@ def _evaluate(model, tensors, batch_size, skip_ids, progress, fused, head, predi
         batch = [t[start:stop].to(device) for t in tensors]
         hidden, targets = predict(*batch)
         targets = targets.to(at_head)
-        top1, top10, loss = score_predictions(hidden.to(at_head), head, targets, fused=fused)
+        top1, top10, loss = score_predictions(hidden.to(at_head), head, targets, fused=fused, what=what)
         totals.add(top1, top10, loss, torch.isin(targets, skip_ids.to(at_head)))
         if progress is not None:
             progress.update(int(batch[-1].sum()))
@@ -98,13 +99,14 @@ def _evaluate(model, tensors, batch_size, skip_ids, progress, fused, head, predi
 
 @torch.no_grad()
 def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None,
-                    fused: bool = False, head: Head | None = None) -> tuple[Metrics, int]:
+                    fused: bool = False, head: Head | None = None, what: str = "the model") -> tuple[Metrics, int]:
     """Next-token prediction at every position whose next token is real.
 
-    `fused` compiles the rank counts; `head` saves building the Head (its band constants) on every call.
+    `fused` compiles the rank counts; `head` saves building the Head (its band constants) on every call;
+    `what` names the model and data in the error if the logits are not finite.
     """
     return _evaluate(model, (input_ids, attention_mask), batch_size, skip_ids, progress, fused, head,
-                     partial(causal_predictions, model))
+                     partial(causal_predictions, model), what)
 
 
 def causal_predictions(model, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,13 +139,13 @@ def _output_layer_input(model, ids, mask, selected) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate_masked(model, input_ids, labels, attention_mask, batch_size, skip_ids, progress=None,
-                    fused: bool = False, head: Head | None = None) -> tuple[Metrics, int]:
+                    fused: bool = False, head: Head | None = None, what: str = "the model") -> tuple[Metrics, int]:
     """Masked-LM prediction of the (seeded) masked positions, labels -100 elsewhere.
 
-    `fused` and `head` as in evaluate_causal; only the masked positions ever get logits.
+    `fused`, `head` and `what` as in evaluate_causal; only the masked positions ever get logits.
     """
     return _evaluate(model, (input_ids, labels, attention_mask), batch_size, skip_ids, progress, fused, head,
-                     partial(masked_predictions, model))
+                     partial(masked_predictions, model), what)
 
 
 def masked_predictions(model, ids, labels, mask) -> tuple[torch.Tensor, torch.Tensor]:

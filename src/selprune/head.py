@@ -1,10 +1,12 @@
 """Exact ranks of targets among the output layer's logits, at the cost of a model-dtype head.
 
 In bf16 the rounded logits tie often: a plain argmax then picks one of the tied tokens and under-counts
-top-1, while counting ties as hits over-counts it. Ranks here are those of float32 logits instead (ties
-with the target's float32 logit count as hits): every logit is compared with the target's float32 logit,
-and a logit is re-scored in float32 only where its model-dtype value falls within the rounding band of
-that logit, too close to call. The loss is the cross-entropy of the model-dtype logits, summed in float32.
+top-1, while counting ties as hits over-counts it. Ranks here are those of float32 logits instead: every
+logit is compared with the target's float32 logit, and a logit is re-scored in float32 only where its
+model-dtype value falls within the rounding band of that logit, too close to call. A float32 tie with the
+target ranks above it: a model whose logits are all equal (collapsed) scores no hit, never a perfect one.
+The loss is the cross-entropy of the model-dtype logits, summed in float32. NaN or infinite logits have
+no rank: they end the evaluation with NonFiniteLogits.
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ from contextlib import contextmanager
 import torch
 
 from .arch import text_config
+from .errors import UserError
 from .fusion import Fused
+
+
+class NonFiniteLogits(UserError):
+    """The output layer gave NaN or infinite logits: accuracy and loss would be meaningless."""
+
+    def __init__(self, what: str = "the model"):
+        super().__init__(f"the outputs of {what} are not finite (NaN or infinite logits), so it cannot be evaluated: "
+                         "its weights or activations overflowed, e.g. after fine-tuning at too high a learning rate "
+                         "(lower it) or in a low-precision dtype (try --dtype float32)")
 
 
 class Head:
@@ -56,13 +68,14 @@ def _loss(logits, targets, cap):
 
 
 def _count_bounds(logits, targets, below, above, cap):
-    """Per row: logits surely above the target's, logits that may be (target excluded), and the loss.
+    """Per row: logits surely above the target's, logits that may be at or above it (target excluded), the
+    loss, and whether every logit is finite.
 
     Compiled, this reads the block's logits once; eager, each comparison reads them again.
     """
     surely = (logits > above[:, None]).sum(-1)
     maybe = (logits >= below[:, None]).sum(-1) - (logits.gather(1, targets[:, None])[:, 0] >= below).long()
-    return surely, maybe, _loss(logits, targets, cap)
+    return surely, maybe, _loss(logits, targets, cap), torch.isfinite(logits).all(-1)
 
 
 fused_count_bounds = Fused(_count_bounds, "the rank counts")
@@ -83,16 +96,18 @@ def _float32_sums(device: torch.device):
         m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
 
 
-def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool = False):
+def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool = False,
+                      what: str = "the model"):
     """Per position: top-1 hit, top-10 hit and loss, with ranks as exact as float32 logits.
 
-    hidden [N, D] is what enters the output layer. Logits outside Head.band of the target's exact logit
-    rank surely above or below it; only the few rows where the band decides top-1 or top-10 get their
-    in-band candidates re-scored in float32. `fused` compiles the counts. Rows go in blocks so that a
-    block's logits stay in cache.
+    hidden [N, D] is what enters the output layer. The rank counts the other tokens whose float32 logit is
+    at or above the target's (a tie does not help the target). Logits outside Head.band of the target's
+    exact logit rank surely above or below it; only the few rows where the band decides top-1 or top-10 get
+    their in-band candidates re-scored in float32. `fused` compiles the counts. Rows go in blocks so that a
+    block's logits stay in cache. Raises NonFiniteLogits, naming `what`, if any logit is NaN or infinite.
     """
     bounds = fused_count_bounds if fused else _count_bounds
-    top1, top10, loss = [], [], []
+    top1, top10, loss, finite = [], [], [], []
     for start in range(0, len(targets), rows):
         h, t = hidden[start:start + rows], targets[start:start + rows]
         with _float32_sums(h.device):
@@ -100,16 +115,21 @@ def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool 
         exact = head.exact(h, t[:, None])[:, 0]
         band = head.band(h, exact)
         below, above = exact - band, exact + band
-        better, maybe, block_loss = bounds(logits, t, below, above, head.cap)
+        better, maybe, block_loss, block_finite = bounds(logits, t, below, above, head.cap)
         unsure = ((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))
         if unsure.any():  # the logits at or above the band's floor are the row's best: re-score them exactly
             r = unsure.nonzero()[:, 0]
             near = logits[r]
             cand = near.topk(int((near >= below[r, None]).sum(-1).max()), dim=-1).indices
-            better[r] = ((head.exact(h[r], cand) > exact[r, None]) & (cand != t[r, None])).sum(-1)
+            # the target is re-scored in the same call, so that a token equal to it compares equal
+            rescored = head.exact(h[r], torch.cat([t[r, None], cand], dim=1))
+            better[r] = ((rescored[:, 1:] >= rescored[:, :1]) & (cand != t[r, None])).sum(-1)
         top1.append(better == 0)
         top10.append(better < 10)
         loss.append(block_loss)
+        finite.append(block_finite)
+    if finite and not torch.cat(finite).all():
+        raise NonFiniteLogits(what)
     return torch.cat(top1), torch.cat(top10), torch.cat(loss)
 
 

@@ -11,7 +11,6 @@ import importlib.util
 import json
 import logging
 import os
-import shutil
 import socket
 import struct
 import urllib.parse
@@ -21,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from . import atomic
 from .errors import UserError
 
 DEFAULT_MODEL = "smollm2-135m"
@@ -183,6 +183,39 @@ def resolve_spec(spec: str) -> ModelSource:
     return ModelSource(spec, hub=True)
 
 
+def absolute_spec(spec: str) -> str:
+    """The spec as a run folder records it: a local folder or file as its absolute path, so that the folder
+    names the same model from any working directory; an alias or a hub id as given."""
+    if spec in ALIASES:
+        return spec
+    path = Path(spec).expanduser()
+    local = spec.endswith(".gguf") or path.exists() or spec.startswith((".", "/", "~"))
+    return str(path.resolve()) if local else spec
+
+
+FINGERPRINT_TOLERANCE = 1e-2  # relative: loading in bfloat16 or float16 moves a tensor's norm by < 2^-8
+
+
+def model_fingerprint(model) -> dict:
+    """What tells one model's weights from another's: a checksum of the tensors' names and shapes, and each
+    tensor's norm. Norms, not a checksum of the values, so that the same weights loaded in float32, bfloat16
+    or float16 (a run and relearn load them differently) match within FINGERPRINT_TOLERANCE."""
+    import hashlib
+
+    tensors = sorted(model.state_dict().items())
+    layout = ";".join(f"{name}:{tuple(t.shape)}" for name, t in tensors)
+    return {"layout": hashlib.sha256(layout.encode()).hexdigest(),
+            "norms": [float(torch.linalg.vector_norm(t if t.is_floating_point() else t.float(), dtype=torch.float32))
+                      for _, t in tensors]}
+
+
+def same_model(recorded: dict, fingerprint: dict) -> bool:
+    """Whether two model_fingerprint()s are of the same weights (up to the dtype they were loaded in)."""
+    pairs = list(zip(recorded["norms"], fingerprint["norms"]))
+    return (recorded["layout"] == fingerprint["layout"] and len(pairs) == len(fingerprint["norms"])
+            and all(abs(a - b) <= FINGERPRINT_TOLERANCE * max(abs(a), abs(b)) for a, b in pairs))
+
+
 def _check_json(path: Path) -> None:
     """transformers reports broken JSON without saying where it breaks; json says."""
     try:
@@ -239,15 +272,9 @@ def _convert_gguf(source: ModelSource, target: Path) -> None:
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
+    with atomic.staged_folder(target) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # only there when saving failed
 
 
 def local_folder(spec: str) -> ModelSource:

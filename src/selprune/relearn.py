@@ -15,6 +15,7 @@ their weights do get gradients and can come back. `reinit_pruned` gives the capa
 from __future__ import annotations
 
 import copy
+import dataclasses
 import html
 import itertools
 import math
@@ -28,23 +29,27 @@ import torch
 from . import atomic
 from .arch import NeuronGroup, architecture_of, neuron_group
 from .batching import auto_batch_size
-from .config import RunConfig, Settings, setting
-from .data import load_documents, make_splits
+from .config import RunConfig, Settings, safe_name, setting
+from .console import Console
+from .data import make_splits, read_documents, run_splits
 from .errors import UserError
 from .evaluate import evaluate_causal
 from .finetune import BATCH_SIZE, CHUNK_LEN, LR, TOKENS, fine_tuning, require_one_batch
 from .head import Head
-from .models import cpu_has_bf16, load_model, resolve_device
+from .models import cpu_has_bf16, load_model, model_fingerprint, resolve_device
 from .pruning import apply, pruned_parts, still_zero
-from .report import _figure, _figure_html, _png
-from .report import _number as fmt
+from .plots import figure, figure_html, number, png
 from .rundir import AnalysisFolder, RunFolder, read_csv
-from .scoring import random_scores, select
+from .selection import random_scores, select
+from .unlearn.budget import SAME_DATA
+from .unlearn.checkpoints import load_unlearned, read_result
+from .unlearn.settings import UnlearnConfig
 
 COLUMNS = ("attack", "model", "lr", "step", "forget_top1", "forget_loss", "retain_top1", "retain_loss",
            "train_loss", "pruned_zero")
 DEFAULT_LR = {"adamw": LR, "lora": 5e-5}  # LoRA's from Che et al. 2025 (rank 16, alpha 32)
 OPTIMIZERS = ("adamw", "lora")
+ANAMNESIS = 0.1  # the anamnesis index: steps until the forget top-1 is within this share of the unpruned model's
 
 
 @dataclass
@@ -63,7 +68,8 @@ class RelearnConfig(Settings):
                                   "scoring and evaluation never saw")
     eval_tokens: int = setting(4_096, "evaluation tokens per dataset at each point (the start of the run's "
                                "evaluation chunks)")
-    control: tuple[str, ...] = setting((), "other run folders to attack the same way: RUN or RUN:STEP")
+    control: tuple[str, ...] = setting((), "other run folders to attack the same way: RUN or RUN:STEP, or "
+                                       "unlearning folders (selprune unlearn), attacked at the checkpoint they kept")
     random_control: bool = setting(True, "also attack a random pruning of as many units of the same group")
     reinit_pruned: bool = setting(False, "a stronger attack: give the pruned weights small random values first, "
                                   "so that fine-tuning can use them")
@@ -110,14 +116,17 @@ def evaluation_points(max_steps: int) -> list[int]:
 
 @dataclass
 class Contender:
-    """A model to attack: the run's pruned model or a control, as a mask over the units of a group."""
+    """A model to attack, as a recipe on the original model: a mask over the units of a group to prune (the
+    run's pruned model, a pruning control), or the weights an unlearning saved (selprune unlearn), or neither
+    (the unpruned model)."""
 
     label: str
     group: str
-    mask: torch.Tensor | None  # None: the unpruned model
+    mask: torch.Tensor | None  # None: nothing pruned
+    weights: Path | None = None  # an unlearning folder's model/, put into the original model
 
 
-class Relearn:
+class Relearn(Console):
     """One relearning analysis of one run; `execute` drives it. The public entry point is `relearn(config)`."""
 
     def __init__(self, config: RelearnConfig, resume: bool = False, quiet: bool = False):
@@ -129,10 +138,18 @@ class Relearn:
                             "`selprune run` made")
         self.run_config = self.run.read_config()
         self.done_steps = self.run.kept_step()
+        if self.done_steps < 1:
+            raise UserError(f"{config.run} has no finished pruning step yet: let the run finish step 1 (selprune run "
+                            f"--resume --output {config.run}), then attack it")
         self.step = config.step or self.done_steps
         if not 1 <= self.step <= self.done_steps:
             raise UserError(f"{config.run} has pruning steps 1 to {self.done_steps}, not {self.step}: give --step "
                             f"between 1 and {self.done_steps}")
+        if not resume:  # the step itself, not 0 for "the last": the run may go on, and its last step with it
+            config = self.config = dataclasses.replace(config, step=self.step)
+        if self.run.stopped() is None and self.done_steps < self.run_config.steps:
+            self.log(f"relearn: {config.run} is unfinished ({self.done_steps} of {self.run_config.steps} steps "
+                     f"done): attacking step {self.step}, which --resume keeps attacking after the run finishes")
         self.controls = [self._control_run(spec) for spec in config.control]
         self._refuse_seen_data()
         self.run.lock()
@@ -143,16 +160,15 @@ class Relearn:
             self.run.unlock()
             raise
 
-    def log(self, line: str) -> None:
-        if not self.quiet:
-            print(line, flush=True)
-
     # -- set-up --------------------------------------------------------------------------------
 
     def load(self) -> None:
         c, rc = self.config, self.run_config
         self.base, self.tokenizer = load_model(rc.model, dtype="float32", device=c.device,
                                                trust_remote_code=rc.trust_remote_code)
+        fingerprint = model_fingerprint(self.base)
+        for folder, config in [(self.run, rc), *((other, config) for other, config, _ in self.controls)]:
+            folder.check_model(config.model, fingerprint)  # each attacked pruning was made on this model
         if architecture_of(self.base.config).masked_lm:
             raise UserError("relearning fine-tunes a causal language model; masked LMs are not supported")
         self.device = resolve_device(c.device)
@@ -176,15 +192,16 @@ class Relearn:
     def _splits(self, spec: str):
         """The run's own evaluation and scoring splits, and the relearn split from the documents after them."""
         rc, c = self.run_config, self.config
-        return make_splits(load_documents(spec), self.tokenizer, chunk_len=rc.chunk_len, score_tokens=rc.score_tokens,
-                           eval_tokens=rc.eval_tokens, seed=rc.seed, name=spec, relearn_tokens=c.relearn_tokens,
-                           relearn_chunk_len=c.chunk_len)
+        role = "forget" if spec == rc.forget else "retain"
+        return run_splits(rc, self.tokenizer, spec, role=role, relearn_tokens=c.relearn_tokens,
+                          relearn_chunk_len=c.chunk_len)
 
     def _other(self, spec: str):
         """A dataset the run did not use: its first relearn_tokens, in seeded order (it never judged the run)."""
-        c = self.config
-        splits = make_splits(load_documents(spec), self.tokenizer, chunk_len=c.chunk_len, score_tokens=1,
-                             eval_tokens=1, seed=c.seed, name=spec, relearn_tokens=c.relearn_tokens)
+        c, unused = self.config, 1  # the token of each part before the relearn split, which make_splits requires
+        splits = make_splits(read_documents(spec, 2 * unused + c.relearn_tokens), self.tokenizer, chunk_len=c.chunk_len,
+                             score_tokens=unused, eval_tokens=unused, seed=c.seed, name=spec,
+                             relearn_tokens=c.relearn_tokens)
         return splits.relearn
 
     def _first_tokens(self, chunks) -> tuple[torch.Tensor, torch.Tensor]:
@@ -202,31 +219,52 @@ class Relearn:
             found.append(Contender("random", rc.group, random_mask))
         for other, config, last in self.controls:
             label = f"{config.name or other.path.name}@{last}"
-            found.append(Contender(label, config.group, other.record().mask(range(1, last + 1))))
+            if isinstance(config, UnlearnConfig):
+                found.append(Contender(label, rc.group, None, other.model_path))
+            else:
+                found.append(Contender(label, config.group, other.record().mask(range(1, last + 1))))
         return found
 
-    def _control_run(self, spec: str) -> tuple[RunFolder, RunConfig, int]:
-        """A --control PATH[:STEP], checked: its folder, its settings and the step whose pruning is attacked."""
+    def _control_run(self, spec: str) -> tuple[RunFolder, RunConfig | UnlearnConfig, int]:
+        """A --control PATH[:STEP], checked: its folder, its settings and the step whose pruning (or unlearning)
+        is attacked."""
         path, _, step = spec.rpartition(":") if ":" in spec else (spec, "", "")
         other = RunFolder(path)
         if not other.config_path.is_file():
             raise UserError(f"control {path} is not a selprune run folder (no config.toml)")
         config = other.read_config()
         if config.model != self.run_config.model:
-            raise UserError(f"control {path} pruned model {config.model!r}, this run {self.run_config.model!r}: "
-                            "a control must prune the same model")
+            raise UserError(f"control {path} changed model {config.model!r}, this run {self.run_config.model!r}: "
+                            "a control must start from the same model")
+        if isinstance(config, UnlearnConfig):
+            return other, config, self._unlearned_step(other, config, step)
         done = other.kept_step()
         last = int(step) if step.isdigit() else done
         if not 1 <= last <= done:
             raise UserError(f"control {path} has pruning steps 1 to {done}, not {step}")
         return other, config, last
 
+    def _unlearned_step(self, other: RunFolder, config: UnlearnConfig, step: str) -> int:
+        """An unlearning control: finished, trained on the run's scoring split (so never on the attack's data),
+        and attacked at the checkpoint it kept, the one it saved."""
+        result = read_result(other.path)
+        if result is None:
+            raise UserError(f"control {other.path} is an unlearning that has not finished: finish it with selprune "
+                            "unlearn --resume, then attack it")
+        differ = [key for key in SAME_DATA if getattr(config, key) != getattr(self.run_config, key)]
+        if differ:
+            raise UserError(f"control {other.path} unlearned with other {', '.join(differ)} than this run, so it may "
+                            "have trained on the attack's documents: attack it beside a run of the same data settings")
+        if step and int(step) != result["kept_step"]:
+            raise UserError(f"control {other.path} saved its model at step {result['kept_step']} only, not {step}")
+        return result["kept_step"]
+
     def _refuse_seen_data(self) -> None:
         """A hardened run trained its throwaway copies on the forget documents after its --harden-holdout
         tokens of the relearn split; an attack with more relearn tokens would train on them again."""
         c, rc = self.config, self.run_config
         specs = {rc.forget if a == "forget" else rc.retain if a == "retain" else a[len("other:"):] for a in c.attack}
-        for config in [rc] + [control for _, control, _ in self.controls]:
+        for config in [rc] + [control for _, control, _ in self.controls if isinstance(control, RunConfig)]:
             if config.harden and config.forget in specs and c.relearn_tokens > config.harden_holdout:
                 raise UserError(f"a run attacked here was hardened (--harden) on {config.forget} documents after "
                                 f"the first {config.harden_holdout} relearn tokens, and --relearn-tokens "
@@ -273,6 +311,8 @@ class Relearn:
         torch.manual_seed(c.seed)
         model = copy.deepcopy(self.base)
         neurons = neuron_group(model, contender.group)
+        if contender.weights is not None:
+            load_unlearned(model, contender.weights)
         if contender.mask is not None:
             apply(neurons, contender.mask)
             if c.reinit_pruned:
@@ -305,8 +345,9 @@ class Relearn:
         evaluated = self._evaluable(model)
         head, metrics = Head(evaluated), {}  # the band constants once per point, not once per dataset
         for role, (ids, mask) in self.evaluation.items():
-            m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch,
-                                                 torch.empty(0, dtype=torch.long), head=head)
+            m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch, torch.empty(0, dtype=torch.long),
+                                                 head=head, what=f"the {contender.label} model after {step} steps "
+                                                 f"of the {attack} attack at lr {lr:g}, on {role} data")
             metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
         zero = "" if contender.mask is None or step != self.config.max_steps else \
             str(still_zero(neuron_group(evaluated, contender.group), contender.mask))
@@ -347,9 +388,10 @@ def relearn(config: RelearnConfig, resume: bool = False, quiet: bool = False) ->
 def summarize_relearn(rows: list[dict]) -> list[dict]:
     """Per attack and model, with its best learning rate (the highest forget top-1 at any point): the forget
     top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0), the
-    steps to recover 50% and 90% of it (None: not within the attack), the retain top-1, and whether the
-    pruned weights stayed exactly zero."""
-    table = [{k: _number(v) for k, v in row.items()} for row in rows]
+    steps to recover 50% and 90% of it (None: not within the attack), the anamnesis index (Chundawat et al.
+    2023: the first step whose forget top-1 is within ANAMNESIS of the unpruned model's before the attack,
+    None: not within the attack), the retain top-1, and whether the pruned weights stayed exactly zero."""
+    table = [{k: _from_csv(v) for k, v in row.items()} for row in rows]
     base0 = {r["attack"]: r["forget_top1"] for r in table if r["model"] == "base" and r["step"] == 0}
     summaries = []
     for (attack, model), group in itertools.groupby(sorted(table, key=lambda r: (r["attack"], r["model"])),
@@ -366,6 +408,8 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
             "forget_top1": [r["forget_top1"] for r in curve], "retain_top1": [r["retain_top1"] for r in curve],
             "gap": gap, "recovered": share,
             "steps_to_50": _first_step(curve, share, 0.5), "steps_to_90": _first_step(curve, share, 0.9),
+            "anamnesis": None if ceiling is None else next(
+                (r["step"] for r in curve if r["forget_top1"] >= (1 - ANAMNESIS) * ceiling), None),
             "pruned_zero": curve[-1]["pruned_zero"] if curve[-1]["pruned_zero"] != "" else None,
         })
     return summaries
@@ -379,13 +423,19 @@ def headline(summaries: list[dict]) -> list[str]:
             f"; recovered {100 * s['recovered'][-1]:.0f}% of the gap in {s['steps'][-1]} steps (50% "
             + ("not reached" if s["steps_to_50"] is None else f"by step {s['steps_to_50']}") + ")")
         zero = "" if s["pruned_zero"] is None else f"; pruned weights still zero: {'yes' if s['pruned_zero'] else 'no'}"
+        recovered += f"; anamnesis index {anamnesis_text(s)} steps"
         lines.append(f"attack {s['attack']}, {s['model']} (lr {s['lr']:g}): forget top1 {s['forget_top1'][0]:.3f} -> "
                      f"{s['forget_top1'][-1]:.3f}, retain {s['retain_top1'][0]:.3f} -> {s['retain_top1'][-1]:.3f}"
                      f"{recovered}{zero}")
     return lines
 
 
-def _number(value):
+def anamnesis_text(summary: dict) -> str:
+    """The anamnesis index as a table shows it: the steps, or "> N" when the attack's N steps were not enough."""
+    return f"> {summary['steps'][-1]}" if summary["anamnesis"] is None else str(summary["anamnesis"])
+
+
+def _from_csv(value):
     """CSV strings back to numbers and booleans; other text as it is."""
     if isinstance(value, str):
         if value in ("True", "False"):
@@ -427,7 +477,7 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
             summaries = summarize_relearn(read_csv(results.csv_path, COLUMNS))
             settings = settings_of(results)
             attacks = sorted({s["attack"] for s in summaries})
-            fig = _figure(5.0 * len(attacks), 4.2)
+            fig = figure(5.0 * len(attacks), 4.2)
             for i, attack in enumerate(attacks):
                 ax = fig.add_subplot(1, len(attacks), i + 1)
                 for s in (s for s in summaries if s["attack"] == attack):
@@ -440,11 +490,11 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
                 ax.set_ylabel("forget top-1 (%)")
                 ax.grid(alpha=0.3)
                 ax.legend(fontsize=8)
-            name = f"relearn-{run['label']}-{results.path.name}.png".replace("/", "-")
-            atomic.write_bytes(out_dir / name, _png(fig))
+            image = png(fig)
+            atomic.write_bytes(out_dir / safe_name(f"relearn-{run['label']}-{results.path.name}.png"), image)
             caption = (f"{run['label']}: forget top-1 while fine-tuning the model after step {settings.step or '(last)'} "
                        f"({settings.optimizer}, {settings.batch_size} x {settings.chunk_len} tokens a step)")
-            parts.append(_figure_html(_png(fig), caption) + _relearn_table(summaries))
+            parts.append(figure_html(image, caption) + _relearn_table(summaries))
     if not parts:
         return ""
     return ("<h2>Relearning: removed or hidden?</h2><p class=\"note\">Recovered share = (top-1 after t steps "
@@ -454,16 +504,18 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
 
 def _relearn_table(summaries: list[dict]) -> str:
     head = ("<tr><th>Attack</th><th>Model</th><th>lr</th><th>Forget top-1</th><th>Recovered share "
-            "(steps: share)</th><th>Steps to 50% / 90%</th><th>Retain top-1</th><th>Pruned weights still 0</th></tr>")
+            "(steps: share)</th><th>Steps to 50% / 90%</th><th>Anamnesis index<br>(steps to forget top-1 within "
+            f"{100 * ANAMNESIS:g}%<br>of the unpruned model's)</th><th>Retain top-1</th><th>Pruned weights still 0</th></tr>")
     rows = []
     for s in summaries:
-        shares = ", ".join(f"{step}: {fmt(100 * v, '.0f', '%')}" for step, v in zip(s["steps"], s["recovered"])
+        shares = ", ".join(f"{step}: {number(100 * v, '.0f', '%')}" for step, v in zip(s["steps"], s["recovered"])
                            if v is not None and step)
         cells = [html.escape(s["attack"]), html.escape(s["model"]), f"{s['lr']:g}",
-                 f"{fmt(100 * s['forget_top1'][0], '.1f', '%')} &rarr; {fmt(100 * s['forget_top1'][-1], '.1f', '%')}",
+                 f"{number(100 * s['forget_top1'][0], '.1f', '%')} &rarr; {number(100 * s['forget_top1'][-1], '.1f', '%')}",
                  shares or "&mdash;",
                  " / ".join("&mdash;" if n is None else str(n) for n in (s["steps_to_50"], s["steps_to_90"])),
-                 f"{fmt(100 * s['retain_top1'][0], '.1f', '%')} &rarr; {fmt(100 * s['retain_top1'][-1], '.1f', '%')}",
+                 html.escape(anamnesis_text(s)),
+                 f"{number(100 * s['retain_top1'][0], '.1f', '%')} &rarr; {number(100 * s['retain_top1'][-1], '.1f', '%')}",
                  {True: "yes", False: "no", None: "&mdash;"}[s["pruned_zero"]]]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"

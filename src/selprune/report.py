@@ -7,43 +7,28 @@ never instead. Everything comes from run folders, read through rundir.py.
 
 from __future__ import annotations
 
-import base64
 import html
 import importlib
-import io
 import json
-import math
-import re
 from pathlib import Path
 
 import matplotlib
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
 from . import atomic
 from .arch import GROUP_TABLE
+from .config import safe_name
 from .errors import UserError
+from .plots import figure, figure_html, number, png
 from .rundir import RunFolder, summary_of
+from .unlearn.settings import UnlearnConfig
 
 # ---------------------------------------------------------------- plots
 
 
-def _figure(width: float = 7.0, height: float = 5.0) -> Figure:
-    fig = Figure(figsize=(width, height), dpi=110, layout="constrained")
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def _png(fig: Figure) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    return buffer.getvalue()
-
-
 def _plot_drops(runs: list[dict], watched: bool = False) -> bytes:
     """Figure 1: forget drop against retain drop; with watched=True, against each watched dataset's drop."""
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     ax.axline((0, 0), slope=1, color="0.6", linestyle=":", label="equal drop (not selective)")
     for run in runs:
@@ -62,11 +47,11 @@ def _plot_drops(runs: list[dict], watched: bool = False) -> bytes:
     ax.set_ylabel("forget top-1 drop (% of unpruned accuracy)")
     ax.grid(alpha=0.3)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def _plot_perplexity(runs: list[dict]) -> bytes:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for i, run in enumerate(runs):
         forget, retain = run["metrics"]["forget"]["perplexity"], run["metrics"]["retain"]["perplexity"]
@@ -80,32 +65,34 @@ def _plot_perplexity(runs: list[dict]) -> bytes:
     ax.set_ylabel("forget perplexity (log scale)")
     ax.grid(alpha=0.3, which="both")
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def _plot_accuracy(runs: list[dict]) -> bytes:
-    fig = _figure()
+    fig = figure()
     ax = fig.add_subplot()
     for run in runs:
-        percent_pruned = 100 * run["metrics"]["fraction_pruned"]
+        x = run["metrics"]["step"] if run["unlearning"] else 100 * run["metrics"]["fraction_pruned"]
         series = [("forget", run["metrics"]["forget"], "-"), ("retain", run["metrics"]["retain"], "--"),
                   *((name, w, ":") for name, w in run["metrics"]["watch"].items())]
         for name, values, style in series:
-            ax.plot(percent_pruned, 100 * values["top1"], linestyle=style, marker="o",
+            ax.plot(x, 100 * values["top1"], linestyle=style, marker="o",
                     markersize=3, color=run["color"], label=f"{run['label']}: {name}")
     ax.set_title("Top-1 accuracy vs units pruned (solid: forget, dashed: retain, dotted: watched)")
-    ax.set_xlabel("neurons of the group pruned (%)")
+    kinds = {run["unlearning"] for run in runs}
+    ax.set_xlabel({frozenset({False}): "neurons of the group pruned (%)", frozenset({True}): "unlearning step"}.get(
+        frozenset(kinds), "neurons of the group pruned (%), or unlearning step"))
     ax.set_ylabel("top-1 next-token accuracy (%)")
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend()
-    return _png(fig)
+    return png(fig)
 
 
 def _plot_neurons(run: dict) -> bytes:
     counts, unit = run["pruned"], run["unit"]
     layers, steps = counts.shape
-    fig = _figure(7.0, 4.0)
+    fig = figure(7.0, 4.0)
     ax = fig.add_subplot()
     image = ax.imshow(counts if steps else np.zeros((layers, 1)), aspect="auto", origin="lower", vmin=0,
                       interpolation="nearest", cmap="magma_r",
@@ -114,7 +101,7 @@ def _plot_neurons(run: dict) -> bytes:
     ax.set_title(f"{run['label']}: where the {counts.sum()} pruned {unit} are ({run['config'].group})")
     ax.set_xlabel("pruning step")
     ax.set_ylabel("layer")
-    return _png(fig)
+    return png(fig)
 
 
 # ---------------------------------------------------------------- the report
@@ -124,14 +111,16 @@ def _load_run(run_dir, color) -> dict:
     folder = RunFolder(run_dir)
     config = folder.read_config()
     metrics = folder.metrics()
+    unlearning = isinstance(config, UnlearnConfig)  # fine-tuned (selprune unlearn): steps of training, no units
     return {
         "dir": folder.path,
         "label": config.name or folder.path.name,
         "config": config,
         "metrics": metrics,
         "summary": summary_of(metrics),
-        "pruned": _pruned_per_step(folder),
-        "unit": GROUP_TABLE[config.group].units_word if config.group in GROUP_TABLE else "units",
+        "pruned": None if unlearning else _pruned_per_step(folder),
+        "unit": "units" if unlearning or config.group not in GROUP_TABLE else GROUP_TABLE[config.group].units_word,
+        "unlearning": unlearning,
         "color": color,
     }
 
@@ -144,10 +133,6 @@ def _pruned_per_step(folder: RunFolder) -> np.ndarray:
     for step in steps:
         counts[:, step - 1] += record.mask_of(step).sum(1).numpy()
     return counts
-
-
-def _number(value, spec: str, unit: str = "") -> str:
-    return "—" if value is None or not math.isfinite(value) else f"{value:{spec}}{unit}"
 
 
 def _table(runs: list[dict]) -> str:
@@ -167,32 +152,28 @@ def _table(runs: list[dict]) -> str:
         where = f"steps {crossing[0]}&ndash;{crossing[1]}" if crossing else "budget not reached"
         cells = [
             f'<span class="swatch" style="background:{run["color"]}"></span>{html.escape(run["label"])}',
-            *(html.escape(str(getattr(config, key))) for key in ("model", "group", "scorer")),
+            *(html.escape(str(value)) for value in ((config.model, "—", f"unlearn: {config.method}")
+                                                    if run["unlearning"] else
+                                                    (config.model, config.group, config.scorer))),
             html.escape(s["forget_dataset"]),
             html.escape(s["retain_dataset"]),
-            f'{s["last_step"]} ({_number(100 * s["fraction_pruned"], ".1f", "%")})',
-            _number(100 * s["base_top1_forget"], ".1f", "%"),
-            _number(100 * s["base_top1_retain"], ".1f", "%"),
-            f'<b>{_number(s["max_rel_diff"], ".1f", "%")}</b> <small>step {s["max_rel_diff_step"]}</small>',
-            f'{_number(s["max_abs_diff"], ".1f", " pts")} <small>step {s["max_abs_diff_step"]}</small>',
-            f'<b>{_number(s["forget_drop_at_retain_budget"], ".1f", "%")}</b> <small>at retain drop '
-            f'&le; {s["retain_budget"]:g}%, {where}, {_number(100 * s["fraction_at_retain_budget"], ".1f", "%")} '
+            f'{s["last_step"]} ({number(100 * s["fraction_pruned"], ".1f", "%")})',
+            number(100 * s["base_top1_forget"], ".1f", "%"),
+            number(100 * s["base_top1_retain"], ".1f", "%"),
+            f'<b>{number(s["max_rel_diff"], ".1f", "%")}</b> <small>step {s["max_rel_diff_step"]}</small>',
+            f'{number(s["max_abs_diff"], ".1f", " pts")} <small>step {s["max_abs_diff_step"]}</small>',
+            f'<b>{number(s["forget_drop_at_retain_budget"], ".1f", "%")}</b> <small>at retain drop '
+            f'&le; {s["retain_budget"]:g}%, {where}, {number(100 * s["fraction_at_retain_budget"], ".1f", "%")} '
             "pruned</small>",
-            _number(s["area_rel"], ".2f"),
-            _number(s["retain_drop_at_forget_50"], ".1f", "%"),
-            _number(s["retain_drop_at_forget_80"], ".1f", "%"),
-            "<br>".join(f'{html.escape(name)}: {_number(w["drop_at_max_rel_diff"], ".1f", "%")} '
-                        f'({_number(w["final_drop"], ".1f", "%")})' for name, w in s["watch"].items()) or "&mdash;",
+            number(s["area_rel"], ".2f"),
+            number(s["retain_drop_at_forget_50"], ".1f", "%"),
+            number(s["retain_drop_at_forget_80"], ".1f", "%"),
+            "<br>".join(f'{html.escape(name)}: {number(w["drop_at_max_rel_diff"], ".1f", "%")} '
+                        f'({number(w["final_drop"], ".1f", "%")})' for name, w in s["watch"].items()) or "&mdash;",
         ]
         row = "".join(f"<td>{c}</td>" for c in cells)
         rows.append(f'<tr title="{html.escape(str(run["dir"]))}">{row}</tr>')
     return f"<table>{head}{''.join(rows)}</table>"
-
-
-def _figure_html(png: bytes, caption: str) -> str:
-    data = base64.b64encode(png).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(caption)}">'
-            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 CSS = """
@@ -248,12 +229,12 @@ def write_report(run_dirs: list, out_dir) -> Path:
         plots["forget-vs-watched-drop.png"] = (_plot_drops(runs, watched=True), "Collateral damage: forget drop "
                                                "against each watched dataset's drop, relative to the unpruned model")
     heatmaps = {
-        f"neurons-{i + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', run['label'])}.png": (
+        f"neurons-{i + 1}-{safe_name(run['label'])}.png": (
             _plot_neurons(run), f"Pruned {run['unit']} per layer and step: {run['label']}")
-        for i, run in enumerate(runs)
+        for i, run in enumerate(runs) if run["pruned"] is not None
     }
-    for name, (png, _) in {**plots, **heatmaps}.items():
-        atomic.write_bytes(out_dir / name, png)
+    for name, (image, _) in {**plots, **heatmaps}.items():
+        atomic.write_bytes(out_dir / name, image)
 
     summaries = [{"name": run["label"], "run_dir": str(run["dir"]), "summary": run["summary"]} for run in runs]
     atomic.write_bytes(out_dir / "summary.json", (json.dumps(summaries, indent=2) + "\n").encode())
@@ -271,9 +252,9 @@ drop over the fraction of neurons pruned.</p>
 <h2>Summary</h2>
 {_table(runs)}
 <h2>Forget vs retain</h2>
-<div class="grid">{"".join(_figure_html(png, caption) for png, caption in plots.values())}</div>
+<div class="grid">{"".join(figure_html(image, caption) for image, caption in plots.values())}</div>
 <h2>Where the pruned neurons are</h2>
-<div class="grid">{"".join(_figure_html(png, caption) for png, caption in heatmaps.values())}</div>
+<div class="grid">{"".join(figure_html(image, caption) for image, caption in heatmaps.values())}</div>
 {_analyses(runs, out_dir)}
 </body></html>
 """

@@ -7,10 +7,8 @@ completed step with the same result.
 from __future__ import annotations
 
 import copy
-import os
-import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,17 +18,18 @@ from . import atomic, distributed
 from .arch import NeuronGroup, architecture_of, neuron_group
 from .batching import auto_batch_size
 from .config import RunConfig
-from .data import Chunks, load_documents, make_splits, mask_for_mlm
+from .console import Console
+from .data import Chunks, mask_for_mlm, run_documents, run_splits
 from .errors import UserError
 from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
 from .finetune import fine_tuning, require_one_batch
 from .head import Head
-from .models import context_length, load_model
+from .models import absolute_spec, context_length, load_model, model_fingerprint
 from .pruning import PrunedRecord, apply, step_budget
 from .rundir import COLUMNS, RunFolder, summarize
-from .scorers import SCORERS
-from .scoring import importance, random_scores, scores, select, step_seed
-from .stats import NEEDS, collect
+from .scorers import SCORERS, importance
+from .selection import scores, select, step_seed
+from .stats import collect
 
 
 @dataclass
@@ -49,13 +48,13 @@ class Dataset:
     score_labels: torch.Tensor | None = None  # a masked LM scored by attr: score_ids are then masked too
 
 
-class Run:
+class Run(Console):
     """State of one run; `execute` drives it. The public entry point is `run(config)`."""
 
     def __init__(self, config: RunConfig, resume: bool = False, quiet: bool = False):
         config.validate()
         distributed.init_from_env()
-        self.config = config
+        config = self.config = replace(config, model=absolute_spec(config.model))  # the same from any directory
         self.folder = RunFolder(config.output_dir)
         self.main = distributed.is_main()
         if self.main:  # the folder is held by rank 0 for the whole run
@@ -68,10 +67,6 @@ class Run:
         self.log(f"selprune: forget={config.forget} retain={config.retain} model={config.model} "
                  f"group={config.group} scorer={config.scorer} -> {self.folder}")
 
-    def log(self, line: str) -> None:
-        if not self.quiet:
-            print(line, flush=True)
-
     def _bar(self, total: int, desc: str):
         return tqdm(total=total, desc=desc, unit="tok", leave=False, disable=True if self.quiet else None)
 
@@ -80,7 +75,7 @@ class Run:
     def load(self) -> None:
         c = self.config
         sides = [("forget", c.forget), ("retain", c.retain), *(("watch", spec) for spec in c.watch)]
-        docs = {spec: _documents(spec, c) for _, spec in sides}
+        docs = {spec: run_documents(c, spec, role=role) for role, spec in sides}  # bad data fails before the model
         self.model, self.tokenizer = self._load_model()
         longest = context_length(self.model.config)
         for option, length in (("--chunk-len", c.chunk_len), ("--harden-chunk-len", c.harden and c.harden_chunk_len)):
@@ -107,12 +102,15 @@ class Run:
             require_one_batch(f"--harden's attack data ({c.forget})", self.data[0].attack, c.harden_batch_size,
                               "--harden-tokens", "--harden-batch-size")
             self.log(f"harden: before scoring steps 2 to {c.steps}, {c.harden} fine-tuning steps of a copy of the "
-                     f"model on {c.harden_batch_size} x {c.harden_chunk_len} tokens of {c.forget} (lr {c.harden_lr:g})")
+                     f"model on {c.harden_batch_size} x {c.harden_chunk_len} tokens of {c.forget} (lr {c.harden_lr:g}); "
+                     f"cost: about {hardening_cost(c):.1f}x the plain run's forward passes")
 
     def _load_model(self):
         c = self.config
-        return load_model(c.model, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code,
-                          device_map=c.device_map or None)
+        model, tokenizer = load_model(c.model, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code,
+                                      device_map=c.device_map or None)
+        self.folder.check_model(c.model, model_fingerprint(model))  # recorded by a new run's first commit
+        return model, tokenizer
 
     def _check_budget(self) -> None:
         """Refuse a fraction that prunes nothing per step, or that would run out of units before the end."""
@@ -129,18 +127,14 @@ class Run:
 
     def _dataset(self, role: str, spec: str, docs) -> Dataset:
         c = self.config
-        hardening = bool(c.harden) and role == "forget"  # relearn's attack data stays unseen: held out
-        splits = make_splits(docs, self.tokenizer, chunk_len=c.chunk_len, eval_tokens=c.eval_tokens, seed=c.seed,
-                             score_tokens=0 if role == "watch" else c.score_tokens, name=spec,
-                             relearn_tokens=c.harden_holdout if hardening else 0, relearn_option="--harden-holdout",
-                             harden_tokens=c.harden_tokens if hardening else 0, harden_chunk_len=c.harden_chunk_len)
+        splits = run_splits(c, self.tokenizer, spec, role=role, documents=docs)
         labels, eval_ids = None, splits.eval.input_ids
         if self.masked_lm:
             eval_ids, labels = mask_for_mlm(splits.eval, self.tokenizer, seed=c.seed)
         scored = splits.score or splits.eval  # a watched dataset's frequent tokens come from its evaluation chunks
         skip = frequent_tokens(scored.input_ids, scored.attention_mask, c.skip_top_tokens)
         score_ids, score_labels = scored.input_ids, None
-        if self.masked_lm and "attribution" in NEEDS[c.scorer]:  # attr's loss: masked tokens, as evaluated
+        if self.masked_lm and "attribution" in SCORERS[c.scorer].sums:  # attr's loss: masked tokens, as evaluated
             score_ids, score_labels = mask_for_mlm(scored, self.tokenizer, seed=c.seed)
         return Dataset(role, spec, score_ids, scored.attention_mask, eval_ids, splits.eval.attention_mask,
                        labels, skip, splits.harden, score_labels)
@@ -148,23 +142,25 @@ class Run:
     # -- one step's parts ----------------------------------------------------------------------
 
     def evaluate(self, d: Dataset) -> Metrics:
+        what = f"{self.config.model} on {d.spec}"
         with self._bar(int(d.eval_mask.sum()), f"eval {d.role}") as bar:
             if self.masked_lm:
                 m, self.batch_size = evaluate_masked(self.model, d.eval_ids, d.eval_labels, d.eval_mask,
                                                      self.batch_size, d.skip_ids, bar, self.config.compile,
-                                                     self.head)
+                                                     self.head, what)
             else:
                 m, self.batch_size = evaluate_causal(self.model, d.eval_ids, d.eval_mask, self.batch_size,
-                                                     d.skip_ids, bar, self.config.compile, self.head)
+                                                     d.skip_ids, bar, self.config.compile, self.head, what)
         return m
 
     def measure(self, d: Dataset, neurons: NeuronGroup) -> torch.Tensor:
         """Per-unit importance of one group on one dataset's scoring chunks, under the current pruning."""
+        scorer = SCORERS[self.config.scorer]
         with self._bar(int(d.score_mask.sum()), f"stats {d.role}") as bar:
             stats, self.batch_size = collect(neurons.model, neurons, d.score_ids, d.score_mask,
-                                             self.batch_size, bar, NEEDS[self.config.scorer],
+                                             self.batch_size, bar, scorer.sums,
                                              fused=self.config.compile, labels=d.score_labels)
-        norms = neurons.out_norms() if SCORERS[self.config.scorer].weights else None
+        norms = neurons.out_norms() if scorer.weights else None
         return importance(stats, self.config.scorer, neurons.dims_per_unit, norms)
 
     def step_scores(self, step: int, neurons=None) -> torch.Tensor:
@@ -172,9 +168,9 @@ class Run:
 
         `neurons`: the units to measure, by default the model's; with --harden, an attacked copy's (`attacked`).
         """
-        c = self.config
-        if c.scorer == "random":
-            return random_scores((self.neurons.layers, self.neurons.units_per_layer), c.seed, step)
+        c, draw = self.config, SCORERS[self.config.scorer].draw
+        if draw is not None:
+            return draw((self.neurons.layers, self.neurons.units_per_layer), c.seed, step)
         forget, retain = ([self.measure(d, part) for part in (neurons or self.neurons).parts] for d in self.data)
         return torch.cat([scores(f, r, c.eps_value, c.relative_eps) for f, r in zip(forget, retain)], dim=1)
 
@@ -247,6 +243,7 @@ class Run:
                 self.log(f"stopped early: {stop['reason']}")
                 break
         self.record, self.stop = record, stop
+        del n  # finish may load the model again (_kept_model): nothing here may keep this one alive
         self.finish()
         return self.folder.path
 
@@ -301,18 +298,16 @@ class Run:
     def save_model(self) -> None:
         """The pruned model and tokenizer in Hugging Face format, moved into place when complete."""
         target = self.folder.model_path
-        tmp = target.with_name(f".model.tmp{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        self._kept_model().save_pretrained(tmp)
-        self.tokenizer.save_pretrained(tmp)
-        atomic.replace_dir(tmp, target)
+        with atomic.staged_folder(target) as tmp:
+            self._kept_model().save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
         self.log(f"pruned model: {target}")
 
     def _kept_model(self):
         """The model after the step the run kept. A run that --max-retain-drop stopped has pruned one step
         more, and zeroed weights cannot be restored: load the model again and prune only the kept steps."""
         if self.stop and self.stop["kept_step"] < len(self.record.steps):  # record: steps 1 to the last
-            self.model = None  # free its memory before the second copy is loaded
+            self.model = self.neurons = self.head = None  # free its memory before the second copy is loaded
             self.model, _ = self._load_model()
             kept = range(1, self.stop["kept_step"] + 1)
             apply(neuron_group(self.model, self.config.group), self.record.mask(kept))
@@ -329,12 +324,15 @@ def _headline(s: dict) -> str:
             f"{100 * s['fraction_at_retain_budget']:.1f}% pruned)")
 
 
+def hardening_cost(c: RunConfig) -> float:
+    """The tokens a hardened run passes through the model, over the plain run's (sweep.tokens_left): each of
+    the --harden fine-tuning steps before steps 2 to S costs about 3 forward passes (forward and backward)."""
+    from .sweep import tokens_left
+
+    plain = tokens_left(c, -1)
+    return (plain + 3 * (c.steps - 1) * c.harden * c.harden_batch_size * c.harden_chunk_len) / plain
+
+
 def run(config: RunConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Run selective pruning as the config says; returns the run folder."""
     return Run(config, resume, quiet).execute()
-
-
-def _documents(spec: str, c: RunConfig):
-    """Streamed hub datasets stop after ample text for the budgets (~4 characters a token, x4)."""
-    limit = 16 * (c.score_tokens + c.eval_tokens) if spec.startswith("hf:") else None
-    return load_documents(spec, max_chars=limit)

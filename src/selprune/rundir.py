@@ -3,11 +3,14 @@
     RUN/config.toml            every setting (RunConfig); `selprune run --config` repeats the run
     RUN/metrics.csv            one row per step and dataset, the columns in COLUMNS
     RUN/pruned.json            per step and layer, the units that step pruned
-    RUN/state/progress.json    the commit point: the last completed step and checksums of what it committed
+    RUN/state/progress.json    the commit point: the last completed step and checksums of what it committed,
+                               and the model's fingerprint (models.model_fingerprint), checked by every
+                               command that loads the model again
     RUN/report.html, *.png, summary.json    the report (report.py)
     RUN/model/                 the pruned model, with --save-model
     RUN/inspect/               what the pruned model can still do (selprune inspect): settings.toml,
                                generations.jsonl, checks.csv, lens.csv
+    RUN/lr-LR/, RUN/state/     an unlearning's (selprune unlearn) own files: unlearn/checkpoints.py
     RUN/.lock                  locked (flock) by the process running in the folder; the OS frees it on exit
 
 Every file is replaced atomically. A step is committed when progress.json names it, written last. Files
@@ -20,6 +23,7 @@ refused with a line that names it, never silently repaired.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import fcntl
 import hashlib
 import io
@@ -32,7 +36,9 @@ import numpy as np
 from . import atomic
 from .config import RunConfig, read_toml
 from .errors import UserError
+from .models import absolute_spec, same_model
 from .pruning import PrunedRecord, step_budget
+from .unlearn.settings import UnlearnConfig
 
 COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens", "top1", "top10", "loss",
            "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip", "top1_drop_rel",
@@ -86,6 +92,7 @@ class RunFolder:
     def __init__(self, path):
         self.path = Path(path)
         self._lock = None
+        self.model_record = None  # the fingerprint that commit() records, once check_model has one
 
     config_path = property(lambda self: self.path / "config.toml")
     metrics_path = property(lambda self: self.path / "metrics.csv")
@@ -150,15 +157,40 @@ class RunFolder:
 
     # -- config ----------------------------------------------------------------------------------
 
-    def read_config(self) -> RunConfig:
-        self._require(self.config_path)
-        return RunConfig.from_toml(self.config_path)
+    def read_config(self) -> RunConfig | UnlearnConfig:
+        """The settings that made the folder: a pruning run's, or an unlearning's (only those have a `method`)."""
+        data = read_toml(self._require(self.config_path), "config file", "such as a run folder's config.toml")
+        kind = UnlearnConfig if "method" in data else RunConfig
+        return kind.from_dict(data, source=f"config file {self.config_path}")
 
     def changed_settings(self, given: RunConfig) -> list[str]:
         """The settings that decide the result and differ between config.toml and `given`: a run may be
         continued with `given` only when there are none."""
         saved, kept = self.read_config().to_dict(), given.to_dict()
+        for settings in (saved, kept):  # a folder made before models were recorded by absolute path says ./m
+            settings["model"] = absolute_spec(settings["model"])
         return sorted(k for k in set(saved) | set(kept) if k not in RESUMABLE_CHANGES and saved.get(k) != kept.get(k))
+
+    # -- the model ---------------------------------------------------------------------------------
+
+    def check_model(self, spec: str, fingerprint: dict) -> None:
+        """Refuse a model that is not the one the run was made with (another model now at its path); a run
+        with nothing committed yet records this one at its first commit. A folder from before fingerprints
+        has none to check."""
+        committed = self.progress_path.is_file()
+        recorded = self._progress().get("model") if committed else None
+        if recorded is None:
+            self.model_record = None if committed else fingerprint
+            return
+        try:
+            same = same_model(recorded, fingerprint)
+        except (KeyError, TypeError):
+            raise self._damaged(self.progress_path, "has a model fingerprint that selprune did not write") from None
+        if not same:
+            raise UserError(f"model {spec} is not the model {self.path} was made with (its weights differ): give "
+                            "the run's own model at that path, or start a new run with this one")
+        self.model_record = recorded
+
 
     # -- the commit ------------------------------------------------------------------------------
 
@@ -179,6 +211,8 @@ class RunFolder:
                                "config.toml": _settings_digest(config.to_dict())}}
         if stop is not None:
             progress["stopped"] = stop
+        if self.model_record is not None:
+            progress["model"] = self.model_record
         atomic.write_text(self.progress_path, json.dumps(progress))
 
     def completed_step(self) -> int:
@@ -242,9 +276,29 @@ class RunFolder:
             record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
             rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
         except UserError as exc:
-            raise UserError(f"cannot resume: {exc}; nothing was changed. Runs are deterministic: redo this one "
-                            f"in a new folder with `selprune run --config {self.config_path} --output NEW`") from None
+            raise self._cannot_resume(exc) from None
         return done, record, rows
+
+    def check_readable(self, config: RunConfig) -> None:
+        """What `sweep --dry-run` checks of a partial run without loading its model: committed()'s checks that
+        need no model (progress.json, config.toml, pruned.json as read, metrics.csv), with its message."""
+        try:
+            progress = self._progress()
+            written = read_toml(self.config_path, "config file", "such as a run folder's config.toml")
+            if _settings_digest(written) != progress["sha256"]["config.toml"]:
+                raise self._damaged(self.config_path, "has other settings than the ones its steps were made with")
+            record = self.record()
+            record.truncate(progress["completed_step"])
+            if _sha256(pruned_text(record)) != progress["sha256"]["pruned.json"]:
+                raise self._damaged(self.pruned_path, f"differs from what step {progress['completed_step']} committed")
+            self._verified_rows(progress["completed_step"], progress["sha256"]["metrics.csv"], record, config,
+                                ROLES + ("watch",) * len(config.watch))
+        except UserError as exc:
+            raise self._cannot_resume(exc) from None
+
+    def _cannot_resume(self, exc: UserError) -> UserError:
+        return UserError(f"cannot resume: {exc}; nothing was changed. Runs are deterministic: redo this one "
+                         f"in a new folder with `selprune run --config {self.config_path} --output NEW`")
 
     def _refuse_orphans(self) -> None:
         """Without progress.json nothing was committed, so there can be no metrics past step 0."""
@@ -429,7 +483,7 @@ class AnalysisFolder:
             raise UserError(f"nothing to resume in {self.path}: start it without --resume")
         if exists:
             saved, given = type(settings).from_toml(self.settings_path).to_dict(), settings.to_dict()
-            changed = sorted(k for k in set(saved) | set(given) if saved.get(k) != given.get(k))
+            changed = sorted(k for k in set(saved) | set(given) if k != "run" and saved.get(k) != given.get(k))
             if changed:
                 raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): resume "
                                 "with the same settings, or give --name to start another")
@@ -452,8 +506,10 @@ class AnalysisFolder:
         return rows, done
 
     def commit(self, rows: list[dict], done: list[str]) -> None:
+        """Write the rows and keys finished so far. The settings name the run as "..", the folder above this
+        one, so that the run folder can move and its analyses still resume (the run is not compared on resume)."""
         self.path.mkdir(exist_ok=True)
-        atomic.write_text(self.settings_path, self.settings.to_toml())
+        atomic.write_text(self.settings_path, dataclasses.replace(self.settings, run="..").to_toml())
         text = csv_text(rows, self.columns)
         atomic.write_text(self.csv_path, text)
         atomic.write_text(self.progress_path, json.dumps({"done": done, "sha256": _sha256(text)}))

@@ -13,16 +13,14 @@ from dataclasses import dataclass
 import torch
 
 from . import distributed
-from .arch import NeuronGroup
+from .arch import NeuronGroup, architecture_of, decoder
 from .batching import for_each_batch
 from .evaluate import causal_predictions, masked_predictions
 from .fusion import Fused
 from .head import loss_gradient
-from .scorers import SCORERS
 
 MOMENTS = ("sum", "sum_abs", "sum_sq", "positive")  # of the activations alone: a forward pass
 SUMS = (*MOMENTS, "attribution")  # attribution = sum |z dL/dz|: a forward and a backward pass
-NEEDS = {name: scorer.sums for name, scorer in SCORERS.items()}
 
 
 @dataclass
@@ -93,7 +91,7 @@ def collect(model, neurons: NeuronGroup, input_ids: torch.Tensor, attention_mask
             labels: torch.Tensor | None = None) -> tuple[Stats, int]:
     """Statistics of one dataset's chunks.
 
-    `moments` (of SUMS) limits the work to what the scorer needs (NEEDS); by default the four activation
+    `moments` (of SUMS) limits the work to what the scorer needs (its `sums`); by default the four activation
     moments, for which the base model runs alone (no language-model head). "attribution" runs the whole
     model and a backward pass per batch (`attributions`); `labels` are then a masked LM's targets (-100
     where nothing is predicted), while a causal LM predicts each next token.
@@ -124,7 +122,7 @@ def collect(model, neurons: NeuronGroup, input_ids: torch.Tensor, attention_mask
         positions = int(flat.sum())
         keep[0] = None if positions == flat.numel() else flat
         if not attribute:
-            model.base_model(input_ids=ids, attention_mask=mask, use_cache=False)
+            body(input_ids=ids, attention_mask=mask, use_cache=False)
         else:
             zg = attributions(model, neurons, ids, mask, *lab, observe=observe)
             for layer, g in enumerate(zg):
@@ -134,6 +132,7 @@ def collect(model, neurons: NeuronGroup, input_ids: torch.Tensor, attention_mask
         if progress is not None:
             progress.update(positions)
 
+    body = _without_head(model)
     handles = [] if attribute else neurons.add_hooks(observe)  # attributions hooks each batch itself
     try:
         batch_size = for_each_batch(len(tensors[0]), batch_size, one_batch)
@@ -141,6 +140,12 @@ def collect(model, neurons: NeuronGroup, input_ids: torch.Tensor, attention_mask
         for h in handles:
             h.remove()
     return total.to("cpu").sum_across_processes(), batch_size
+
+
+def _without_head(model):
+    """The model up to its output layer, which activation statistics never need: arch.decoder for a causal LM
+    (model.base_model can be a multimodal wrapper's whole model), the encoder model of a masked LM."""
+    return model.base_model if architecture_of(model.config).masked_lm else decoder(model)
 
 
 def attributions(model, neurons: NeuronGroup, ids: torch.Tensor, mask: torch.Tensor,

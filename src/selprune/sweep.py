@@ -54,7 +54,7 @@ from pathlib import Path
 from . import atomic
 from .config import RunConfig, flag, read_toml, safe_name
 from .errors import OutOfMemory, UserError
-from .report import _number
+from .plots import number
 from .rundir import RETAIN_BUDGET, RunFolder, csv_text, summary_of
 from .scorers import SCORERS
 
@@ -181,6 +181,9 @@ def load(grid, output=None) -> Sweep:
         raise UserError(f"{where}: compare should be tables, each headed [[compare]]")
     base = RunConfig.from_dict(_typed(settings, f"{where} [settings]"))
     axes, keys = _axes(grid_lists, f"{where} [grid]")
+    if not axes:
+        raise UserError(f"{where} names no run: give [grid] lists, e.g. pairs = [[\"code\", \"prose\"]] (sweeps/"
+                        "paper.toml shows the format)")
     folder = Path(output) if output else Path("runs", "sweeps", path.stem)
     runs = []
     for combination in itertools.product(*axes):
@@ -306,6 +309,8 @@ def state(run: Planned) -> tuple[str, int]:
                         "move it away, or give the sweep another --output")
     done = folder.completed_step()
     finished = folder.stopped() is not None or done >= run.config.steps
+    if not finished and done >= 0:
+        folder.check_readable(run.config)  # as resuming it will: a damaged run is refused now, not listed
     return ("finished" if finished else "partial"), done
 
 
@@ -474,11 +479,8 @@ def _summary(run: Planned, timings: dict) -> dict:
 
 def _fresh(out: Path, fill, *args) -> None:
     """Make the folder `out` anew: fill(folder, *args) writes a folder beside it, which then replaces it."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    fill(tmp, *args)
-    atomic.replace_dir(tmp, out)
+    with atomic.staged_folder(out) as tmp:
+        fill(tmp, *args)
 
 
 def _report(out: Path, runs: list[Planned]) -> None:
@@ -515,7 +517,7 @@ def _write_summary(plan: Sweep, summaries: dict) -> None:
 
 
 def _pct(value) -> str:
-    return _number(value, ".1f", "%")
+    return number(value, ".1f", "%")
 
 
 def _ppl(value) -> str:
@@ -577,7 +579,7 @@ def runs_table(plan: Sweep, summaries: dict, pair: str) -> list[str]:
             f"| {run.label} | {_pct(100 * x['base_top1_forget'])} / {_pct(100 * x['base_top1_retain'])} "
             f"| **{_pct(x['max_rel_diff'])}** ({x['max_rel_diff_step']}) "
             f"| {_pct(x['forget_drop_at_retain_budget'])} ({_pct(100 * x['fraction_at_retain_budget'])}) "
-            f"| {_number(x['max_abs_diff'], '.1f')} ({x['max_abs_diff_step']}) | {_number(x['area_rel'], '.2f')} "
+            f"| {number(x['max_abs_diff'], '.1f')} ({x['max_abs_diff_step']}) | {number(x['area_rel'], '.2f')} "
             f"| {_pct(x['final_drop_forget'])} / {_pct(x['final_drop_retain'])} "
             f"| {_pct(x['retain_drop_at_forget_50'])} / {_pct(x['retain_drop_at_forget_80'])} "
             f"| {_ppl(x['final_perplexity_forget'])} / {_ppl(x['final_perplexity_retain'])} "

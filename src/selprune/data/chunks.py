@@ -40,10 +40,13 @@ class Splits:
 def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 512, score_tokens: int = 100_000,
                 eval_tokens: int = 100_000, seed: int = 0, name: str = "dataset", relearn_tokens: int = 0,
                 relearn_chunk_len: int | None = None, relearn_option: str = "--relearn-tokens",
-                harden_tokens: int = 0, harden_chunk_len: int | None = None) -> Splits:
+                harden_tokens: int = 0, harden_chunk_len: int | None = None,
+                later: Sequence[Document] = ()) -> Splits:
     """Shuffle documents with `seed`, fill the evaluation budget first, then scoring, relearning, hardening.
 
     `relearn_option` is the flag that sets relearn_tokens, for the message when the dataset is too small.
+    `later`: documents read after `documents` (a streamed dataset read further), shuffled on their own and
+    used after all of them, so that they never change the earlier parts.
     """
     if chunk_len < 2:
         raise UserError(f"--chunk-len must be at least 2 tokens, got {chunk_len}")
@@ -51,8 +54,10 @@ def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 51
         option, value = ("--eval-tokens", eval_tokens) if eval_tokens <= 0 else ("--score-tokens", score_tokens)
         raise UserError(f"{option} must be a positive number of tokens, got {value}")
     separator = _separator_id(tokenizer)
-    order = list(documents)
-    random.Random(seed).shuffle(order)
+    generator, order, after = random.Random(seed), list(documents), list(later)
+    generator.shuffle(order)
+    generator.shuffle(after)
+    order += after
     stream = _tokenized(order, tokenizer, separator)
     budgets = {"evaluation": eval_tokens, "scoring": score_tokens, "relearning": relearn_tokens,
                "hardening": harden_tokens}
@@ -64,7 +69,7 @@ def make_splits(documents: Sequence[Document], tokenizer, *, chunk_len: int = 51
         ids, doc_ids, doc_tokens = _fill(stream, budget)
         used.append(doc_tokens)
         if len(ids) < budget:  # the stream is spent: `used` counts every token of the dataset
-            raise _too_few_tokens(name, len(documents), used, {k: v for k, v in budgets.items() if v > 0},
+            raise _too_few_tokens(name, len(order), used, {k: v for k, v in budgets.items() if v > 0},
                                   relearn_option)
         parts[part] = _pack(ids, doc_ids, lengths.get(part, chunk_len), _pad_id(tokenizer, separator))
     return Splits(score=parts.get("scoring"), eval=parts["evaluation"], relearn=parts.get("relearning"),

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..arch import ResidualStream
+from ..arch import ResidualStream, decoder
 from ..batching import for_each_batch
 from ..head import Head, score_predictions
 
@@ -24,7 +24,7 @@ def lens_top1(model, ids: torch.Tensor, mask: torch.Tensor, batch_size: int, hea
               fused: bool = False) -> tuple[list[float], int]:
     """(top-1 after each block, positions scored) on chunks ids/mask [n, L], every position whose next
     token is real, as in evaluate_causal. `fused` compiles the rank counts (a third of the eager time)."""
-    stream = ResidualStream(model)
+    stream, body = ResidualStream(model), decoder(model)
     head = head or Head(model)
     at_head = head.linear.weight.device
     device = next(model.parameters()).device
@@ -44,7 +44,7 @@ def lens_top1(model, ids: torch.Tensor, mask: torch.Tensor, batch_size: int, hea
 
         handles = stream.add_hooks(score)
         try:
-            model.base_model(input_ids=chunk_ids, attention_mask=chunk_mask, use_cache=False)
+            body(input_ids=chunk_ids, attention_mask=chunk_mask, use_cache=False)
         finally:
             for handle in handles:
                 handle.remove()

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import html
 import itertools
-import re
 from pathlib import Path
 
 from .. import atomic
-from ..report import _figure, _figure_html, _png
+from ..config import safe_name
+from ..plots import figure, figure_html, png
 from ..rundir import RunFolder
 from .lens import verdict
 
@@ -85,7 +85,7 @@ def _lens(rows: list[dict], label: str, index: int, out_dir: Path) -> str:
     datasets = list(dict.fromkeys((role, dataset) for _, role, dataset in curves))
     watched = itertools.cycle(WATCH_COLORS)
     colors = {d: ROLE_COLORS.get(d[0]) or next(watched) for d in datasets}
-    fig = _figure(7.0, 4.5)
+    fig = figure(7.0, 4.5)
     ax = fig.add_subplot()
     for (step, role, dataset), curve in sorted(curves.items()):
         style = "-" if step == 0 else STEP_STYLES[(step - 1) % len(STEP_STYLES)]
@@ -97,9 +97,8 @@ def _lens(rows: list[dict], label: str, index: int, out_dir: Path) -> str:
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    name = f"inspect-lens-{index + 1}-{re.sub(r'[^A-Za-z0-9_.-]+', '-', label)}.png"
-    png = _png(fig)
-    atomic.write_bytes(out_dir / name, png)
+    image = png(fig)
+    atomic.write_bytes(out_dir / f"inspect-lens-{index + 1}-{safe_name(label)}.png", image)
     steps = sorted({step for step, _, _ in curves})
     head = "<tr><th>Dataset</th>" + "".join(f"<th>{_column(s)}</th>" for s in steps) + "</tr>"
     body = "".join(f"<tr><td>{html.escape(role)} <small>{html.escape(dataset)}</small></td>" + "".join(
@@ -109,7 +108,7 @@ def _lens(rows: list[dict], label: str, index: int, out_dir: Path) -> str:
                 f"{html.escape(verdict(curves[0, role, dataset], curve)[1])}</li>"
                 for (step, role, dataset), curve in sorted(curves.items())
                 if step and role != "retain" and (0, role, dataset) in curves]
-    return (f'<div class="grid">{_figure_html(png, f"Logit lens: {label}")}</div>'
+    return (f'<div class="grid">{figure_html(image, f"Logit lens: {label}")}</div>'
             f'<p class="note">Top-1 at the last block, the model\'s own, on the lens tokens:</p>'
             f"<table>{head}{body}</table>"
             f'<ul class="note">{"".join(findings)}</ul>')

@@ -19,15 +19,13 @@ import torch
 
 from ..arch import architecture_of, neuron_group
 from ..batching import auto_batch_size
-from ..data import Document, load_documents, make_splits
+from ..console import Console
+from ..data import Document, load_documents, run_documents, run_splits
 from ..errors import UserError
 from ..head import Head
-from ..models import context_length, load_config, load_model
+from ..models import context_length, load_config, load_model, model_fingerprint
 from ..pruning import PrunedRecord, apply
 from ..report import write_report
-from ..run import (
-    _documents,  # the run's own document limits, so the splits come out the same
-)
 from ..rundir import RunFolder
 from .checks import Check, builtin_checks, language_identifier
 from .generate import GREEDY, Decoding, generate
@@ -79,21 +77,19 @@ def inspect_run(config: InspectConfig, extra_checks: Sequence[Check] = (), quiet
     return folder.inspect_path
 
 
-class Inspection:
+class Inspection(Console):
     """One inspection: the model replayed to each step, its generations and lens, then the checks."""
 
     def __init__(self, config: InspectConfig, run_config, record: PrunedRecord, steps: list[int], quiet: bool):
         self.config, self.run_config, self.record, self.steps, self.quiet = config, run_config, record, steps, quiet
         self.decodings = [GREEDY] + ([Decoding("sampled", config.temperature, config.seed)] if config.sample else [])
 
-    def log(self, line: str) -> None:
-        if not self.quiet:
-            print(line, flush=True)
-
     def load_model(self):
         c = self.run_config
-        return load_model(c.model, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code,
-                          device_map=c.device_map or None)
+        model, tokenizer = load_model(c.model, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code,
+                                      device_map=c.device_map or None)
+        RunFolder(self.config.run).check_model(c.model, model_fingerprint(model))
+        return model, tokenizer
 
     def execute(self, extra_checks: Sequence[Check]) -> tuple[str, list[dict], dict[str, list[dict]]]:
         """(settings TOML, generation records, tables) for RunFolder.write_inspect."""
@@ -123,7 +119,7 @@ class Inspection:
             if c.lens:
                 lens_rows += self._lens(model, head, batch, sides, step)
             self.log(f"step {step}: generation {t1 - t0:.1f} s, logit lens {time.perf_counter() - t1:.1f} s")
-        del model, head
+        del model, head, neurons  # every reference, so the unpruned copy below is the only model in memory
         t0 = time.perf_counter()
         base, _ = self.load_model()
         checks = builtin_checks(base, self.tokenizer) + list(extra_checks)
@@ -163,9 +159,9 @@ class Inspection:
     def _side(self, role: str, spec: str) -> Side:
         """The dataset's splits as the run made them (a watched one has no scoring split, as in the run)."""
         rc = self.run_config
-        docs = _documents(spec, rc)
-        splits = make_splits(docs, self.tokenizer, chunk_len=rc.chunk_len, eval_tokens=rc.eval_tokens, seed=rc.seed,
-                             score_tokens=0 if role == "watch" else rc.score_tokens, name=spec)
+        documents = run_documents(rc, spec, role=role)
+        splits = run_splits(rc, self.tokenizer, spec, role=role, documents=documents)
+        docs = documents.run
         held, scored = set(splits.eval.doc_ids), set(splits.score.doc_ids if splits.score else ())
         ids, mask = splits.eval.input_ids, splits.eval.attention_mask
         if self.config.lens_tokens:  # the first lens_tokens real tokens of the evaluation chunks

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from selprune.scoring import random_scores, scores, select
+from selprune.selection import random_scores, scores, select
 
 
 def test_scores_prefer_forget_only_units():

@@ -1,0 +1,59 @@
+"""The retain budget of an unlearning: how much retain accuracy it may cost, and which checkpoint it keeps.
+
+Comparisons need matched damage: an unlearning that forgets more by also breaking more of the retain data
+has not done better. `--max-retain-drop P` keeps the last checkpoint within P; `--match RUN[:STEP]` takes P
+from a pruning run of the same model and data, and keeps the checkpoint closest to it from below.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..errors import UserError
+from ..rundir import RunFolder
+from .settings import UnlearnConfig
+
+# what must agree with the --match run, so that both train or score on, and are judged on, the same text
+SAME_DATA = ("model", "forget", "retain", "chunk_len", "score_tokens", "eval_tokens", "seed")
+
+
+@dataclass(frozen=True)
+class Budget:
+    limit: float  # the largest retain top-1 drop allowed, in percent of the original accuracy
+    closest: bool  # keep the checkpoint whose drop is closest to the limit (--match), else the last within it
+    source: str  # where the limit comes from, for the console
+
+    def keeps(self, drop: float, kept_drop: float) -> bool:
+        """Whether a checkpoint within the budget, with this retain drop, replaces the one kept so far."""
+        return drop >= kept_drop if self.closest else True
+
+
+def budget_of(config: UnlearnConfig) -> Budget | None:
+    """The budget the settings give, None for none; a --match run is read and checked here, before any work."""
+    if config.max_retain_drop is not None:
+        return Budget(config.max_retain_drop, False, f"--max-retain-drop {config.max_retain_drop:g}")
+    if not config.match:
+        return None
+    path, _, step = config.match.rpartition(":") if config.match.rpartition(":")[2].isdigit() else (config.match, "", "")
+    folder = RunFolder(path)
+    if not folder.config_path.is_file():
+        raise UserError(f"--match {path} is not a selprune run folder (no config.toml): give a pruning run's folder")
+    run = folder.read_config()
+    if isinstance(run, UnlearnConfig):
+        raise UserError(f"--match {path} is an unlearning folder: give a pruning run, whose retain drop is matched")
+    differ = [key for key in SAME_DATA if getattr(run, key) != getattr(config, key)]
+    if differ:
+        theirs = ", ".join(f"{key} {getattr(run, key)!r}" for key in differ)
+        raise UserError(f"--match {path} was made with another model or data ({theirs}; here "
+                        f"{', '.join(repr(getattr(config, key)) for key in differ)}): match a run of the same model "
+                        "and data, or give those settings")
+    metrics = folder.metrics()
+    steps = [int(s) for s in metrics["step"]]
+    at = int(step) if step else folder.kept_step()
+    if at not in steps:
+        raise UserError(f"--match {config.match}: the run has steps {steps[0]} to {steps[-1]}, not {at}")
+    limit = float(metrics["retain"]["drop_rel"][steps.index(at)])
+    if not limit >= 0:
+        raise UserError(f"--match {config.match}: the run's retain drop at step {at} is {limit:.2f}%, so there is no "
+                        "damage to match; choose a later step")
+    return Budget(limit, True, f"--match {path} at step {at}")

@@ -1,0 +1,246 @@
+"""The unlearning loop: data -> model -> for each learning rate (steps of the method, a checkpoint every
+--eval-every) -> the kept result -> model and report.
+
+Each learning rate trains its own copy of the original model in RUN/lr-LR/ (checkpoints.py) and keeps one
+checkpoint under the retain budget (budget.py); the folder keeps the learning rate whose kept checkpoint
+forgets most: the defender's best, as relearn's attacker keeps the learning rate that recovers most.
+Training computes in bfloat16 on float32 weights where the hardware has bfloat16 (as the relearning attack
+does); evaluation runs on a copy in the dtype a pruning run evaluates in, on the run's evaluation split.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import atomic
+from ..arch import architecture_of, text_config
+from ..batching import auto_batch_size
+from ..console import Console
+from ..data import run_splits
+from ..errors import UserError
+from ..evaluate import evaluate_causal, frequent_tokens
+from ..finetune import batches, require_one_batch
+from ..head import Head
+from ..models import load_model, resolve_device, resolve_dtype
+from ..rundir import COLUMNS, RunFolder
+from ..selection import step_seed
+from .budget import Budget, budget_of
+from .checkpoints import Checkpoints, Committed, read_result, write_result
+from .methods import METHODS, Context, steering_vector
+from .settings import UnlearnConfig
+
+RESUMABLE_CHANGES = {"device", "output", "compile"}  # settings that do not change the result
+
+
+@dataclass
+class Outcome:
+    """One learning rate's finished training."""
+
+    lr: float
+    rows: list[dict]
+    kept: int
+    stopped: str | None
+
+    def drop(self, role: str, step: int | None = None) -> float:
+        step = self.kept if step is None else step
+        return next(float(r["top1_drop_rel"]) for r in self.rows if int(r["step"]) == step and r["role"] == role)
+
+
+class Unlearning(Console):
+    """State of one unlearning; `execute` drives it. The public entry point is selprune.unlearn.unlearn."""
+
+    def __init__(self, config: UnlearnConfig, resume: bool = False, quiet: bool = False):
+        config.validate()
+        self.config, self.quiet = config, quiet
+        self.method = METHODS[config.method]
+        self.budget: Budget | None = budget_of(config)
+        self.folder = RunFolder(config.output_dir)
+        if resume:
+            self._open_for_resume()
+        else:
+            self.folder.create()
+
+    def _open_for_resume(self) -> None:
+        folder = self.folder
+        if not folder.config_path.is_file():
+            raise UserError(f"nothing to resume in {folder.path}: no checkpoint was committed; start it without --resume")
+        folder.lock()
+        saved, given = folder.read_config().to_dict(), self.config.to_dict()
+        changed = sorted(k for k in set(saved) | set(given) if k not in RESUMABLE_CHANGES and saved.get(k) != given.get(k))
+        if changed:
+            folder.unlock()
+            raise UserError(f"cannot resume {folder.path} with different settings ({', '.join(changed)}): resume with "
+                            "the same settings, or start a new unlearning with --output")
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def load(self) -> None:
+        c = self.config
+        self.base, self.tokenizer = load_model(c.model, dtype="float32", device=c.device,
+                                               trust_remote_code=c.trust_remote_code)
+        if architecture_of(self.base.config).masked_lm:
+            raise UserError(f"{c.model} is a masked LM, and the unlearning methods train a causal language model")
+        self.device = resolve_device(c.device)
+        self.eval_dtype = resolve_dtype(c.dtype, self.device)  # what a pruning run with these settings evaluates in
+        self.bf16 = self.eval_dtype == torch.bfloat16
+        self.eval_batch = auto_batch_size(self.base, c.chunk_len, self.device)
+        self.data = {role: run_splits(c, self.tokenizer, spec, role=role)
+                     for role, spec in (("forget", c.forget), ("retain", c.retain))}
+        for role, splits in self.data.items():
+            require_one_batch(f"the {role} data's scoring split", splits.score, c.batch_size, "--score-tokens",
+                              "--batch-size")
+        self.skip = {role: frequent_tokens(s.score.input_ids, s.score.attention_mask, c.skip_top_tokens)
+                     for role, s in self.data.items()}
+        control = steering_vector(text_config(self.base.config).hidden_size, c.rmu_coefficient, c.seed)
+        self.context = Context(c, self.base if self.method.reference else None, control.to(self.device))
+        self._base_rows: list[dict] | None = None
+        self.log(f"unlearn: {c.method} on forget={c.forget} retain={c.retain} model={c.model}, lr "
+                 f"{', '.join(f'{lr:g}' for lr in c.learning_rates)}, {c.steps} steps of {c.batch_size} x {c.chunk_len} "
+                 f"tokens{f', budget: retain drop <= {self.budget.limit:.2f}% ({self.budget.source})' if self.budget else ''}"
+                 f" -> {self.folder.path}")
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self, model, step: int, base: dict[str, float] | None) -> list[dict]:
+        """The forget and retain rows of one checkpoint, measured as a pruning run measures its steps."""
+        evaluated = model if self.eval_dtype == torch.float32 else copy.deepcopy(model).to(self.eval_dtype)
+        evaluated.eval()
+        head, rows = Head(evaluated), []
+        for role, splits in self.data.items():
+            m, self.eval_batch = evaluate_causal(evaluated, splits.eval.input_ids, splits.eval.attention_mask,
+                                                 self.eval_batch, self.skip[role], fused=self.config.compile,
+                                                 head=head, what=f"the model after {step} {self.config.method} steps "
+                                                 f"on {role} data")
+            start = m.top1 if base is None else base[role]
+            row = {"step": step, "fraction_pruned": 0.0, "units_pruned": 0, "role": role,
+                   "dataset": getattr(self.config, role), **m.as_dict(),
+                   "top1_drop_rel": 100 * (start - m.top1) / start if start else float("nan"),
+                   "top1_drop_abs": 100 * (start - m.top1)}
+            rows.append({k: row[k] for k in COLUMNS})
+        return rows
+
+    def base_rows(self) -> list[dict]:
+        """Step 0: the original model, evaluated once for every learning rate."""
+        if self._base_rows is None:
+            self._base_rows = self.evaluate(self.base, 0, None)
+        return self._base_rows
+
+    # -- training ------------------------------------------------------------------------------
+
+    def train(self, lr: float) -> Outcome:
+        """One learning rate, from its last committed checkpoint to its end (--steps, or past the budget)."""
+        c = self.config
+        checkpoints = Checkpoints(self.folder.path, lr)
+        done = checkpoints.committed()
+        if done is None:
+            if not self.folder.config_path.is_file():  # the first commit of the folder
+                atomic.write_text(self.folder.config_path, c.to_toml())
+            done = Committed(0, 0, self.base_rows(), None, None, None)
+            checkpoints.commit(0, 0, done.rows, None, None, None)
+        if done.stopped or done.step >= c.steps:
+            return Outcome(lr, done.rows, done.kept, done.stopped)
+        if done.step:
+            self.log(f"lr {lr:g}: resuming after step {done.step} of {c.steps}")
+        model = copy.deepcopy(self.base).train()
+        trained = dict(self.method.trained(model, c))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in trained)
+        optimizer = torch.optim.AdamW(list(trained.values()), lr=lr, weight_decay=0.0)
+        if done.weights is not None:
+            with torch.no_grad():
+                for name, value in done.weights.items():
+                    trained[name].copy_(value)
+            optimizer.load_state_dict(done.optimizer)
+        order = {role: batches(len(s.score.input_ids), c.batch_size, c.seed + i)
+                 for i, (role, s) in enumerate(self.data.items())}
+        for _ in range(done.step):  # the batches that the committed steps drew
+            for draws in order.values():
+                next(draws)
+        base = {r["role"]: float(r["top1"]) for r in done.rows if int(r["step"]) == 0}
+        rows, kept, stopped, t0 = list(done.rows), done.kept, None, time.perf_counter()
+        for step in range(done.step + 1, c.steps + 1):
+            torch.manual_seed(step_seed(c.seed, step))  # dropout, in the models that have it
+            batch = {role: self._batch(role, next(draws)) for role, draws in order.items()}
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                loss = self.method.loss(model, batch["forget"], batch["retain"], self.context)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if step % c.eval_every and step != c.steps:
+                continue
+            new = self.evaluate(model, step, base)
+            rows += new
+            kept, stopped = self._keep(step, new, kept, Outcome(lr, rows, kept, None))
+            checkpoints.commit(step, kept, rows, trained, optimizer.state_dict(), stopped)
+            model.train()
+            self._print(lr, step, new, loss.item(), time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            if stopped:
+                self.log(f"lr {lr:g}: stopped: {stopped}")
+                break
+        return Outcome(lr, rows, kept, stopped)
+
+    def _batch(self, role: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        chunks = self.data[role].score
+        return chunks.input_ids[index].to(self.device), chunks.attention_mask[index].to(self.device)
+
+    def _keep(self, step: int, rows: list[dict], kept: int, so_far: Outcome) -> tuple[int, str | None]:
+        """The checkpoint kept after this one, and why training stops here (None: it goes on)."""
+        retain = float(rows[1]["top1_drop_rel"])
+        if self.budget is None:
+            return step, None
+        if retain > self.budget.limit:
+            return kept, (f"retain drop {retain:.2f}% > {self.budget.limit:.2f}% ({self.budget.source}), so it keeps "
+                          f"step {kept}")
+        return (step if self.budget.keeps(retain, so_far.drop("retain")) else kept), None
+
+    def _print(self, lr: float, step: int, rows: list[dict], loss: float, seconds: float) -> None:
+        f, r = rows
+        self.log(f"lr {lr:g} step {step:4d}/{self.config.steps}  loss {loss:.4f}  forget top1 {f['top1']:.3f} (drop "
+                 f"{f['top1_drop_rel']:5.1f}%)  retain top1 {r['top1']:.3f} (drop {r['top1_drop_rel']:5.1f}%)  "
+                 f"[{seconds:.1f} s]")
+
+    # -- the loop ------------------------------------------------------------------------------
+
+    def execute(self) -> Path:
+        try:
+            finished = read_result(self.folder.path)
+            if finished is not None:
+                self.log(f"{self.folder.path}: already complete (kept lr {finished['lr']:g}, step "
+                         f"{finished['kept_step']}); nothing to redo")
+                return self.folder.path
+            self.load()
+            outcomes = [self.train(lr) for lr in self.config.learning_rates]
+            best = max(outcomes, key=lambda o: o.drop("forget"))  # the first of equals: the order given
+            self.save_model(best)
+            write_result(self.folder.path, best.lr, best.kept, best.rows, best.stopped)
+            from ..report import write_report
+
+            self.log(f"report: {write_report([self.folder.path], self.folder.path)}")
+            self.log(f"kept: lr {best.lr:g} at step {best.kept}: forget drop {best.drop('forget'):.1f}%, retain drop "
+                     f"{best.drop('retain'):.1f}%" + (f" (the largest forget drop of lr "
+                     f"{', '.join(f'{o.lr:g}' for o in outcomes)} within the budget)" if len(outcomes) > 1 else ""))
+        finally:
+            self.folder.unlock()
+        return self.folder.path
+
+    def save_model(self, best: Outcome) -> None:
+        """RUN/model/: the original model with the kept checkpoint's weights (float32, safetensors) and its
+        tokenizer, moved into place when complete."""
+        model = copy.deepcopy(self.base)
+        weights = Checkpoints(self.folder.path, best.lr).kept_weights(best.kept)
+        if weights is not None:
+            with torch.no_grad():
+                parameters = dict(model.named_parameters())
+                for name, value in weights.items():
+                    parameters[name].copy_(value)
+        target = self.folder.model_path
+        with atomic.staged_folder(target) as tmp:
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+        self.log(f"unlearned model: {target}")

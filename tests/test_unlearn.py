@@ -1,0 +1,309 @@
+"""selprune unlearn on tiny models: each method's loss against a naive reference, its step, the folder it
+leaves (resume, matched budgets, report), relearn's attack on it, and the refusals."""
+
+import dataclasses
+import json
+import shutil
+
+import pytest
+import torch
+from conftest import Crash, build_tiny_batch, build_tiny_model, one_error_line
+
+from selprune import run as run_module
+from selprune.errors import UserError
+from selprune.relearn import COLUMNS as RELEARN_COLUMNS
+from selprune.relearn import RelearnConfig, relearn, summarize_relearn
+from selprune.rundir import COLUMNS, RunFolder, read_csv
+from selprune.unlearn import METHODS, UnlearnConfig, unlearn
+from selprune.unlearn import runner as runner_module
+from selprune.unlearn.methods import Context, steering_vector
+
+SETTINGS = UnlearnConfig(retain_weight=0.5, npo_beta=0.3, rmu_alpha=2.0, rmu_coefficient=3.0, rmu_layer=0)
+
+
+# -- naive references, written out position by position -----------------------------------------------------
+
+
+def naive_sequence_nll(model, ids, mask):
+    """Each sequence's summed -log p(next token), over the positions whose next token is real."""
+    logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    totals = []
+    for b in range(ids.shape[0]):
+        total = 0.0
+        for t in range(ids.shape[1] - 1):
+            if mask[b, t + 1]:
+                total = total - logp[b, t, ids[b, t + 1]]
+        totals.append(total)
+    return torch.stack(totals)
+
+
+def naive_mean_nll(model, ids, mask):
+    return naive_sequence_nll(model, ids, mask).sum() / mask[:, 1:].sum()
+
+
+def naive_layer_mse(model, layer, batch, target):
+    """Mean of (hidden unit - target)^2 over the real tokens' hidden units, after block `layer`."""
+    hidden = model(input_ids=batch[0], attention_mask=batch[1], output_hidden_states=True).hidden_states[layer + 1]
+    total, count = 0.0, 0
+    for b in range(hidden.shape[0]):
+        for t in range(hidden.shape[1]):
+            if batch[1][b, t]:
+                goal = target if target.dim() == 1 else target[b, t]
+                total = total + ((hidden[b, t] - goal) ** 2).sum()
+                count += hidden.shape[2]
+    return total / count
+
+
+def naive_rmu(model, reference, forget, retain, s):
+    control = steering_vector(model.config.hidden_size, s.rmu_coefficient, s.seed)
+    with torch.no_grad():
+        held = reference(input_ids=retain[0], attention_mask=retain[1], output_hidden_states=True).hidden_states[1]
+    return naive_layer_mse(model, 0, forget, control) + s.rmu_alpha * naive_layer_mse(model, 0, retain, held)
+
+
+NAIVE = {
+    "ga": lambda model, reference, f, r, s: -naive_mean_nll(model, *f),
+    "graddiff": lambda model, reference, f, r, s: -naive_mean_nll(model, *f) + s.retain_weight * naive_mean_nll(model, *r),
+    "npo": lambda model, reference, f, r, s: (
+        -(2 / s.npo_beta) * torch.log(torch.sigmoid(
+            s.npo_beta * (naive_sequence_nll(model, *f) - naive_sequence_nll(reference, *f).detach()))).mean()
+        + s.retain_weight * naive_mean_nll(model, *r)),
+    "rmu": naive_rmu,
+}
+
+
+def method_setup(name):
+    model = build_tiny_model("llama", seed=0).train()
+    reference = build_tiny_model("llama", seed=1)  # another model, so that the frozen terms are not trivially 0
+    context = Context(SETTINGS, reference if METHODS[name].reference else None,
+                      steering_vector(model.config.hidden_size, SETTINGS.rmu_coefficient, SETTINGS.seed))
+    return model, reference, context, build_tiny_batch(seed=1, batch=3), build_tiny_batch(seed=2, batch=3)
+
+
+def test_every_method_has_a_naive_reference_here():
+    assert set(NAIVE) == set(METHODS)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_each_methods_loss_equals_its_naive_reference(name):
+    model, reference, context, forget, retain = method_setup(name)
+    got = METHODS[name].loss(model, forget, retain, context)
+    expected = NAIVE[name](model, reference, forget, retain, SETTINGS)
+    assert torch.isfinite(got) and got.item() != 0
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_one_step_moves_only_the_trained_weights_and_lowers_the_loss(name):
+    model, reference, context, forget, retain = method_setup(name)
+    trained = dict(METHODS[name].trained(model, SETTINGS))
+    for parameter_name, parameter in model.named_parameters():
+        parameter.requires_grad_(parameter_name in trained)
+    before = {k: v.detach().clone() for k, v in model.named_parameters()}
+    loss = METHODS[name].loss(model, forget, retain, context)
+    loss.backward()
+    torch.optim.SGD(trained.values(), lr=1e-2).step()
+    after = METHODS[name].loss(model, forget, retain, context)
+    assert after < loss
+    moved = {k for k, v in model.named_parameters() if not torch.equal(v, before[k])}
+    assert moved and moved <= set(trained)
+
+
+def test_rmu_trains_the_down_projections_of_the_layers_up_to_its_own():
+    model = build_tiny_model("llama")
+    assert [n for n, _ in METHODS["rmu"].trained(model, UnlearnConfig(rmu_layer=1, rmu_layers=3))] == [
+        "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
+    assert [n for n, _ in METHODS["rmu"].trained(model, UnlearnConfig())] == ["model.layers.0.mlp.down_proj.weight"]
+
+
+@pytest.mark.parametrize("name", ["graddiff", "npo"])
+def test_a_retain_term_leaves_the_retain_loss_lower_than_gradient_ascent(name):
+    losses = {}
+    for method in ("ga", name):
+        model, reference, context, forget, retain = method_setup(method)
+        model.requires_grad_(True)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        for _ in range(5):
+            METHODS[method].loss(model, forget, retain, context).backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        with torch.no_grad():
+            losses[method] = naive_mean_nll(model, *retain).item()
+    assert losses[name] < losses["ga"]
+
+
+# -- the folder ---------------------------------------------------------------------------------------------
+
+TINY = dict(steps=4, eval_every=2, batch_size=2, chunk_len=32, score_tokens=300, eval_tokens=200, skip_top_tokens=5,
+            dtype="float32", compile=False, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tiny_unlearn(tiny_llama, tiny_data):
+    """Factory: tiny_unlearn(out, **overrides) -> an UnlearnConfig of a 4-step graddiff on the tiny Llama."""
+    def make(out, **overrides) -> UnlearnConfig:
+        settings = dict(TINY, model=str(tiny_llama), forget=str(tiny_data / "forget"), retain=str(tiny_data / "retain"),
+                        method="graddiff", lr=(1e-3, 3e-2), output=str(out))
+        return UnlearnConfig(**{**settings, **overrides})
+    return make
+
+
+@pytest.fixture(scope="module")
+def unlearned(tiny_unlearn, tmp_path_factory):
+    return unlearn(tiny_unlearn(tmp_path_factory.mktemp("unlearn") / "graddiff"), quiet=True)
+
+
+def test_the_folder_has_a_runs_shape_and_the_kept_model(unlearned, tiny_unlearn):
+    folder = RunFolder(unlearned)
+    assert folder.read_config() == tiny_unlearn(unlearned)
+    rows = folder.rows()
+    assert [(r["step"], r["role"]) for r in rows] == [(s, role) for s in "024" for role in ("forget", "retain")]
+    assert {r["fraction_pruned"] for r in rows} == {"0.0"} and {r["units_pruned"] for r in rows} == {"0"}
+    for lr in ("0.001", "0.03"):
+        assert (unlearned / f"lr-{lr}" / "metrics.csv").is_file()
+    assert rows == read_csv(unlearned / "lr-0.03" / "metrics.csv", COLUMNS)  # the larger lr forgets more here
+    assert (unlearned / "model" / "model.safetensors").is_file() and (unlearned / "report.html").is_file()
+    assert "unlearn: graddiff" in (unlearned / "report.html").read_text()
+
+
+def test_the_saved_model_is_the_kept_checkpoint(unlearned):
+    from selprune.models import load_model
+
+    model, _ = load_model(str(unlearned / "model"), dtype="float32", device="cpu")
+    ids, mask = build_tiny_batch()
+    base, _ = load_model(str(RunFolder(unlearned).read_config().model), dtype="float32", device="cpu")
+    changed = [n for n, p in model.named_parameters() if not torch.equal(p, dict(base.named_parameters())[n])]
+    assert changed  # 4 steps at lr 3e-2 moved it
+    assert torch.isfinite(model(input_ids=ids, attention_mask=mask).logits).all()
+
+
+def test_resume_after_a_crash_gives_identical_files(unlearned, tiny_unlearn, tmp_path, monkeypatch):
+    config = tiny_unlearn(tmp_path / "crashed")
+    real = runner_module.Unlearning.evaluate
+
+    def crash_at_step_4(self, model, step, base):
+        if step == 4 and self.config.output == config.output:
+            raise Crash()
+        return real(self, model, step, base)
+
+    monkeypatch.setattr(runner_module.Unlearning, "evaluate", crash_at_step_4)
+    with pytest.raises(Crash):
+        unlearn(config, quiet=True)
+    monkeypatch.undo()
+    assert not (tmp_path / "crashed" / "metrics.csv").exists()
+    unlearn(config, resume=True, quiet=True)
+    for name in ("metrics.csv", "model/model.safetensors", "lr-0.001/metrics.csv", "lr-0.03/metrics.csv"):
+        assert (tmp_path / "crashed" / name).read_bytes() == (unlearned / name).read_bytes(), name
+
+
+def test_a_damaged_checkpoint_is_refused_on_resume(unlearned, tmp_path):
+    copy = shutil.copytree(unlearned, tmp_path / "copy")
+    (copy / "state" / "result.json").unlink()
+    weights = next((copy / "lr-0.03" / "state").glob("weights-*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(UserError, match="differs from what checkpoint"):
+        unlearn(dataclasses.replace(RunFolder(copy).read_config(), output=str(copy)), resume=True, quiet=True)
+
+
+def scripted(monkeypatch, retain_drops: dict[int, float]):
+    """Evaluations that report the given retain drop at each step, and a forget drop of 2x it."""
+    def evaluate(self, model, step, base):
+        drops = {"forget": 2 * retain_drops.get(step, 0.0), "retain": retain_drops.get(step, 0.0)}
+        return [{k: {"step": step, "fraction_pruned": 0.0, "units_pruned": 0, "role": role,
+                     "dataset": getattr(self.config, role), "top1": 0.5 * (1 - drops[role] / 100),
+                     "top1_drop_rel": drops[role]}.get(k, 1.0) for k in COLUMNS} for role in ("forget", "retain")]
+    monkeypatch.setattr(runner_module.Unlearning, "evaluate", evaluate)
+
+
+@pytest.mark.parametrize("budget, kept", [({"max_retain_drop": 5.0}, 4), ({"match": "RUN"}, 2)])
+def test_the_budget_keeps_the_last_or_the_closest_checkpoint_within_it(budget, kept, tiny_unlearn, tiny_config,
+                                                                      tmp_path, monkeypatch, write_run):
+    from selprune.pruning import PrunedRecord
+
+    if "match" in budget:  # a pruning run of the same model and data, with a retain drop of 5% at its last step
+        run_config = tiny_config(tmp_path / "run", chunk_len=32, score_tokens=300, eval_tokens=200)
+        run_config = type(run_config)(**{**run_config.__dict__, "model": tiny_unlearn(tmp_path).model})
+        rows = [{"step": s, "role": role, "dataset": getattr(run_config, role), "fraction_pruned": 0.1 * s,
+                 "top1": 0.5 * (1 - (5.0 * s if role == "retain" else 0) / 100), "perplexity": 2.0}
+                for s in (0, 1) for role in ("forget", "retain")]
+        record = PrunedRecord("ff", 2, 24, [{"step": 1, "pruned": {"0": [1]}}])
+        budget = {"match": str(write_run(tmp_path / "run", run_config, rows, record))}
+    scripted(monkeypatch, {2: 4.0, 4: 3.0, 6: 12.0, 8: 1.0})
+    out = unlearn(tiny_unlearn(tmp_path / "u", steps=8, lr=(1e-3,), **budget), quiet=True)
+    steps = sorted({int(r["step"]) for r in RunFolder(out).rows()})
+    assert steps == [0, 2, 4, 6]  # stopped after the first checkpoint past the budget
+    assert json.loads((out / "state" / "result.json").read_text())["kept_step"] == kept
+
+
+# -- relearn attacks it ---------------------------------------------------------------------------------------
+
+SMALL = dict(max_steps=2, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu",
+             random_control=False)
+
+
+def test_relearn_attacks_an_unlearning_folder_beside_a_pruning_run(unlearned, tiny_config, tiny_unlearn, tmp_path):
+    run = run_module.run(tiny_config(tmp_path / "run", steps=1, chunk_len=32, score_tokens=300, eval_tokens=200),
+                         quiet=True)
+    relearn(RelearnConfig(run=str(run), control=(str(unlearned),), **SMALL), quiet=True)
+    rows = read_csv(run / "relearn" / "relearn.csv", RELEARN_COLUMNS)
+    label = f"{unlearned.name}@4"
+    assert {r["model"] for r in rows} == {"pruned", "base", label}
+    start = {r["model"]: r for r in rows if r["step"] == "0"}
+    assert start[label]["forget_loss"] != start["base"]["forget_loss"]  # the unlearned weights are attacked
+    assert {r["pruned_zero"] for r in rows if r["model"] == label} == {""}
+    summary = {s["model"]: s for s in summarize_relearn(rows)}
+    assert summary[label]["pruned_zero"] is None
+    page = (run / "report.html").read_text()
+    row = page[page.index(f"<td>{label}</td>"):]
+    assert "Anamnesis index" in page and row[:row.index("</tr>")].endswith("<td>&mdash;</td>")  # no pruned weights
+
+
+def test_the_anamnesis_index_counts_the_steps_until_forget_is_back_within_10_percent():
+    def rows(model, curve):
+        return [{"attack": "forget", "model": model, "lr": "0.001", "step": str(s), "forget_top1": str(v),
+                 "forget_loss": "1.0", "retain_top1": "0.5", "retain_loss": "1.0", "train_loss": "", "pruned_zero": ""}
+                for s, v in curve]
+    table = (rows("base", [(0, 0.50), (1, 0.50), (2, 0.52), (4, 0.52)]) + rows("slow", [(0, 0.1), (1, 0.2), (2, 0.3),
+             (4, 0.44)]) + rows("fast", [(0, 0.1), (1, 0.46), (2, 0.5), (4, 0.5)]))
+    summary = {s["model"]: s for s in summarize_relearn(table)}
+    assert summary["fast"]["anamnesis"] == 1  # 0.46 >= 0.9 x 0.50
+    assert summary["slow"]["anamnesis"] is None and summary["slow"]["steps"][-1] == 4  # 0.44 < 0.45: "> 4"
+    assert summary["base"]["anamnesis"] == 0
+
+
+# -- refusals -------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (["--method", "forget-harder"], "invalid choice"),
+    (["--lr", "0"], "learning rates must be positive"),
+    (["--lr", "1e-5", "nan"], "give a finite number"),
+    (["--lr", "inf"], "give a finite number"),
+    (["--lr=-1e-5"], "learning rates must be positive"),
+    (["--retain", ""], "--method npo trains on --retain data"),
+    (["--max-retain-drop", "150"], "outside (0, 100]"),
+    (["--max-retain-drop", "5", "--match", "x"], "not both"),
+    (["--match", "MISSING"], "not a selprune run folder"),
+])
+def test_bad_input_ends_with_one_line_and_writes_nothing(argv, phrase, capsys, tmp_path):
+    out = tmp_path / "out"
+    one_error_line(capsys, ["unlearn", "--output", str(out), *argv], phrase)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("other", [{"model": "smollm2-360m"}, {"forget": "code"}, {"eval_tokens": 100}])
+def test_match_of_a_run_of_another_model_or_data_is_refused(other, tiny_config, tiny_unlearn, write_run, tmp_path,
+                                                            capsys):
+    from selprune.pruning import PrunedRecord
+
+    mine = tiny_unlearn(tmp_path / "out")
+    config = tiny_config(tmp_path / "run", chunk_len=32, score_tokens=300, eval_tokens=200)
+    config = type(config)(**{**config.__dict__, "model": mine.model, **other})
+    rows = [{"step": 0, "role": role, "dataset": getattr(config, role), "fraction_pruned": 0.0, "top1": 0.5,
+             "perplexity": 2.0} for role in ("forget", "retain")]
+    run = write_run(tmp_path / "run", config, rows, PrunedRecord("ff", 2, 24))
+    argv = ["unlearn", "--match", str(run), "--no-compile"] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in mine.to_dict().items() if k in ("model", "forget", "retain", "output",
+                                                                               "chunk_len", "score_tokens", "eval_tokens")]
+    one_error_line(capsys, argv, "another model or data", next(iter(other)))
+    assert not (tmp_path / "out").exists()
