@@ -178,6 +178,23 @@ def write_run_folder(path, config: RunConfig, rows: list[dict], record) -> Path:
     return folder.path
 
 
+TINY_UNLEARN = dict(method="graddiff", lr=(3e-2,), steps=4, eval_every=2, batch_size=2, score_tokens=300,
+                    eval_tokens=200, chunk_len=32, skip_top_tokens=5, dtype="float32", compile=False, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def make_unlearning(tiny_llama, tiny_data):
+    """Factory: make_unlearning(out, **overrides) -> a finished 4-step graddiff unlearning folder of the tiny
+    Llama, on the data of a tiny_config run with chunk_len=32, score_tokens=300, eval_tokens=200."""
+    from selprune.unlearn import UnlearnConfig, unlearn
+
+    def make(out, **overrides) -> Path:
+        settings = dict(TINY_UNLEARN, model=str(tiny_llama), forget=str(tiny_data / "forget"),
+                        retain=str(tiny_data / "retain"), output=str(out))
+        return unlearn(UnlearnConfig(**{**settings, **overrides}), quiet=True)
+    return make
+
+
 @pytest.fixture(scope="session")
 def write_run():
     """Factory: write_run(path, config, rows, record) -> path (see write_run_folder)."""

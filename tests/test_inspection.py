@@ -243,7 +243,7 @@ def test_watched_datasets_are_inspected_like_forget_and_retain(tiny_run, tmp_pat
 def test_report_shows_the_inspection_escaped(inspected):
     folder, _ = inspected
     page = (folder / "report.html").read_text()
-    assert "What the pruned model can still do" in page and "after step 3" in page
+    assert "What the model can still do after pruning or unlearning" in page and "after step 3" in page
     # the tiny tokenizer knows neither " nor <, so the prompt reads back as <unk> marks: text to escape
     assert "def lt(a, b):" in page and "&lt;unk&gt;" in page and "<unk>" not in page
     assert list(folder.glob("inspect-lens-1-*.png"))
@@ -363,3 +363,58 @@ def test_statistics_and_the_lens_never_run_the_whole_model(model_type, tiny_mode
     stats, _ = collect(model, neuron_group(model, "ff"), ids, mask, 2)
     top1, _ = lens_top1(model, ids, mask, 2)
     assert calls == [] and stats.count == mask.sum() and len(top1) == 2
+
+
+# ---------------------------------------------------------------- an unlearning folder
+
+
+@pytest.fixture(scope="module")
+def inspected_unlearning(tiny_run, make_unlearning, tmp_path_factory):
+    """The tiny run's model unlearned on the run's data, inspected at the checkpoint it kept (step 4)."""
+    folder = make_unlearning(tmp_path_factory.mktemp("inspect-unlearned") / "graddiff",
+                             model=str(tiny_run[0].parent / "model"))
+    return folder, inspect_run(tiny_settings(folder, tiny_run[1], step=(), sample=False, lens_tokens=0), quiet=True)
+
+
+def test_an_unlearning_folder_is_inspected_at_its_kept_checkpoint(inspected_unlearning, inspected):
+    folder, out = inspected_unlearning
+    assert InspectConfig.from_toml(out / "settings.toml").step == (4,)
+    records = [json.loads(line) for line in (out / "generations.jsonl").read_text().splitlines()]
+    by_step = {step: {(r["set"], r["index"]): r["continuation"] for r in records if r["step"] == step}
+               for step in (0, 4)}
+    assert {r["step"] for r in records} == {0, 4} and by_step[0].keys() == by_step[4].keys()
+    assert by_step[0] != by_step[4], "the unlearned model writes what the original writes"
+    run_records = [json.loads(line) for line in (inspected[1] / "generations.jsonl").read_text().splitlines()]
+    assert by_step[0] == {(r["set"], r["index"]): r["continuation"] for r in run_records  # the same original
+                          if r["step"] == 0 and r["decoding"] == "greedy"}
+    lens = {(int(r["step"]), r["role"]): float(r["top1"]) for r in read_csv(out / "lens.csv") if r["layer"] == "2"}
+    metrics = RunFolder(folder).metrics()
+    for role in ("forget", "retain"):  # the last block's lens is the kept model's own top-1, as the unlearning measured
+        assert lens[4, role] == pytest.approx(metrics[role]["top1"][-1], abs=1e-6)
+        assert lens[0, role] == pytest.approx(metrics[role]["top1"][0], abs=1e-6)
+    assert "after step 4" in (folder / "report.html").read_text()
+
+
+def test_inspect_refuses_a_step_an_unlearning_did_not_keep(inspected_unlearning, capsys):
+    line = one_error_line(capsys, ["inspect", str(inspected_unlearning[0]), "--step", "2"], "--step 2")
+    assert "one model, the checkpoint it kept at step 4" in line
+
+
+def test_a_report_overlays_a_pruning_run_and_an_unlearning_with_their_analyses(inspected, inspected_unlearning,
+                                                                                 tmp_path):
+    from selprune.relearn import RelearnConfig, relearn
+    from selprune.report import write_report
+
+    (run_folder, _), (unlearned, _) = inspected, inspected_unlearning
+    relearn(RelearnConfig(run=str(unlearned), max_steps=2, batch_size=2, chunk_len=16, relearn_tokens=96,
+                          eval_tokens=64, lr=(3e-3,), device="cpu"), quiet=True)
+    page = write_report([run_folder, unlearned], tmp_path / "overlay").read_text()
+    assert "unlearn: graddiff" in page
+    relearned = page[page.index("Relearning: removed or hidden?"):page.index("What the model can still do")]
+    assert "<td>unlearned</td>" in relearned and "the checkpoint it kept, step 4" in relearned
+    inspections = page[page.index("What the model can still do"):]
+    for label in (run_folder.name, unlearned.name):
+        assert f"</span>{label}</h3>" in inspections
+    assert "after step 3" in inspections and "after step 4" in inspections
+    assert len(list((tmp_path / "overlay").glob("inspect-lens-*.png"))) == 2
+    assert len(list((tmp_path / "overlay").glob("neurons-*.png"))) == 1  # the unlearning pruned nothing

@@ -207,3 +207,25 @@ def test_resume_accepts_the_run_path_spelled_differently(pruned_runs, tmp_path, 
     assert main(["relearn", "runs/x", *small]) == 0
     for spelling in ("./runs/x", str(tmp_path / "runs" / "x"), "runs/../runs/x/"):
         assert main(["relearn", spelling, "--resume", "--quiet"]) == 0
+
+
+def test_an_unlearning_folder_is_attacked_at_its_kept_checkpoint(make_unlearning, pruned_runs, tmp_path, capsys):
+    """As the main RUN: its kept model beside the original one and a pruning run; no random control (it pruned
+    no units), and a step it did not keep is refused."""
+    unlearned = make_unlearning(tmp_path / "graddiff")
+    relearn(RelearnConfig(run=str(unlearned), control=(str(pruned_runs["ff"]),), **SMALL))
+    out = capsys.readouterr().out
+    assert "no random control" in out and "at the checkpoint it kept (step 4)" in out
+    assert RelearnConfig.from_toml(unlearned / "relearn" / "settings.toml").step == 4
+    rows = results(unlearned)
+    assert {r["model"] for r in rows} == {"unlearned", "base", "ff@2"}
+    start = {r["model"]: r for r in rows if r["step"] == "0"}
+    assert start["unlearned"]["forget_loss"] != start["base"]["forget_loss"]  # the kept weights are attacked
+    assert {r["pruned_zero"] for r in rows if r["model"] == "unlearned"} == {""}
+    assert {r["pruned_zero"] for r in rows if r["model"] == "ff@2" and r["step"] == "4"} == {"True"}
+    page = (unlearned / "report.html").read_text()
+    assert "Relearning: removed or hidden?" in page and "the unlearned model (the checkpoint it kept, step 4)" in page
+    small = ["--max-steps", "1", "--batch-size", "2", "--chunk-len", "16", "--relearn-tokens", "96", "--device", "cpu"]
+    one_error_line(capsys, ["relearn", str(unlearned), "--step", "2", "--name", "x", *small],
+                   "one model, the checkpoint it kept at step 4, not 2")
+    assert not (unlearned / "relearn-x").exists()

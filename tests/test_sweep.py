@@ -14,7 +14,9 @@ from conftest import Crash, one_error_line
 
 from selprune import run as run_module
 from selprune.cli import main
+from selprune.config import safe_name
 from selprune.errors import UserError
+from selprune.report import heatmap_label, heatmap_name
 from selprune.rundir import RunFolder, summarize
 from selprune.sweep import load, sweep
 
@@ -192,6 +194,13 @@ def test_results_tables_are_rewritten_between_their_markers_only(finished, tmp_p
     assert f"{pair}/selective-vs-random/summary.json" in copied
     assert not [p for p in copied if p.endswith("report.html")]
     assert not [p for p in copied if p.startswith(f"{pair}/abs-alone/neurons-")]  # shown once per pair
+
+
+@pytest.mark.parametrize("label", ["code-vs-prose-ff-abs", "seed 1: ff/abs", "neurons-3-x.png"])
+def test_the_run_a_heatmap_shows_is_read_from_the_name_the_report_gave_it(label):
+    """Copying plots shows each run's heatmap once per pair; it asks report.py which run a file shows."""
+    assert heatmap_label(heatmap_name(12, label)) == safe_name(label)
+    assert heatmap_label("forget-vs-retain-drop.png") is None and heatmap_label("summary.json") is None
 
 
 def test_a_run_made_with_other_settings_is_refused_and_kept(finished, tmp_path, no_runs, capsys):

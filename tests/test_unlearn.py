@@ -1,6 +1,7 @@
 """selprune unlearn on tiny models: each method's loss against a naive reference, its step, the folder it
 leaves (resume, matched budgets, report), relearn's attack on it, and the refusals."""
 
+import copy
 import dataclasses
 import json
 import shutil
@@ -61,6 +62,20 @@ def naive_rmu(model, reference, forget, retain, s):
     return naive_layer_mse(model, 0, forget, control) + s.rmu_alpha * naive_layer_mse(model, 0, retain, held)
 
 
+def naive_forward_kl(model, reference, ids, mask):
+    """Mean over real positions of sum_v p_teacher(v) * (log p_teacher(v) - log p_student(v))."""
+    with torch.no_grad():
+        teacher = torch.softmax(reference(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    student = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+    total, count = 0.0, 0
+    for b in range(ids.shape[0]):
+        for t in range(ids.shape[1]):
+            if mask[b, t]:
+                total = total + (teacher[b, t] * (teacher[b, t].log() - student[b, t])).sum()
+                count += 1
+    return total / count
+
+
 NAIVE = {
     "ga": lambda model, reference, f, r, s: -naive_mean_nll(model, *f),
     "graddiff": lambda model, reference, f, r, s: -naive_mean_nll(model, *f) + s.retain_weight * naive_mean_nll(model, *r),
@@ -69,6 +84,7 @@ NAIVE = {
             s.npo_beta * (naive_sequence_nll(model, *f) - naive_sequence_nll(reference, *f).detach()))).mean()
         + s.retain_weight * naive_mean_nll(model, *r)),
     "rmu": naive_rmu,
+    "distill": lambda model, reference, f, r, s: naive_forward_kl(model, reference, *r),
 }
 
 
@@ -114,6 +130,46 @@ def test_rmu_trains_the_down_projections_of_the_layers_up_to_its_own():
     assert [n for n, _ in METHODS["rmu"].trained(model, UnlearnConfig(rmu_layer=1, rmu_layers=3))] == [
         "model.layers.0.mlp.down_proj.weight", "model.layers.1.mlp.down_proj.weight"]
     assert [n for n, _ in METHODS["rmu"].trained(model, UnlearnConfig())] == ["model.layers.0.mlp.down_proj.weight"]
+
+
+def distill_setup(noise):
+    """A teacher, and its UNDO student as the runner makes it: a copy of the teacher, noised by `noise`."""
+    teacher = build_tiny_model("llama", seed=0)
+    student = copy.deepcopy(teacher).train().requires_grad_(True)
+    settings = dataclasses.replace(SETTINGS, method="distill", noise=noise)
+    METHODS["distill"].init(student, settings)
+    return teacher, student, Context(settings, teacher), build_tiny_batch(seed=2, batch=3)
+
+
+def test_distill_with_no_noise_starts_as_the_teacher_with_a_kl_of_zero():
+    teacher, student, context, retain = distill_setup(0.0)
+    assert all(torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters()))
+    assert METHODS["distill"].loss(student, retain, retain, context).item() == 0.0
+
+
+def test_the_distilled_students_loss_falls():
+    teacher, student, context, retain = distill_setup(0.5)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=1e-2, weight_decay=0.0)
+    losses = []
+    for _ in range(8):
+        loss = METHODS["distill"].loss(student, retain, retain, context)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        losses.append(loss.item())
+    assert losses[0] > 0 and losses[-1] < 0.5 * losses[0]
+
+
+def test_the_student_mixes_the_teacher_with_a_scaled_fresh_draw_by_the_noise():
+    teacher, half, _, _ = distill_setup(0.5)
+    _, fresh, _, _ = distill_setup(1.0)
+    for (name, t), h, f in zip(teacher.named_parameters(), half.parameters(), fresh.parameters()):
+        if t.dim() == 1:  # vectors (norms) shrink toward 0
+            assert torch.equal(f, torch.zeros_like(f)), name
+        else:  # matrices: a Xavier-uniform draw, times noise_scale
+            bound = SETTINGS.noise_scale * (6 / sum(t.shape)) ** 0.5
+            assert 0 < f.abs().max() <= bound and f.std() > bound / 4, name
+        torch.testing.assert_close(h, 0.5 * t + 0.5 * f, msg=name)
 
 
 @pytest.mark.parametrize("name", ["graddiff", "npo"])
@@ -291,8 +347,9 @@ def test_bad_input_ends_with_one_line_and_writes_nothing(argv, phrase, capsys, t
     assert not out.exists()
 
 
+@pytest.mark.parametrize("option", ["--match", "--from"])
 @pytest.mark.parametrize("other", [{"model": "smollm2-360m"}, {"forget": "code"}, {"eval_tokens": 100}])
-def test_match_of_a_run_of_another_model_or_data_is_refused(other, tiny_config, tiny_unlearn, write_run, tmp_path,
+def test_match_of_a_run_of_another_model_or_data_is_refused(other, option, tiny_config, tiny_unlearn, write_run, tmp_path,
                                                             capsys):
     from selprune.pruning import PrunedRecord
 
@@ -302,8 +359,155 @@ def test_match_of_a_run_of_another_model_or_data_is_refused(other, tiny_config, 
     rows = [{"step": 0, "role": role, "dataset": getattr(config, role), "fraction_pruned": 0.0, "top1": 0.5,
              "perplexity": 2.0} for role in ("forget", "retain")]
     run = write_run(tmp_path / "run", config, rows, PrunedRecord("ff", 2, 24))
-    argv = ["unlearn", "--match", str(run), "--no-compile"] + [
+    argv = ["unlearn", option, str(run), "--no-compile"] + [
         f"--{k.replace('_', '-')}={v}" for k, v in mine.to_dict().items() if k in ("model", "forget", "retain", "output",
                                                                                "chunk_len", "score_tokens", "eval_tokens")]
     one_error_line(capsys, argv, "another model or data", next(iter(other)))
+    assert not (tmp_path / "out").exists()
+
+
+# -- from a pruned model (--from) -----------------------------------------------------------------------------
+
+
+def test_held_units_stay_exactly_zero_under_adamw_and_move_without_the_hold():
+    from selprune.arch import neuron_group
+    from selprune.finetune import hold_at_zero
+    from selprune.pruning import apply, still_zero
+
+    ids, mask = build_tiny_batch(seed=3, batch=3)
+    for group in ("attn-preout", "attn-value"):  # units whose weights the loss's gradient reaches
+        held = {}
+        for hold in (True, False):
+            model = build_tiny_model("llama", seed=0).train().requires_grad_(True)
+            neurons = neuron_group(model, group)
+            pruned = torch.zeros(neurons.layers, neurons.units_per_layer, dtype=torch.bool)
+            pruned[:, ::3] = True
+            apply(neurons, pruned)
+            if hold:
+                hold_at_zero(neurons, pruned)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.0)
+            for _ in range(3):
+                model(input_ids=ids, attention_mask=mask, labels=ids).loss.backward()
+                optimizer.step()
+                optimizer.zero_grad()
+            held[hold] = still_zero(neurons, pruned)
+        assert held == {True: True, False: False}, group
+
+
+@pytest.fixture(scope="module")
+def pruned_run(tiny_config, tmp_path_factory):
+    """A finished 2-step pruning run of attention pre-out dims, whose weights a gradient moves unless held."""
+    return run_module.run(tiny_config(tmp_path_factory.mktemp("pruned") / "run", group="attn-preout", steps=2),
+                          quiet=True)
+
+
+@pytest.fixture(scope="module")
+def from_pruned(pruned_run, tiny_unlearn, tmp_path_factory):
+    out = tmp_path_factory.mktemp("from") / "ga"
+    return unlearn(tiny_unlearn(out, method="ga", lr=(3e-2,), from_run=f"{pruned_run}:1"), quiet=True)
+
+
+def test_from_a_pruned_run_keeps_its_units_at_zero_and_records_mask_and_weights(pruned_run, from_pruned):
+    from selprune.arch import neuron_group
+    from selprune.models import load_model
+    from selprune.pruning import still_zero
+    from selprune.recipe import recipe_of
+
+    assert RunFolder(from_pruned).read_config().from_run == f"{pruned_run.resolve()}:1"
+    mask = RunFolder(pruned_run).record().mask(range(1, 2))
+    recipe = recipe_of(from_pruned)
+    assert recipe.group == "attn-preout" and torch.equal(recipe.mask, mask)
+    assert recipe.weights == RunFolder(from_pruned).model_path
+    saved, _ = load_model(str(from_pruned / "model"), dtype="float32", device="cpu")
+    original, _ = load_model(recipe.model, dtype="float32", device="cpu")
+    assert still_zero(neuron_group(saved, "attn-preout"), mask)
+    rebuilt = recipe.build(original)
+    assert all(torch.equal(a, b) for a, b in zip(rebuilt.parameters(), saved.parameters()))
+    assert not all(torch.equal(a, b) for a, b in zip(recipe_of(pruned_run, 1).build(original).parameters(),
+                                                     saved.parameters()))  # it trained
+
+
+def test_from_a_pruned_run_starts_with_drops_relative_to_the_original(pruned_run, tiny_unlearn, tmp_path,
+                                                                       monkeypatch):
+    real = runner_module.evaluate_causal
+
+    def zeros_cost_accuracy(model, *args, **kwargs):  # top-1 0.5 for the original, less the more of it is 0
+        metrics, batch = real(model, *args, **kwargs)
+        weights = torch.cat([p.flatten() for n, p in model.named_parameters() if "o_proj" in n])
+        return dataclasses.replace(metrics, top1=0.5 * (1 - (weights == 0).float().mean().item())), batch
+
+    monkeypatch.setattr(runner_module, "evaluate_causal", zeros_cost_accuracy)
+    out = unlearn(tiny_unlearn(tmp_path / "u", method="ga", lr=(1e-3,), steps=2, from_run=f"{pruned_run}:1"),
+                  quiet=True)
+    run_step_1 = {r["role"]: r for r in RunFolder(pruned_run).rows() if r["step"] == "1"}
+    rows = RunFolder(out).rows()
+    assert [r["step"] for r in rows] == ["0", "0", "2", "2"]
+    for row in rows:
+        pruned = run_step_1[row["role"]]
+        assert (row["units_pruned"], row["fraction_pruned"]) == (pruned["units_pruned"], pruned["fraction_pruned"])
+        top1 = float(row["top1"])
+        assert top1 < 0.5 and float(row["top1_drop_rel"]) == pytest.approx(100 * (0.5 - top1) / 0.5, rel=1e-9)
+
+
+def test_resume_from_a_pruned_run_gives_identical_files(from_pruned, tiny_unlearn, pruned_run, tmp_path,
+                                                        monkeypatch):
+    config = tiny_unlearn(tmp_path / "crashed", method="ga", lr=(3e-2,), from_run=f"{pruned_run}:1")
+    real = runner_module.Unlearning.evaluate
+
+    def crash_at_step_4(self, model, step, base):
+        if step == 4:
+            raise Crash()
+        return real(self, model, step, base)
+
+    monkeypatch.setattr(runner_module.Unlearning, "evaluate", crash_at_step_4)
+    with pytest.raises(Crash):
+        unlearn(config, quiet=True)
+    monkeypatch.undo()
+    unlearn(config, resume=True, quiet=True)
+    for name in ("metrics.csv", "model/model.safetensors"):
+        assert (tmp_path / "crashed" / name).read_bytes() == (from_pruned / name).read_bytes(), name
+    assert RunFolder(tmp_path / "crashed").read_config().from_run == RunFolder(from_pruned).read_config().from_run
+
+
+def test_distill_from_a_pruned_run_keeps_its_units_at_zero(pruned_run, tiny_unlearn, tmp_path):
+    from selprune.arch import neuron_group
+    from selprune.models import load_model
+    from selprune.pruning import still_zero
+
+    out = unlearn(tiny_unlearn(tmp_path / "distill", method="distill", noise=0.5, lr=(1e-2,), steps=2,
+                               distill_data=str(tiny_unlearn(tmp_path).forget), from_run=str(pruned_run)),
+                  quiet=True)
+    saved, _ = load_model(str(out / "model"), dtype="float32", device="cpu")
+    assert still_zero(neuron_group(saved, "attn-preout"), RunFolder(pruned_run).record().mask())
+    assert json.loads((out / "state" / "result.json").read_text())["kept_step"] == 2
+
+
+@pytest.mark.parametrize("spec, phrase", [
+    ("MISSING", "not a selprune run folder"),
+    ("UNLEARNED", "is an unlearning folder"),
+    ("RUN:5", "pruning steps 1 to 2, not 5"),
+    ("RUN:0", "step 0 is the original model"),
+    ("RUN:x", "give RUN or RUN:STEP"),
+])
+def test_from_a_folder_that_is_not_a_pruning_run_or_step_is_refused(spec, phrase, pruned_run, unlearned, capsys,
+                                                                   tiny_unlearn, tmp_path):
+    mine = tiny_unlearn(tmp_path / "out")
+    spec = spec.replace("UNLEARNED", str(unlearned)).replace("RUN", str(pruned_run))
+    argv = ["unlearn", "--from", spec, "--no-compile"] + [
+        f"--{k.replace('_', '-')}={v}" for k, v in mine.to_dict().items() if k in ("model", "forget", "retain", "output",
+                                                                               "chunk_len", "score_tokens", "eval_tokens")]
+    one_error_line(capsys, argv, phrase)
+    assert not (tmp_path / "out").exists()
+
+
+def test_from_a_run_that_has_not_finished_is_refused(tiny_config, tiny_unlearn, write_run, tmp_path, capsys):
+    from selprune.pruning import PrunedRecord
+
+    mine = tiny_unlearn(tmp_path / "out")
+    config = tiny_config(tmp_path / "run", chunk_len=32, score_tokens=300, eval_tokens=200, model=mine.model)
+    rows = [{"step": s, "role": role, "dataset": getattr(config, role), "fraction_pruned": 0.1 * s, "top1": 0.5,
+             "perplexity": 2.0} for s in (0, 1) for role in ("forget", "retain")]
+    run = write_run(tmp_path / "run", config, rows, PrunedRecord("ff", 2, 24, [{"step": 1, "pruned": {"0": [1]}}]))
+    with pytest.raises(UserError, match="has not finished"):
+        unlearn(dataclasses.replace(mine, from_run=str(run)), quiet=True)
     assert not (tmp_path / "out").exists()

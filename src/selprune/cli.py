@@ -9,7 +9,6 @@ import argparse
 import contextlib
 import dataclasses
 import errno
-import os
 import signal
 import sys
 import traceback
@@ -32,7 +31,7 @@ from .errors import (
     UserError,
 )
 
-SHORT_FLAGS = {"output": "-o"}
+SHORT_FLAGS = {"output": "-o", "from_run": "--from"}
 COMPARE_NAMES, COMPARE_NAME_CHARS = 3, 40  # runs/compare/<name1>+<name2>...: at most 3 names of 40 characters
 
 
@@ -118,12 +117,13 @@ def _analysis_parsers(sub) -> None:
 
 def cmd_relearn(args) -> None:
     from .allocator import keep_freed_memory
-    from .relearn import RelearnConfig, relearn
+    from .relearn import COLUMNS, RelearnConfig, relearn
+    from .rundir import AnalysisFolder, RunFolder
 
     keep_freed_memory()
     flags = given_flags(args, RelearnConfig)
     config = RelearnConfig.from_dict(flags, source="command line")
-    saved = Path(config.run) / config.folder / "settings.toml"
+    saved = AnalysisFolder(RunFolder(config.run), config.folder, COLUMNS).settings_path
     if args.resume and saved.is_file():  # the saved settings are the base: --resume alone continues
         config = RelearnConfig.from_dict(flags, RelearnConfig.from_toml(saved), source="command line")
     relearn(config, resume=args.resume, quiet=args.quiet)
@@ -140,14 +140,16 @@ def cmd_inspect(args) -> None:
 
 def config_from_args(args, settings=RunConfig):
     """defaults < preset (run's) < --config file < flags; with --resume, the folder's config is the base."""
+    from .rundir import RunFolder
+
     config = preset(args.preset) if getattr(args, "preset", None) else settings()
     if args.config:
         config = settings.from_toml(args.config, config)
     flags = given_flags(args, settings)
     if args.resume:
         folder = flags.get("output") or str(settings.from_dict(flags, config).output_dir)
-        saved = os.path.join(folder, "config.toml")
-        if os.path.isfile(saved):
+        saved = RunFolder(folder).config_path
+        if saved.is_file():
             config = settings.from_toml(saved)
     return settings.from_dict(flags, config, source="command line")
 
@@ -224,11 +226,13 @@ def cmd_report(args) -> None:
 def report_folder(runs: list[str], output: str | None) -> Path:
     """Where `selprune report` writes. Never into a run folder other than the one run reported: its
     report.html is that run's own. Several runs go to runs/compare/<name1>+<name2>... by default."""
+    from .rundir import RunFolder
+
     if output is None:
         return Path(runs[0]) if len(runs) == 1 else Path("runs", "compare", compare_name(runs))
     out = Path(output)
     own = len(runs) == 1 and out.resolve() == Path(runs[0]).resolve()
-    if (out / "metrics.csv").is_file() and not own:
+    if RunFolder(out).metrics_path.is_file() and not own:
         raise UserError(f"{out} is a run folder, and its report.html is that run's own: "
                         "write the report elsewhere, such as -o runs/compare/NAME, or leave out -o")
     return out

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import torch
 
+from .arch import NeuronGroup
 from .errors import UserError
+from .pruning import pruned_parts
 
 # The attack's defaults, for `selprune relearn` and `selprune run --harden` alike.
 LR = 1e-4
@@ -50,6 +52,14 @@ def fine_tuning(model, chunks, lr: float, batch_size: int, seed: int, bf16: bool
     for index in batches(len(chunks.input_ids), batch_size, seed):
         yield fine_tune_step(model, optimizer, chunks.input_ids[index].to(device),
                              chunks.attention_mask[index].to(device), bf16)
+
+
+def hold_at_zero(neurons: NeuronGroup, mask: torch.Tensor) -> list:
+    """Gradient hooks that zero the gradient of every trainable weight of the units in mask [layers, units]; their
+    handles. A pruned weight is 0 and, with its gradient always 0, AdamW without weight decay never moves it
+    (its moments stay 0, so each update is 0 / (0 + eps)): the units stay pruned, whatever the loss."""
+    return [tensor.register_hook(lambda grad, dim=dim, index=index: grad.index_fill(dim, index, 0))
+            for tensor, dim, index in pruned_parts(neurons, mask) if tensor.requires_grad]
 
 
 def require_one_batch(what: str, chunks, batch_size: int, tokens_flag: str, batch_flag: str) -> None:

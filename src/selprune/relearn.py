@@ -1,9 +1,10 @@
 """The relearning attack: is what pruning removed gone, or only hidden?
 
-Fine-tune a run's pruned model on a little data that scoring and evaluation never saw, and measure how much
-of the lost forget accuracy comes back, next to the same attack on controls: the unpruned model (its forget
-accuracy is the ceiling), a random pruning of as many units of the same group (the paper's baseline), and
-any other runs. Each model keeps the learning rate that recovers the most for it: the attacker's best.
+Fine-tune a run's pruned model (or an unlearning folder's model) on a little data that scoring and evaluation
+never saw, and measure how much of the lost forget accuracy comes back, next to the same attack on controls:
+the unpruned model (its forget accuracy is the ceiling), a random pruning of as many units of the same group
+(the paper's baseline), and any other runs or unlearnings. Each model keeps the learning rate that recovers
+the most for it: the attacker's best. Every model is rebuilt from the original one by its recipe (recipe.py).
 
 Plain fine-tuning cannot revive a pruned ff unit: pruning zeroes all of its in- and out-weights, so its
 activation is 0 and so is the gradient that reaches it, and every gradient of its weights is a product
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 
 from . import atomic
-from .arch import NeuronGroup, architecture_of, neuron_group
+from .arch import NeuronGroup, architecture_of
 from .batching import auto_batch_size
 from .config import RunConfig, Settings, safe_name, setting
 from .console import Console
@@ -37,12 +38,12 @@ from .evaluate import evaluate_causal
 from .finetune import BATCH_SIZE, CHUNK_LEN, LR, TOKENS, fine_tuning, require_one_batch
 from .head import Head
 from .models import cpu_has_bf16, load_model, model_fingerprint, resolve_device
-from .pruning import apply, pruned_parts, still_zero
+from .pruning import pruned_parts, still_zero
 from .plots import figure, figure_html, number, png
+from .recipe import Recipe, recipe_of
 from .rundir import AnalysisFolder, RunFolder, read_csv
 from .selection import random_scores, select
-from .unlearn.budget import SAME_DATA
-from .unlearn.checkpoints import load_unlearned, read_result
+from .unlearn.budget import SAME_DATA, run_and_step
 from .unlearn.settings import UnlearnConfig
 
 COLUMNS = ("attack", "model", "lr", "step", "forget_top1", "forget_loss", "retain_top1", "retain_loss",
@@ -54,8 +55,10 @@ ANAMNESIS = 0.1  # the anamnesis index: steps until the forget top-1 is within t
 
 @dataclass
 class RelearnConfig(Settings):
-    run: str = setting("", "the run folder whose pruned model is attacked")
-    step: int = setting(0, "attack the model after this pruning step (0: the run's last step)")
+    run: str = setting("", "the folder whose model is attacked: a pruning run, or an unlearning folder (selprune "
+                       "unlearn), attacked at the checkpoint it kept")
+    step: int = setting(0, "attack the model after this pruning step (0: the run's last step; an unlearning folder "
+                        "has one step, its kept checkpoint)")
     attack: tuple[str, ...] = setting(("forget",), "what to fine-tune on: forget (the forget dataset's relearn "
                                       "split), retain (the retain dataset's), other:SPEC (any dataset)")
     optimizer: str = setting("adamw", "adamw: full fine-tuning; lora: low-rank adapters (needs peft)", OPTIMIZERS)
@@ -70,7 +73,8 @@ class RelearnConfig(Settings):
                                "evaluation chunks)")
     control: tuple[str, ...] = setting((), "other run folders to attack the same way: RUN or RUN:STEP, or "
                                        "unlearning folders (selprune unlearn), attacked at the checkpoint they kept")
-    random_control: bool = setting(True, "also attack a random pruning of as many units of the same group")
+    random_control: bool = setting(True, "also attack a random pruning of as many units of the same group (a "
+                                   "pruning run only: an unlearning folder pruned no units)")
     reinit_pruned: bool = setting(False, "a stronger attack: give the pruned weights small random values first, "
                                   "so that fine-tuning can use them")
     lora_rank: int = setting(16, "LoRA rank")
@@ -116,14 +120,10 @@ def evaluation_points(max_steps: int) -> list[int]:
 
 @dataclass
 class Contender:
-    """A model to attack, as a recipe on the original model: a mask over the units of a group to prune (the
-    run's pruned model, a pruning control), or the weights an unlearning saved (selprune unlearn), or neither
-    (the unpruned model)."""
+    """A model to attack: its label in the results, and the recipe that rebuilds it from the original model."""
 
     label: str
-    group: str
-    mask: torch.Tensor | None  # None: nothing pruned
-    weights: Path | None = None  # an unlearning folder's model/, put into the original model
+    recipe: Recipe
 
 
 class Relearn(Console):
@@ -133,23 +133,18 @@ class Relearn(Console):
         config.validate()
         self.config, self.quiet = config, quiet
         self.run = RunFolder(config.run)
-        if not self.run.config_path.is_file():
-            raise UserError(f"{config.run} is not a selprune run folder (it has no config.toml): give one that "
-                            "`selprune run` made")
+        self.recipe = recipe_of(self.run, config.step)
         self.run_config = self.run.read_config()
-        self.done_steps = self.run.kept_step()
-        if self.done_steps < 1:
-            raise UserError(f"{config.run} has no finished pruning step yet: let the run finish step 1 (selprune run "
-                            f"--resume --output {config.run}), then attack it")
-        self.step = config.step or self.done_steps
-        if not 1 <= self.step <= self.done_steps:
-            raise UserError(f"{config.run} has pruning steps 1 to {self.done_steps}, not {self.step}: give --step "
-                            f"between 1 and {self.done_steps}")
+        self.unlearning = isinstance(self.run_config, UnlearnConfig)
+        self.step = self.recipe.step
         if not resume:  # the step itself, not 0 for "the last": the run may go on, and its last step with it
             config = self.config = dataclasses.replace(config, step=self.step)
-        if self.run.stopped() is None and self.done_steps < self.run_config.steps:
-            self.log(f"relearn: {config.run} is unfinished ({self.done_steps} of {self.run_config.steps} steps "
+        if not self.unlearning and self.run.stopped() is None and self.run.kept_step() < self.run_config.steps:
+            self.log(f"relearn: {config.run} is unfinished ({self.run.kept_step()} of {self.run_config.steps} steps "
                      f"done): attacking step {self.step}, which --resume keeps attacking after the run finishes")
+        if self.unlearning and config.random_control:
+            self.log(f"relearn: no random control: {config.run} is an unlearning folder, which pruned no units for "
+                     "a random pruning to match")
         self.controls = [self._control_run(spec) for spec in config.control]
         self._refuse_seen_data()
         self.run.lock()
@@ -209,26 +204,21 @@ class Relearn(Console):
         return chunks.input_ids[:rows], chunks.attention_mask[:rows]
 
     def _contenders(self) -> list[Contender]:
-        rc, c = self.run_config, self.config
-        record = self.run.record()
-        mask = record.mask(range(1, self.step + 1))
-        found = [Contender("pruned", rc.group, mask), Contender("base", rc.group, None)]
-        if c.random_control:
-            scores = random_scores(tuple(mask.shape), c.seed, 0)
-            random_mask = select(scores, torch.zeros_like(mask), int(mask.sum()), rc.selection == "per-layer")
-            found.append(Contender("random", rc.group, random_mask))
-        for other, config, last in self.controls:
-            label = f"{config.name or other.path.name}@{last}"
-            if isinstance(config, UnlearnConfig):
-                found.append(Contender(label, rc.group, None, other.model_path))
-            else:
-                found.append(Contender(label, config.group, other.record().mask(range(1, last + 1))))
+        c, main = self.config, self.recipe
+        found = [Contender("unlearned" if self.unlearning else "pruned", main), Contender("base", main.original)]
+        if c.random_control and not self.unlearning:
+            scores = random_scores(tuple(main.mask.shape), c.seed, 0)
+            random_mask = select(scores, torch.zeros_like(main.mask), int(main.mask.sum()),
+                                 self.run_config.selection == "per-layer")
+            found.append(Contender("random", main.pruned_as(random_mask)))
+        for other, config, recipe in self.controls:
+            found.append(Contender(f"{config.name or other.path.name}@{recipe.step}", recipe))
         return found
 
-    def _control_run(self, spec: str) -> tuple[RunFolder, RunConfig | UnlearnConfig, int]:
-        """A --control PATH[:STEP], checked: its folder, its settings and the step whose pruning (or unlearning)
-        is attacked."""
-        path, _, step = spec.rpartition(":") if ":" in spec else (spec, "", "")
+    def _control_run(self, spec: str) -> tuple[RunFolder, RunConfig | UnlearnConfig, Recipe]:
+        """A --control PATH[:STEP], checked: its folder, its settings and the recipe of the model attacked (an
+        unlearning's at the checkpoint it kept, the one it saved)."""
+        path, step = run_and_step(spec)
         other = RunFolder(path)
         if not other.config_path.is_file():
             raise UserError(f"control {path} is not a selprune run folder (no config.toml)")
@@ -236,35 +226,25 @@ class Relearn(Console):
         if config.model != self.run_config.model:
             raise UserError(f"control {path} changed model {config.model!r}, this run {self.run_config.model!r}: "
                             "a control must start from the same model")
+        recipe = recipe_of(other, step or 0)
         if isinstance(config, UnlearnConfig):
-            return other, config, self._unlearned_step(other, config, step)
-        done = other.kept_step()
-        last = int(step) if step.isdigit() else done
-        if not 1 <= last <= done:
-            raise UserError(f"control {path} has pruning steps 1 to {done}, not {step}")
-        return other, config, last
+            self._refuse_other_data(other, config)
+        return other, config, recipe
 
-    def _unlearned_step(self, other: RunFolder, config: UnlearnConfig, step: str) -> int:
-        """An unlearning control: finished, trained on the run's scoring split (so never on the attack's data),
-        and attacked at the checkpoint it kept, the one it saved."""
-        result = read_result(other.path)
-        if result is None:
-            raise UserError(f"control {other.path} is an unlearning that has not finished: finish it with selprune "
-                            "unlearn --resume, then attack it")
+    def _refuse_other_data(self, other: RunFolder, config: UnlearnConfig) -> None:
+        """An unlearning control trained on its scoring split: with the run's data settings, never on the
+        attack's data."""
         differ = [key for key in SAME_DATA if getattr(config, key) != getattr(self.run_config, key)]
         if differ:
             raise UserError(f"control {other.path} unlearned with other {', '.join(differ)} than this run, so it may "
                             "have trained on the attack's documents: attack it beside a run of the same data settings")
-        if step and int(step) != result["kept_step"]:
-            raise UserError(f"control {other.path} saved its model at step {result['kept_step']} only, not {step}")
-        return result["kept_step"]
 
     def _refuse_seen_data(self) -> None:
         """A hardened run trained its throwaway copies on the forget documents after its --harden-holdout
         tokens of the relearn split; an attack with more relearn tokens would train on them again."""
         c, rc = self.config, self.run_config
         specs = {rc.forget if a == "forget" else rc.retain if a == "retain" else a[len("other:"):] for a in c.attack}
-        for config in [rc] + [control for _, control, _ in self.controls if isinstance(control, RunConfig)]:
+        for config in (x for x in [rc, *(control for _, control, _ in self.controls)] if isinstance(x, RunConfig)):
             if config.harden and config.forget in specs and c.relearn_tokens > config.harden_holdout:
                 raise UserError(f"a run attacked here was hardened (--harden) on {config.forget} documents after "
                                 f"the first {config.harden_holdout} relearn tokens, and --relearn-tokens "
@@ -278,7 +258,8 @@ class Relearn(Console):
             self.load()
             rows, done = self.results.committed()
             c = self.config
-            self.log(f"relearn: {self.run.path} after step {self.step}; attacks {', '.join(c.attack)}; models "
+            where = f"at the checkpoint it kept (step {self.step})" if self.unlearning else f"after step {self.step}"
+            self.log(f"relearn: {self.run.path} {where}; attacks {', '.join(c.attack)}; models "
                      f"{', '.join(x.label for x in self.contenders)}; {c.optimizer} lr {c.learning_rates}; "
                      f"{c.max_steps} steps of {c.batch_size} x {c.chunk_len} tokens -> {self.results.path}")
             for attack, contender, lr in itertools.product(c.attack, self.contenders, c.learning_rates):
@@ -309,14 +290,10 @@ class Relearn(Console):
         """Fine-tune one model on one attack's data with one learning rate; rows at the evaluation points."""
         c = self.config
         torch.manual_seed(c.seed)
-        model = copy.deepcopy(self.base)
-        neurons = neuron_group(model, contender.group)
-        if contender.weights is not None:
-            load_unlearned(model, contender.weights)
-        if contender.mask is not None:
-            apply(neurons, contender.mask)
-            if c.reinit_pruned:
-                reinitialise(neurons, contender.mask, c.seed)
+        recipe = contender.recipe
+        model = recipe.build(self.base)
+        if c.reinit_pruned and recipe.mask is not None:
+            reinitialise(recipe.neurons(model), recipe.mask, c.seed)
         trained = self._trainable(model)
         training = fine_tuning(trained, self.attacks[attack], lr, c.batch_size, c.seed, self.bf16)
         rows, losses = [], []
@@ -349,8 +326,9 @@ class Relearn(Console):
                                                  head=head, what=f"the {contender.label} model after {step} steps "
                                                  f"of the {attack} attack at lr {lr:g}, on {role} data")
             metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
-        zero = "" if contender.mask is None or step != self.config.max_steps else \
-            str(still_zero(neuron_group(evaluated, contender.group), contender.mask))
+        recipe = contender.recipe
+        zero = "" if recipe.mask is None or step != self.config.max_steps else \
+            str(still_zero(recipe.neurons(evaluated), recipe.mask))
         model.train()
         return {"attack": attack, "model": contender.label, "lr": lr, "step": step, **metrics,
                 "train_loss": float(np.mean(losses)) if losses else "", "pruned_zero": zero}
@@ -492,14 +470,17 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
                 ax.legend(fontsize=8)
             image = png(fig)
             atomic.write_bytes(out_dir / safe_name(f"relearn-{run['label']}-{results.path.name}.png"), image)
-            caption = (f"{run['label']}: forget top-1 while fine-tuning the model after step {settings.step or '(last)'} "
-                       f"({settings.optimizer}, {settings.batch_size} x {settings.chunk_len} tokens a step)")
+            attacked = (f"the unlearned model (the checkpoint it kept, step {settings.step})" if run["unlearning"]
+                        else f"the model after step {settings.step or '(last)'}")
+            caption = (f"{run['label']}: forget top-1 while fine-tuning {attacked} ({settings.optimizer}, "
+                       f"{settings.batch_size} x {settings.chunk_len} tokens a step)")
             parts.append(figure_html(image, caption) + _relearn_table(summaries))
     if not parts:
         return ""
     return ("<h2>Relearning: removed or hidden?</h2><p class=\"note\">Recovered share = (top-1 after t steps "
             "&minus; top-1 before) / (the unpruned model's top-1 &minus; top-1 before): 0% means nothing came back, "
-            "100% the unpruned model's accuracy.</p>" + "".join(parts))
+            "100% the unpruned model's accuracy. Pruned weights still 0: &mdash; for a model that pruned nothing "
+            "(the unpruned model, an unlearning).</p>" + "".join(parts))
 
 
 def _relearn_table(summaries: list[dict]) -> str:

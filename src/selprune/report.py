@@ -10,6 +10,7 @@ from __future__ import annotations
 import html
 import importlib
 import json
+import re
 from pathlib import Path
 
 import matplotlib
@@ -202,6 +203,17 @@ def _analyses(runs: list[dict], out_dir: Path) -> str:
     return "".join(module.report_section(runs, out_dir) for module in modules)
 
 
+def heatmap_name(position: int, label: str) -> str:
+    """The file of a run's pruned-unit heatmap in a report: the run's place among its runs (from 1), its label."""
+    return f"neurons-{position}-{safe_name(label)}.png"
+
+
+def heatmap_label(file_name: str) -> str | None:
+    """The label (as heatmap_name spells it) of the run whose heatmap a report's file is; None: not a heatmap."""
+    found = re.fullmatch(r"neurons-\d+-(.+)\.png", file_name)
+    return found[1] if found else None
+
+
 def write_report(run_dirs: list, out_dir) -> Path:
     """Write the plots (PNG), summary.json and a self-contained report.html for the runs; return the HTML path.
 
@@ -229,7 +241,7 @@ def write_report(run_dirs: list, out_dir) -> Path:
         plots["forget-vs-watched-drop.png"] = (_plot_drops(runs, watched=True), "Collateral damage: forget drop "
                                                "against each watched dataset's drop, relative to the unpruned model")
     heatmaps = {
-        f"neurons-{i + 1}-{safe_name(run['label'])}.png": (
+        heatmap_name(i + 1, run["label"]): (
             _plot_neurons(run), f"Pruned {run['unit']} per layer and step: {run['label']}")
         for i, run in enumerate(runs) if run["pruned"] is not None
     }

@@ -26,8 +26,9 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
     parts = [p for p in parts if p]
     if not parts:
         return ""
-    return ('<h2>What the pruned model can still do</h2>\n<p class="note">selprune inspect: what the unpruned '
-            "model and the model after the chosen steps write after held-out prompts, what the checks say of "
+    return ('<h2>What the model can still do after pruning or unlearning</h2>\n<p class="note">selprune inspect: '
+            "what the original model and the model after the chosen steps (pruning steps, or the checkpoint an "
+            "unlearning kept) write after held-out prompts, what the checks say of "
             "it, and top-1 after every block read through the model's own final norm and head (the logit "
             "lens).</p>\n" + "".join(parts))
 
@@ -47,7 +48,7 @@ def _run_section(run: dict, index: int, out_dir: Path) -> str:
 
 
 def _column(step: int) -> str:
-    return "unpruned" if step == 0 else f"after step {step}"
+    return "original" if step == 0 else f"after step {step}"
 
 
 def _checks_table(rows: list[dict], steps: list[int]) -> str:
@@ -115,7 +116,7 @@ def _lens(rows: list[dict], label: str, index: int, out_dir: Path) -> str:
 
 
 def _examples(records: list[dict], steps: list[int]) -> str:
-    """The first greedy prompts of each set: prompt | unpruned | after each step, with each check's verdict."""
+    """The first greedy prompts of each set: prompt | original | after each step, with each check's verdict."""
     table: dict[tuple[str, str], dict[int, dict[int, dict]]] = {}
     for r in records:
         if r["decoding"] == "greedy" and r["index"] < EXAMPLES:

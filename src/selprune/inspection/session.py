@@ -1,10 +1,11 @@
-"""`selprune inspect`: what a run's model writes, unpruned and after chosen steps, what the checks say of
+"""`selprune inspect`: what a folder's model writes, original and after chosen steps, what the checks say of
 it, and where in the layers its predictions fail (the logit lens).
 
-The model, tokenizer and data splits are rebuilt from the run's config.toml exactly as the run built them,
-so the prompts come from its held-out evaluation documents. Pruning is replayed from pruned.json onto the
-unpruned model, step by step; the fluency check then needs the unpruned model once more, so it is loaded
-again rather than kept as a second copy in memory.
+The model, tokenizer and data splits are rebuilt from the folder's config.toml exactly as the run (or the
+unlearning) built them, so the prompts come from its held-out evaluation documents. Each step's model is made
+from the original one in place by the folder's recipe (recipe.py): a pruning run's steps one after another,
+an unlearning folder's kept checkpoint, its only step. The fluency check then needs the original model once
+more, so it is loaded again rather than kept as a second copy in memory.
 """
 
 from __future__ import annotations
@@ -17,14 +18,14 @@ from pathlib import Path
 
 import torch
 
-from ..arch import architecture_of, neuron_group
+from ..arch import architecture_of
 from ..batching import auto_batch_size
 from ..console import Console
 from ..data import Document, load_documents, run_documents, run_splits
 from ..errors import UserError
 from ..head import Head
 from ..models import context_length, load_config, load_model, model_fingerprint
-from ..pruning import PrunedRecord, apply
+from ..recipe import Recipe, model_steps, recipe_of, steps_text
 from ..report import write_report
 from ..rundir import RunFolder
 from .checks import Check, builtin_checks, language_identifier
@@ -55,20 +56,21 @@ class Side:
 
 
 def inspect_run(config: InspectConfig, extra_checks: Sequence[Check] = (), quiet: bool = False) -> Path:
-    """Inspect the run in config.run; returns RUN/inspect/. Holds the run folder's lock while it works."""
+    """Inspect the run (or unlearning) in config.run; returns RUN/inspect/. Holds the folder's lock while it
+    works."""
     config.validate()
     language_identifier()  # an optional package: refuse now rather than after the generation
     folder = RunFolder(config.run)
     run_config = folder.read_config()
-    steps = config.steps(folder.kept_step())
-    record = folder.record()
+    available = model_steps(folder)
+    recipes = [recipe_of(folder, step) for step in config.steps(available, steps_text(folder, available))]
     model_config = load_config(run_config.model, run_config.trust_remote_code)
     if architecture_of(model_config).masked_lm:
         raise UserError(f"{run_config.model} is a masked LM ({model_config.model_type}): selprune inspect generates "
                         "text and reads the residual stream through the head, which needs a causal LM")
     folder.lock()
     try:
-        folder.write_inspect(*Inspection(config, run_config, record, steps, quiet).execute(extra_checks))
+        folder.write_inspect(*Inspection(config, run_config, recipes, quiet).execute(extra_checks))
         report = write_report([folder.path], folder.path)
     finally:
         folder.unlock()
@@ -78,16 +80,17 @@ def inspect_run(config: InspectConfig, extra_checks: Sequence[Check] = (), quiet
 
 
 class Inspection(Console):
-    """One inspection: the model replayed to each step, its generations and lens, then the checks."""
+    """One inspection: the model rebuilt at each step, its generations and lens, then the checks."""
 
-    def __init__(self, config: InspectConfig, run_config, record: PrunedRecord, steps: list[int], quiet: bool):
-        self.config, self.run_config, self.record, self.steps, self.quiet = config, run_config, record, steps, quiet
+    def __init__(self, config: InspectConfig, run_config, recipes: list[Recipe], quiet: bool):
+        self.config, self.run_config, self.recipes, self.quiet = config, run_config, recipes, quiet
+        self.steps = [recipe.step for recipe in recipes]
         self.decodings = [GREEDY] + ([Decoding("sampled", config.temperature, config.seed)] if config.sample else [])
 
     def load_model(self):
         c = self.run_config
         model, tokenizer = load_model(c.model, dtype=c.dtype, device=c.device, trust_remote_code=c.trust_remote_code,
-                                      device_map=c.device_map or None)
+                                      device_map=getattr(c, "device_map", "") or None)  # an unlearning has none
         RunFolder(self.config.run).check_model(c.model, model_fingerprint(model))
         return model, tokenizer
 
@@ -96,20 +99,20 @@ class Inspection(Console):
         c, rc = self.config, self.run_config
         model, self.tokenizer = self.load_model()
         self.model_config = model.config
-        neurons = neuron_group(model, self.record.group)
-        if (neurons.layers, neurons.units_per_layer) != (self.record.layers, self.record.units_per_layer):
-            raise UserError(f"{rc.model} has {neurons.layers} x {neurons.units_per_layer} {self.record.group} units, "
-                            f"the run's pruned.json {self.record.layers} x {self.record.units_per_layer}: "
-                            "inspect the run with the model it pruned")
+        for recipe in self.recipes:
+            if recipe.mask is not None:
+                recipe.neurons(model)  # a model of another shape is refused before anything is generated
         self._check_lengths(model)
         sides = [self._side(role, spec) for role, spec in self._datasets()]
         sets = self._prompt_sets(sides)
-        self.log(f"inspect: {rc.model}, steps {', '.join(map(str, self.steps))} against the unpruned model; "
+        self.log(f"inspect: {rc.model}, steps {', '.join(map(str, self.steps))} against the original model; "
                  + "; ".join(f"{s.name} ({s.dataset}, {s.kind}): {len(s.prompts)} prompts" for s in sets))
-        head, batch = Head(model), auto_batch_size(model, rc.chunk_len, next(model.parameters()).device)
+        batch = auto_batch_size(model, rc.chunk_len, next(model.parameters()).device)
         generations, lens_rows = {}, []
-        for step in [0, *self.steps]:
-            apply(neurons, self.record.mask(range(1, step + 1)))  # cumulative: units zeroed before stay zero
+        for recipe in [self.recipes[0].original, *self.recipes]:
+            step = recipe.step
+            recipe.apply(model)  # in place: each recipe is of a later step of the same folder
+            head = Head(model)  # an unlearning's saved weights change the head too
             t0 = time.perf_counter()
             for s in sets:
                 for d in self.decodings:
@@ -119,7 +122,7 @@ class Inspection(Console):
             if c.lens:
                 lens_rows += self._lens(model, head, batch, sides, step)
             self.log(f"step {step}: generation {t1 - t0:.1f} s, logit lens {time.perf_counter() - t1:.1f} s")
-        del model, head, neurons  # every reference, so the unpruned copy below is the only model in memory
+        del model, head  # every reference, so the original copy below is the only model in memory
         t0 = time.perf_counter()
         base, _ = self.load_model()
         checks = builtin_checks(base, self.tokenizer) + list(extra_checks)
@@ -153,7 +156,7 @@ class Inspection(Console):
             if spec in (rc.forget, rc.retain):
                 raise UserError(f"--watch {spec!r} is the run's {'forget' if spec == rc.forget else 'retain'} "
                                 "dataset, which is always inspected: watch other datasets")
-        watched = dict.fromkeys((*rc.watch, *self.config.watch))
+        watched = dict.fromkeys((*getattr(rc, "watch", ()), *self.config.watch))  # an unlearning watches none
         return [("forget", rc.forget), ("retain", rc.retain), *(("watch", spec) for spec in watched)]
 
     def _side(self, role: str, spec: str) -> Side:

@@ -15,9 +15,10 @@ from ..errors import UserError
 
 @dataclass
 class InspectConfig(Settings):
-    run: str = setting("", "the run folder to inspect")
-    step: tuple[int, ...] = setting((), "pruning steps to set beside the unpruned model, e.g. --step 1 3 "
-                                    "(default: the run's last step); each adds its generations, checks and lens")
+    run: str = setting("", "the folder to inspect: a pruning run, or an unlearning folder (selprune unlearn)")
+    step: tuple[int, ...] = setting((), "pruning steps to set beside the original model, e.g. --step 1 3 "
+                                    "(default: the run's last step); each adds its generations, checks and lens. "
+                                    "An unlearning folder has one step: the checkpoint it kept")
     prompts: int = setting(8, "prompts per dataset, each a prefix of one of the run's held-out evaluation "
                            "documents")
     prefix_tokens: int = setting(32, "tokens of each prompt")
@@ -52,17 +53,14 @@ class InspectConfig(Settings):
         if len(set(self.watch)) < len(self.watch):
             raise UserError("a dataset is named twice in --watch: name each once")
 
-    def steps(self, completed: int) -> list[int]:
-        """The pruning steps asked for, checked against the last step the run completed."""
+    def steps(self, available: list[int], described: str) -> list[int]:
+        """The steps asked for (default: the last), each one that the folder can rebuild (`available`, which
+        `described` names for the message)."""
         if not self.step:
-            if completed < 1:
-                raise UserError(f"{self.run} has no completed pruning step to inspect: let the run finish a step "
-                                "(selprune run --resume)")
-            return [completed]
+            return [available[-1]]
         steps = sorted(set(self.step))
-        wrong = [k for k in steps if not 1 <= k <= completed]
+        wrong = [k for k in steps if k not in available]
         if wrong:
-            have = f"steps 1 to {completed}" if completed >= 1 else "no completed step"
-            raise UserError(f"--step {wrong[0]}: {Path(self.run)} has {have} (step 0, the unpruned model, is "
+            raise UserError(f"--step {wrong[0]}: {Path(self.run)} has {described} (step 0, the original model, is "
                             "always shown)")
         return steps

@@ -34,26 +34,39 @@ def budget_of(config: UnlearnConfig) -> Budget | None:
         return Budget(config.max_retain_drop, False, f"--max-retain-drop {config.max_retain_drop:g}")
     if not config.match:
         return None
-    path, _, step = config.match.rpartition(":") if config.match.rpartition(":")[2].isdigit() else (config.match, "", "")
-    folder = RunFolder(path)
-    if not folder.config_path.is_file():
-        raise UserError(f"--match {path} is not a selprune run folder (no config.toml): give a pruning run's folder")
-    run = folder.read_config()
-    if isinstance(run, UnlearnConfig):
-        raise UserError(f"--match {path} is an unlearning folder: give a pruning run, whose retain drop is matched")
-    differ = [key for key in SAME_DATA if getattr(run, key) != getattr(config, key)]
-    if differ:
-        theirs = ", ".join(f"{key} {getattr(run, key)!r}" for key in differ)
-        raise UserError(f"--match {path} was made with another model or data ({theirs}; here "
-                        f"{', '.join(repr(getattr(config, key)) for key in differ)}): match a run of the same model "
-                        "and data, or give those settings")
+    folder, at = pruning_run(config.match, "--match", config)
     metrics = folder.metrics()
     steps = [int(s) for s in metrics["step"]]
-    at = int(step) if step else folder.kept_step()
     if at not in steps:
         raise UserError(f"--match {config.match}: the run has steps {steps[0]} to {steps[-1]}, not {at}")
     limit = float(metrics["retain"]["drop_rel"][steps.index(at)])
     if not limit >= 0:
         raise UserError(f"--match {config.match}: the run's retain drop at step {at} is {limit:.2f}%, so there is no "
                         "damage to match; choose a later step")
-    return Budget(limit, True, f"--match {path} at step {at}")
+    return Budget(limit, True, f"--match {folder.path} at step {at}")
+
+
+def run_and_step(spec: str) -> tuple[str, int | None]:
+    """RUN[:STEP] as (RUN, STEP), STEP None when not given."""
+    path, _, step = spec.rpartition(":")
+    return (path, int(step)) if path and step.isdigit() else (spec, None)
+
+
+def pruning_run(spec: str, option: str, config: UnlearnConfig) -> tuple[RunFolder, int]:
+    """The pruning run that `option` RUN[:STEP] names and its step (default: its kept step), refused unless it is
+    a pruning run of the unlearning's model and data, so that both train or score on, and are judged on, the
+    same text."""
+    path, step = run_and_step(spec)
+    folder = RunFolder(path)
+    if not folder.config_path.is_file():
+        raise UserError(f"{option} {path} is not a selprune run folder (no config.toml): give a pruning run's folder")
+    run = folder.read_config()
+    if isinstance(run, UnlearnConfig):
+        raise UserError(f"{option} {path} is an unlearning folder: give a pruning run (selprune run)")
+    differ = [key for key in SAME_DATA if getattr(run, key) != getattr(config, key)]
+    if differ:
+        theirs = ", ".join(f"{key} {getattr(run, key)!r}" for key in differ)
+        raise UserError(f"{option} {path} was made with another model or data ({theirs}; here "
+                        f"{', '.join(repr(getattr(config, key)) for key in differ)}): give a run of the same model "
+                        "and data, or give those settings")
+    return folder, folder.kept_step() if step is None else step

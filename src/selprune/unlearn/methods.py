@@ -14,6 +14,13 @@ Defaults are those of the reference implementations:
   steering coefficient 20, alpha 100, layer_id 7, layer_ids 5,6,7, param_ids 6, which is the MLP's down
   projection of a Mistral block). That layer choice is for a 32-layer model; rmu_layer() scales it to the
   model's depth (round(7 / 32 * layers)), and the updated layers are the rmu_layers blocks ending there.
+- distill: UNDO (Lee et al. 2025, "Distillation robustifies unlearning"; their code,
+  AddieFoote/distillation-robustify-unlearning, tools/serum.py and run_partial_distill_language.py). The
+  student is a noised copy of the teacher, the model the unlearning starts from: each matrix becomes
+  (1 - alpha) x itself + alpha x beta x a Xavier-uniform draw, each vector (1 - alpha) x itself; beta 0.1, the
+  alphas swept 0.1 to 0.7. It is trained on the forward KL(teacher || student) of the next-token distributions
+  on general text, with AdamW at 9e-4 and no weight decay (their language setting, which also warms up and
+  decays the rate on a cosine and clips gradients at 1; selprune keeps the rate constant, as for the others).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ Batch = tuple[torch.Tensor, torch.Tensor]  # input_ids, attention_mask: [chunks,
 OPENUNLEARNING_LR = 1e-5
 WMDP_LR = 5e-5
 WMDP_LAYER, WMDP_DEPTH = 7, 32  # RMU's layer in the 32-layer Zephyr-7B of the WMDP code
+UNDO_LR = 9e-4
+UNDO_NOISE_SCALE = 0.1  # beta
 
 
 @dataclass
@@ -53,6 +62,8 @@ class Method:
     reference: bool  # needs a frozen copy of the original model
     retain: bool  # trains on retain data too
     trained: Callable[[nn.Module, object], list[tuple[str, nn.Parameter]]]  # (name, parameter) it updates
+    # how the trained model starts, from a copy of the starting model (None: as that copy); seeded
+    init: Callable[[nn.Module, object], None] | None = None
 
 
 # -- the pieces of the losses -------------------------------------------------------------------------------
@@ -140,6 +151,30 @@ def rmu_loss(model, forget: Batch, retain: Batch, context: Context) -> torch.Ten
     return forget_term + s.rmu_alpha * masked_mse(layer_output(model, layer, retain), held, retain[1])
 
 
+def distill_loss(model, forget: Batch, retain: Batch, context: Context) -> torch.Tensor:
+    """UNDO's distillation: the forward KL(teacher || student) of the next-token distributions, summed over the
+    vocabulary and averaged over the real positions of the retain batch (and --distill-data's, joined to it).
+    The forget batch is not used: the student learns only what the teacher shows on other text."""
+    ids, mask = retain
+    with torch.no_grad():
+        teacher = F.log_softmax(context.reference(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+    student = F.log_softmax(model(input_ids=ids, attention_mask=mask, use_cache=False).logits.float(), -1)
+    per_position = F.kl_div(student, teacher, log_target=True, reduction="none").sum(-1)
+    return per_position[mask.bool()].mean()
+
+
+@torch.no_grad()
+def noised(model: nn.Module, settings) -> None:
+    """UNDO's student: every matrix mixed with a fresh Xavier-uniform draw scaled by noise_scale, every vector
+    shrunk, both by the factor --noise; drawn on the CPU from the seed, so that every device starts alike."""
+    alpha, generator = settings.noise, torch.Generator().manual_seed(settings.seed)
+    for parameter in model.parameters():
+        fresh = torch.zeros(parameter.shape)
+        if parameter.dim() == 2:
+            torch.nn.init.xavier_uniform_(fresh, generator=generator)
+        parameter.mul_(1 - alpha).add_(fresh.to(parameter), alpha=alpha * settings.noise_scale)
+
+
 def every_weight(model: nn.Module, settings) -> list[tuple[str, nn.Parameter]]:
     return list(model.named_parameters())
 
@@ -177,4 +212,7 @@ METHODS: dict[str, Method] = {m.name: m for m in (
     Method("rmu", "representation misdirection: forget activations at one layer to a scaled random direction, "
            "retain activations kept; trains the MLP down-projections of a few layers up to it", rmu_loss, WMDP_LR,
            reference=True, retain=True, trained=rmu_weights),
+    Method("distill", "UNDO: a noised copy of the starting model (--noise) distilled from it on retain data "
+           "(and --distill-data)", distill_loss, UNDO_LR, reference=True, retain=True, trained=every_weight,
+           init=noised),
 )}

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -24,7 +24,7 @@ from ..console import Console
 from ..data import run_splits
 from ..errors import UserError
 from ..evaluate import evaluate_causal, frequent_tokens
-from ..finetune import batches, require_one_batch
+from ..finetune import batches, hold_at_zero, require_one_batch
 from ..head import Head
 from ..models import load_model, resolve_device, resolve_dtype
 from ..rundir import COLUMNS, RunFolder
@@ -33,6 +33,7 @@ from .budget import Budget, budget_of
 from .checkpoints import Checkpoints, Committed, read_result, write_result
 from .methods import METHODS, Context, steering_vector
 from .settings import UnlearnConfig
+from .start import start_of
 
 RESUMABLE_CHANGES = {"device", "output", "compile"}  # settings that do not change the result
 
@@ -56,6 +57,9 @@ class Unlearning(Console):
 
     def __init__(self, config: UnlearnConfig, resume: bool = False, quiet: bool = False):
         config.validate()
+        self.start = start_of(config)
+        if self.start:  # recorded as RUN:STEP, RUN absolute, so that any directory rebuilds the same model
+            config = replace(config, from_run=self.start.spec)
         self.config, self.quiet = config, quiet
         self.method = METHODS[config.method]
         self.budget: Budget | None = budget_of(config)
@@ -91,18 +95,27 @@ class Unlearning(Console):
         self.eval_batch = auto_batch_size(self.base, c.chunk_len, self.device)
         self.data = {role: run_splits(c, self.tokenizer, spec, role=role)
                      for role, spec in (("forget", c.forget), ("retain", c.retain))}
-        for role, splits in self.data.items():
-            require_one_batch(f"the {role} data's scoring split", splits.score, c.batch_size, "--score-tokens",
+        self.training = {role: splits.score for role, splits in self.data.items()}  # what the steps draw from
+        if c.distill_data:
+            self.training["distill"] = run_splits(c, self.tokenizer, c.distill_data, role="retain").score
+        for role, chunks in self.training.items():
+            require_one_batch(f"the {role} data's scoring split", chunks, c.batch_size, "--score-tokens",
                               "--batch-size")
         self.skip = {role: frequent_tokens(s.score.input_ids, s.score.attention_mask, c.skip_top_tokens)
                      for role, s in self.data.items()}
+        self.original = None  # the original model's top-1 per role, when the unlearning starts from a pruned one
+        if self.start:
+            self.original = {r["role"]: r["top1"] for r in self.evaluate(self.base, 0, None)}
+            self.start.recipe.apply(self.base)  # from here on, the starting model: the teacher, NPO's reference
         control = steering_vector(text_config(self.base.config).hidden_size, c.rmu_coefficient, c.seed)
         self.context = Context(c, self.base if self.method.reference else None, control.to(self.device))
         self._base_rows: list[dict] | None = None
         self.log(f"unlearn: {c.method} on forget={c.forget} retain={c.retain} model={c.model}, lr "
-                 f"{', '.join(f'{lr:g}' for lr in c.learning_rates)}, {c.steps} steps of {c.batch_size} x {c.chunk_len} "
+                 f"{', '.join(f'{lr:g}' for lr in c.learning_rates)}, {c.total_steps} steps of {c.batch_size} x {c.chunk_len} "
                  f"tokens{f', budget: retain drop <= {self.budget.limit:.2f}% ({self.budget.source})' if self.budget else ''}"
                  f" -> {self.folder.path}")
+        if self.start:
+            self.log(self.start.describe())
 
     # -- evaluation ----------------------------------------------------------------------------
 
@@ -117,7 +130,8 @@ class Unlearning(Console):
                                                  head=head, what=f"the model after {step} {self.config.method} steps "
                                                  f"on {role} data")
             start = m.top1 if base is None else base[role]
-            row = {"step": step, "fraction_pruned": 0.0, "units_pruned": 0, "role": role,
+            row = {"step": step, "fraction_pruned": self.start.fraction if self.start else 0.0,
+                   "units_pruned": self.start.units if self.start else 0, "role": role,
                    "dataset": getattr(self.config, role), **m.as_dict(),
                    "top1_drop_rel": 100 * (start - m.top1) / start if start else float("nan"),
                    "top1_drop_abs": 100 * (start - m.top1)}
@@ -125,16 +139,17 @@ class Unlearning(Console):
         return rows
 
     def base_rows(self) -> list[dict]:
-        """Step 0: the original model, evaluated once for every learning rate."""
+        """Step 0: the starting model (the original, or --from's pruned one), evaluated once for every learning
+        rate, its drops relative to the original's accuracy."""
         if self._base_rows is None:
-            self._base_rows = self.evaluate(self.base, 0, None)
+            self._base_rows = self.evaluate(self.base, 0, self.original)
         return self._base_rows
 
     # -- training ------------------------------------------------------------------------------
 
     def train(self, lr: float) -> Outcome:
         """One learning rate, from its last committed checkpoint to its end (--steps, or past the budget)."""
-        c = self.config
+        c, steps = self.config, self.config.total_steps
         checkpoints = Checkpoints(self.folder.path, lr)
         done = checkpoints.committed()
         if done is None:
@@ -142,36 +157,39 @@ class Unlearning(Console):
                 atomic.write_text(self.folder.config_path, c.to_toml())
             done = Committed(0, 0, self.base_rows(), None, None, None)
             checkpoints.commit(0, 0, done.rows, None, None, None)
-        if done.stopped or done.step >= c.steps:
+        if done.stopped or done.step >= steps:
             return Outcome(lr, done.rows, done.kept, done.stopped)
         if done.step:
-            self.log(f"lr {lr:g}: resuming after step {done.step} of {c.steps}")
-        model = copy.deepcopy(self.base).train()
+            self.log(f"lr {lr:g}: resuming after step {done.step} of {steps}")
+        model = self.trainable_copy()
         trained = dict(self.method.trained(model, c))
         for name, parameter in model.named_parameters():
             parameter.requires_grad_(name in trained)
+        if self.start:
+            hold_at_zero(self.start.recipe.neurons(model), self.start.recipe.mask)
         optimizer = torch.optim.AdamW(list(trained.values()), lr=lr, weight_decay=0.0)
         if done.weights is not None:
             with torch.no_grad():
                 for name, value in done.weights.items():
                     trained[name].copy_(value)
             optimizer.load_state_dict(done.optimizer)
-        order = {role: batches(len(s.score.input_ids), c.batch_size, c.seed + i)
-                 for i, (role, s) in enumerate(self.data.items())}
+        order = {role: batches(len(chunks.input_ids), c.batch_size, c.seed + i)
+                 for i, (role, chunks) in enumerate(self.training.items())}
         for _ in range(done.step):  # the batches that the committed steps drew
             for draws in order.values():
                 next(draws)
-        base = {r["role"]: float(r["top1"]) for r in done.rows if int(r["step"]) == 0}
+        base = self.original or {r["role"]: float(r["top1"]) for r in done.rows if int(r["step"]) == 0}
         rows, kept, stopped, t0 = list(done.rows), done.kept, None, time.perf_counter()
-        for step in range(done.step + 1, c.steps + 1):
+        for step in range(done.step + 1, steps + 1):
             torch.manual_seed(step_seed(c.seed, step))  # dropout, in the models that have it
             batch = {role: self._batch(role, next(draws)) for role, draws in order.items()}
+            retain = joined(batch["retain"], batch.get("distill"))
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss = self.method.loss(model, batch["forget"], batch["retain"], self.context)
+                loss = self.method.loss(model, batch["forget"], retain, self.context)
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
-            if step % c.eval_every and step != c.steps:
+            if step % c.eval_every and step != steps:
                 continue
             new = self.evaluate(model, step, base)
             rows += new
@@ -185,8 +203,18 @@ class Unlearning(Console):
                 break
         return Outcome(lr, rows, kept, stopped)
 
+    def trainable_copy(self):
+        """The model a learning rate trains: a copy of the starting model, started as the method says (distill's
+        noised student), with --from's pruned units zero again."""
+        model = copy.deepcopy(self.base).train()
+        if self.method.init:
+            self.method.init(model, self.config)
+            if self.start:
+                self.start.recipe.apply(model)
+        return model
+
     def _batch(self, role: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        chunks = self.data[role].score
+        chunks = self.training[role]
         return chunks.input_ids[index].to(self.device), chunks.attention_mask[index].to(self.device)
 
     def _keep(self, step: int, rows: list[dict], kept: int, so_far: Outcome) -> tuple[int, str | None]:
@@ -201,7 +229,7 @@ class Unlearning(Console):
 
     def _print(self, lr: float, step: int, rows: list[dict], loss: float, seconds: float) -> None:
         f, r = rows
-        self.log(f"lr {lr:g} step {step:4d}/{self.config.steps}  loss {loss:.4f}  forget top1 {f['top1']:.3f} (drop "
+        self.log(f"lr {lr:g} step {step:4d}/{self.config.total_steps}  loss {loss:.4f}  forget top1 {f['top1']:.3f} (drop "
                  f"{f['top1_drop_rel']:5.1f}%)  retain top1 {r['top1']:.3f} (drop {r['top1_drop_rel']:5.1f}%)  "
                  f"[{seconds:.1f} s]")
 
@@ -244,3 +272,8 @@ class Unlearning(Console):
             model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
         self.log(f"unlearned model: {target}")
+
+
+def joined(batch, more):
+    """One batch of the chunks of both (the same length), or `batch` when there is no second."""
+    return batch if more is None else tuple(torch.cat(pair) for pair in zip(batch, more))

@@ -13,7 +13,7 @@ from pathlib import Path
 from ..config import RunConfig, Settings, flag, safe_name, setting
 from ..data.sources import parse_spec
 from ..errors import UserError
-from .methods import METHODS, WMDP_DEPTH, WMDP_LAYER
+from .methods import METHODS, UNDO_NOISE_SCALE, WMDP_DEPTH, WMDP_LAYER
 
 RUN = RunConfig()  # the data settings' defaults are a run's
 
@@ -38,6 +38,17 @@ class UnlearnConfig(Settings):
     match: str = setting("", "RUN[:STEP]: a pruning run of the same model and data; the retain budget is its retain "
                          "drop at STEP (default its kept step), and the kept checkpoint is the one closest to it "
                          "without exceeding it")
+    from_run: str = setting("", "RUN[:STEP] (also --from): start from a finished pruning run's model after STEP "
+                            "(default its kept step) instead of the original; its pruned units stay exactly zero, "
+                            "and drops stay relative to the original model's accuracy")
+    noise: float = setting(0.3, "distill: the student starts as (1 - NOISE) x the teacher's weights + NOISE x a fresh "
+                           "initialisation (UNDO's alpha; 0: the teacher itself, 1: a fresh model)")
+    noise_scale: float = setting(UNDO_NOISE_SCALE, "distill: the fresh initialisation is Xavier-uniform matrices "
+                                 "times this, and zero vectors (UNDO's beta)")
+    distill_data: str = setting("", "distill: more text, in the forms of --forget, whose scoring split is distilled "
+                                "on beside the retain data's (a batch of each a step)")
+    distill_tokens: int = setting(0, "distill: training tokens in all, retain and --distill-data together; it sets "
+                                  "the steps in place of --steps (0: --steps steps)")
     npo_beta: float = setting(0.1, "NPO's inverse temperature beta (OpenUnlearning's default)")
     retain_weight: float = setting(1.0, "weight of the retain loss in graddiff and npo (OpenUnlearning's alpha)")
     rmu_layer: int | None = setting(None, "RMU's layer (from 0); default: the WMDP code's layer "
@@ -64,6 +75,14 @@ class UnlearnConfig(Settings):
     @property
     def learning_rates(self) -> tuple[float, ...]:
         return self.lr or (METHODS[self.method].lr,)
+
+    @property
+    def total_steps(self) -> int:
+        """Optimiser steps: --steps, or as many as --distill-tokens takes."""
+        if not self.distill_tokens:
+            return self.steps
+        per_step = self.batch_size * self.chunk_len * (2 if self.distill_data else 1)
+        return -(-self.distill_tokens // per_step)
 
     @property
     def run_name(self) -> str:
@@ -101,6 +120,7 @@ class UnlearnConfig(Settings):
             parse_spec(spec)
         if self.forget == self.retain:
             raise UserError(f"forget and retain are both {self.forget!r}: unlearning needs two different datasets")
+        self._check_distill()
         if self.max_retain_drop is not None and not 0 < self.max_retain_drop <= 100:
             raise UserError(f"--max-retain-drop {self.max_retain_drop:g} is outside (0, 100]: it is a drop in percent "
                             "of the original accuracy, e.g. 10")
@@ -108,6 +128,25 @@ class UnlearnConfig(Settings):
             raise UserError("--match sets the retain budget from a pruning run: give it or --max-retain-drop, not both")
         if self.dtype not in ("auto", "float32"):
             raise UserError(f"--dtype {self.dtype!r}: unlearning trains float32 weights; use auto or float32")
+        if self.from_run and ":" in self.from_run and not self.from_run.rpartition(":")[2].isdigit():
+            raise UserError(f"--from {self.from_run}: give RUN or RUN:STEP, STEP a pruning step number")
         if self.name and (any(c in self.name for c in "/\\") or ".." in self.name or self.name.startswith(".")):
             raise UserError(f"--name {self.name!r} is not a plain folder name: the folder goes to runs/NAME")
 
+    def _check_distill(self) -> None:
+        """distill's settings: in range, and given only to distill."""
+        if not 0 <= self.noise <= 1 or not 0 <= self.noise_scale <= 1:
+            raise UserError(f"--noise {self.noise:g} and --noise-scale {self.noise_scale:g} must be in [0, 1]: "
+                            "--noise 0 distils into the teacher's own weights, 1 into a fresh model")
+        self.check_at_least(0, "distill_tokens")
+        defaults = UnlearnConfig()
+        given = [key for key in ("noise", "noise_scale", "distill_data", "distill_tokens")
+                 if getattr(self, key) != getattr(defaults, key)]
+        if self.method != "distill" and given:
+            raise UserError(f"{flag(given[0])} is a setting of --method distill, not {self.method}: give --method "
+                            f"distill, or drop {flag(given[0])}")
+        if self.distill_data:
+            parse_spec(self.distill_data)
+            if self.distill_data == self.retain:
+                raise UserError(f"--distill-data {self.distill_data!r} is the retain data, which distill trains on "
+                                "anyway: give other text, or drop it")
