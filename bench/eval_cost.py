@@ -19,8 +19,8 @@ import torch
 from timing import interleaved, median
 
 from selprune.data import load_documents, make_splits
-from selprune.head import Head, score_predictions
 from selprune.models import load_model
+from selprune.ranks import Head, score_predictions
 
 
 @torch.no_grad()

@@ -21,8 +21,8 @@ from timing import interleaved, median
 from selprune.data import load_documents, make_splits
 from selprune.evaluate import evaluate_causal
 from selprune.finetune import fine_tune_step
-from selprune.head import Head
 from selprune.models import cpu_has_bf16, load_model
+from selprune.ranks import Head
 
 
 def main() -> None:

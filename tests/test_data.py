@@ -444,6 +444,7 @@ def test_run_relearn_and_inspect_see_the_same_documents_in_each_split(kind, tiny
     from selprune.data import chunks
     from selprune.inspection.session import Inspection
     from selprune.inspection.settings import InspectConfig
+    from selprune.recipe import recipe_of
     from selprune.relearn import Relearn, RelearnConfig
     from selprune.rundir import RunFolder
 
@@ -471,7 +472,7 @@ def test_run_relearn_and_inspect_see_the_same_documents_in_each_split(kind, tiny
     if kind == "hf":  # the run's documents and a little more for the attack, not the whole dataset
         assert run_read < stream.size and run_read < stream.read < 2 * run_read
     run_folder = RunFolder(folder)
-    inspection = Inspection(InspectConfig(run=str(folder)), run_folder.read_config(), run_folder.record(), [1], True)
+    inspection = Inspection(InspectConfig(run=str(folder)), run_folder.read_config(), [recipe_of(folder, 1)], True)
     inspection.tokenizer = relearning.tokenizer
     inspected = [inspection._side(role, spec) for role, spec in (("forget", forget), ("retain", retain))]
 

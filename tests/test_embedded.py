@@ -6,7 +6,7 @@ import torch
 from selprune import models
 from selprune.data import load_documents, make_splits
 from selprune.evaluate import evaluate_causal
-from selprune.head import Head, score_predictions
+from selprune.ranks import Head, score_predictions
 
 pytestmark = pytest.mark.slow
 

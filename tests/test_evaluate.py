@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import MODEL_TYPES
 
-from selprune import head as head_module
+from selprune import ranks
 from selprune.arch import ARCHITECTURES
 from selprune.evaluate import evaluate_causal, evaluate_masked, frequent_tokens
-from selprune.head import Head, NonFiniteLogits, score_predictions
+from selprune.ranks import Head, NonFiniteLogits, score_predictions
 
 CAUSAL = [t for t in MODEL_TYPES if not ARCHITECTURES[t].masked_lm]
 
@@ -74,7 +74,7 @@ def test_bf16_ranks_equal_exact_ranks(arch, scale, fused, tiny_model, tiny_batch
     ref = torch.logsumexp(capped, 1) - capped.gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(loss.double().mean(), ref.mean(), rtol=2e-2, atol=1e-2)
     if fused:
-        assert not head_module.fused_count_bounds.failed, "fell back to eager: nothing was compiled"
+        assert not ranks.fused_count_bounds.failed, "fell back to eager: nothing was compiled"
 
 
 def _masked_batch(tiny_batch, batch=3, length=12):

@@ -243,6 +243,128 @@ def test_help_says_what_the_paper_grid_costs(capsys):
     assert "32 runs" in capsys.readouterr().out
 
 
+UNLEARNING = {"method": "graddiff", "lr": [0.001, 0.03], "steps": 4, "eval_every": 2, "batch_size": 2}
+# the unlearning's tokens: step 0 evaluated once; per learning rate, 4 steps of a forget and a retain batch of
+# 2 x 32 tokens, and 2 checkpoints, each evaluating forget and retain (200 tokens each)
+UNLEARNING_TOKENS = 2 * 200 + 2 * (4 * 2 * 2 * 32 + 2 * 2 * 200)
+
+
+def write_mixed_grid(path, config):
+    """A grid of one pruning run (scorer abs) and one graddiff unlearning, and a comparison of both."""
+    settings = {k: v for k, v in config.to_dict().items() if k not in ("output", "name")}
+    path.write_text(tomli_w.dumps({
+        "settings": settings, "grid": {"variants": [{"scorer": "abs"}, UNLEARNING]},
+        "compare": [{"name": "pruning-vs-unlearning", "variants": [{"scorer": "abs"}, {"method": "graddiff"}]}]}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def mixed(tiny_config, tmp_path_factory):
+    """A finished sweep of a pruning run and an unlearning: (grid file, sweep folder)."""
+    root = tmp_path_factory.mktemp("mixed")
+    grid = write_mixed_grid(root / "mixed.toml", tiny_config(root))
+    sweep(grid, output=root / "whole", quiet=True)
+    return grid, root / "whole"
+
+
+@pytest.fixture
+def no_unlearnings(monkeypatch):
+    """selprune.unlearn.unlearn fails the test if called."""
+    def fail(*args, **kw):
+        raise AssertionError("the sweep ran an unlearning")
+
+    monkeypatch.setattr("selprune.unlearn.unlearn", fail)
+
+
+def test_a_grid_runs_pruning_and_unlearning_variants_and_overlays_them(mixed):
+    grid, out = mixed
+    pruning, unlearning = load(grid, out).runs
+    assert not pruning.unlearning and unlearning.unlearning
+    assert pruning.name.endswith("-abs") and unlearning.name.endswith("-graddiff-lr-0.001_0.03-steps4-eval-every2-"
+                                                                      "batch-size2")
+    assert pruning.folder.completed_step() == 3 and (unlearning.folder.path / "state" / "result.json").is_file()
+    config = unlearning.folder.read_config()
+    assert (config.score_tokens, config.eval_tokens, config.chunk_len, config.lr) == (300, 200, 32, (0.001, 0.03))
+    rows = {row["run"]: row for row in summary_rows(out, without=())}
+    assert rows[unlearning.name]["method"] == "graddiff" and rows[pruning.name]["method"] == ""
+    assert float(rows[unlearning.name]["max_rel_diff"]) == summarize(unlearning.folder.path)["max_rel_diff"]
+    assert rows[unlearning.name]["last_step"] == "4" and float(rows[unlearning.name]["wall_s"]) > 0
+    assert {rows[unlearning.name][c] for c in ("fraction_pruned", "fraction_at_retain_budget", "area_rel")} == {""}
+    assert float(rows[pruning.name]["fraction_pruned"]) > 0
+    table = next(line for line in (out / "summary.md").read_text().splitlines()
+                 if line.startswith(f"| {unlearning.label} |"))
+    assert "(—)" in table, table  # no share pruned at the retain budget
+    report = (out / "compare" / pruning.pair / "pruning-vs-unlearning" / "report.html").read_text()
+    assert "unlearn: graddiff" in report and "abs" in report
+    assert json.loads((out / "timings.json").read_text())["runs"][unlearning.name]["kind"] == "graddiff"
+
+
+def test_a_rerun_skips_the_finished_pruning_run_and_unlearning(mixed, no_runs, no_unlearnings, capsys):
+    grid, out = mixed
+    before = {run.name: files(run.folder.path) for run in load(grid, out).runs}
+    assert main(["sweep", str(grid), "--output", str(out)]) == 0
+    assert capsys.readouterr().out.count(": finished, skipped") == 2
+    assert {run.name: files(run.folder.path) for run in load(grid, out).runs} == before
+    assert main(["sweep", str(grid), "--output", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(r"finished +\S+-batch-size2 +step 4 of 4, lr 0.03 kept at step 4", listed), listed
+
+
+def test_an_interrupted_unlearning_is_resumed_to_the_same_files(mixed, tmp_path, monkeypatch, capsys):
+    from selprune.unlearn import runner as unlearn_runner
+
+    grid, whole = mixed
+    out = tmp_path / "crashed"
+    real = unlearn_runner.Unlearning.evaluate
+
+    def crash_at_step_4(self, model, step, base):  # lr 0.001 has committed step 2
+        if step == 4:
+            raise Crash()
+        return real(self, model, step, base)
+
+    monkeypatch.setattr(unlearn_runner.Unlearning, "evaluate", crash_at_step_4)
+    with pytest.raises(Crash):
+        sweep(grid, output=out, quiet=True)
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["sweep", str(grid), "--output", str(out), "--dry-run"]) == 0
+    left = 2 * 2 * 2 * 32 + 2 * 200 + 4 * 2 * 2 * 32 + 2 * 2 * 200  # lr 0.001: 2 steps, 1 checkpoint; lr 0.03: all
+    listed = capsys.readouterr().out
+    assert re.search(rf"partial +\S+-batch-size2 +step 2 of 4 at lr 0.001 done, {left:,} tokens left", listed), listed
+    assert main(["sweep", str(grid), "--output", str(out), "--quiet"]) == 0
+    assert "resuming after step 2 of 4 at lr 0.001" in capsys.readouterr().out
+    unlearning = load(grid, out).runs[1]
+    for name in ("metrics.csv", "model/model.safetensors", "lr-0.001/metrics.csv", "lr-0.03/metrics.csv"):
+        assert (unlearning.folder.path / name).read_bytes() == (whole / unlearning.name / name).read_bytes(), name
+    assert summary_rows(out) == summary_rows(whole)
+
+
+def test_a_failed_unlearning_does_not_stop_the_pruning_run(mixed, tmp_path, monkeypatch, capsys):
+    grid, whole = mixed
+    out = tmp_path / "failed"
+
+    def fussy(*args, **kw):
+        raise UserError("no memory for unlearning today")
+
+    monkeypatch.setattr("selprune.unlearn.unlearn", fussy)
+    pruning, unlearning = load(grid, out).runs
+    one_error_line(capsys, ["sweep", str(grid), "--output", str(out), "--quiet"], "1 of 2 runs failed",
+                   f"{unlearning.name}: no memory for unlearning today")
+    assert pruning.folder.completed_step() == 3 and not (out / "summary.csv").exists()
+
+
+def test_a_dry_run_counts_an_unlearnings_tokens_and_estimates_its_time(mixed, no_runs, no_unlearnings, capsys):
+    grid, whole = mixed
+    out = whole.parent / "new"  # beside the finished sweep, whose timings give the estimate
+    assert main(["sweep", str(grid), "--output", str(out), "--dry-run"]) == 0
+    listed = capsys.readouterr().out
+    assert re.search(rf"new +\S+-batch-size2 +{UNLEARNING_TOKENS:,} tokens", listed), listed
+    assert re.search(r"time for \S+, graddiff unlearnings: about \d+ s, at the [\d.]+ ms a token that 1 earlier "
+                     r"graddiff unlearning\(s\)", listed), listed
+    assert re.search(r"time for \S+: about \d+ s, .* 1 earlier run\(s\)", listed), listed
+    assert not out.exists()
+
+
 GRID = '[grid]\nscorer = ["abs", "random"]\n'
 
 
@@ -266,6 +388,14 @@ GRID = '[grid]\nscorer = ["abs", "random"]\n'
     (GRID + '[[compare]]\nname = "x"\nvariant = [{scorer = "abs"}]\n', ["unknown key(s) variant"]),
     (GRID + '[[compare]]\nname = "a b"\nvariants = [{scorer = "abs"}]\n', ["should be a plain folder name"]),
     ("[grid\n", ["not valid TOML"]),
+    ('[grid]\nvariants = [{method = "npo", scorer = "abs"}]\n',
+     ["scorer is a setting of pruning runs, not of an unlearning", "give it in a variant without method"]),
+    ('[grid]\nvariants = [{scorer = "abs", npo_beta = 0.2}]\n',
+     ["npo_beta is a setting of unlearnings", "add a method"]),
+    ('[settings]\nmethod = "npo"\n[grid]\nscorer = ["abs"]\n', ["method makes a variant an unlearning"]),
+    ('[grid]\nmethod = ["npo", "ga"]\n', ["method cannot be a list", "give each unlearning as a variant"]),
+    ('[settings]\nnpo_beta = 0.2\n' + GRID, ["npo_beta is a setting of unlearnings, and the grid makes none"]),
+    ('[grid]\nvariants = [{method = "npo", lr = [0.0]}]\n', ["run code-vs-prose-npo-lr-0.0", "must be positive"]),
     (None, ["does not exist"]),
 ])
 def test_a_bad_grid_is_one_line_exit_2_before_anything_runs(tmp_path, no_runs, capsys, content, phrases):

@@ -172,6 +172,13 @@ def test_the_student_mixes_the_teacher_with_a_scaled_fresh_draw_by_the_noise():
         torch.testing.assert_close(h, 0.5 * t + 0.5 * f, msg=name)
 
 
+def test_distill_tokens_set_the_steps_over_retain_and_distill_data_together():
+    plain = UnlearnConfig(method="distill", batch_size=4, chunk_len=32, steps=5)
+    assert plain.total_steps == 5
+    assert dataclasses.replace(plain, distill_tokens=1000).total_steps == 8  # ceil(1000 / (4 x 32))
+    assert dataclasses.replace(plain, distill_tokens=1000, distill_data="code").total_steps == 4
+
+
 @pytest.mark.parametrize("name", ["graddiff", "npo"])
 def test_a_retain_term_leaves_the_retain_loss_lower_than_gradient_ascent(name):
     losses = {}
@@ -340,11 +347,23 @@ def test_the_anamnesis_index_counts_the_steps_until_forget_is_back_within_10_per
     (["--max-retain-drop", "150"], "outside (0, 100]"),
     (["--max-retain-drop", "5", "--match", "x"], "not both"),
     (["--match", "MISSING"], "not a selprune run folder"),
+    (["--noise", "0.5"], "--noise is a setting of --method distill, not npo"),
+    (["--distill-tokens", "4096"], "--distill-tokens is a setting of --method distill"),
+    (["--method", "distill", "--noise", "1.5"], "must be in [0, 1]"),
+    (["--method", "distill", "--noise", "nan"], "give a finite number"),
+    (["--method", "distill", "--distill-data", "prose"], "is the retain data"),
+    (["--method", "distill", "--distill-tokens=-1"], "--distill-tokens must be at least 0"),
 ])
 def test_bad_input_ends_with_one_line_and_writes_nothing(argv, phrase, capsys, tmp_path):
     out = tmp_path / "out"
     one_error_line(capsys, ["unlearn", "--output", str(out), *argv], phrase)
     assert not out.exists()
+
+
+def same_data_flags(config: UnlearnConfig) -> list[str]:
+    """The flags that give an unlearning config's model, data, split settings and output."""
+    return [f"--{k.replace('_', '-')}={v}" for k, v in config.to_dict().items()
+            if k in ("model", "forget", "retain", "output", "chunk_len", "score_tokens", "eval_tokens")]
 
 
 @pytest.mark.parametrize("option", ["--match", "--from"])
@@ -359,9 +378,7 @@ def test_match_of_a_run_of_another_model_or_data_is_refused(other, option, tiny_
     rows = [{"step": 0, "role": role, "dataset": getattr(config, role), "fraction_pruned": 0.0, "top1": 0.5,
              "perplexity": 2.0} for role in ("forget", "retain")]
     run = write_run(tmp_path / "run", config, rows, PrunedRecord("ff", 2, 24))
-    argv = ["unlearn", option, str(run), "--no-compile"] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in mine.to_dict().items() if k in ("model", "forget", "retain", "output",
-                                                                               "chunk_len", "score_tokens", "eval_tokens")]
+    argv = ["unlearn", option, str(run), "--no-compile"] + same_data_flags(mine)
     one_error_line(capsys, argv, "another model or data", next(iter(other)))
     assert not (tmp_path / "out").exists()
 
@@ -493,9 +510,7 @@ def test_from_a_folder_that_is_not_a_pruning_run_or_step_is_refused(spec, phrase
                                                                    tiny_unlearn, tmp_path):
     mine = tiny_unlearn(tmp_path / "out")
     spec = spec.replace("UNLEARNED", str(unlearned)).replace("RUN", str(pruned_run))
-    argv = ["unlearn", "--from", spec, "--no-compile"] + [
-        f"--{k.replace('_', '-')}={v}" for k, v in mine.to_dict().items() if k in ("model", "forget", "retain", "output",
-                                                                               "chunk_len", "score_tokens", "eval_tokens")]
+    argv = ["unlearn", "--from", spec, "--no-compile"] + same_data_flags(mine)
     one_error_line(capsys, argv, phrase)
     assert not (tmp_path / "out").exists()
 

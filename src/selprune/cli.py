@@ -88,7 +88,8 @@ def given_flags(args, settings) -> dict:
 def _analysis_parser(sub, name: str, settings, summary: str, description: str, resumable: bool = False) -> None:
     """A command that analyses one run folder: its flags come from `settings`, whose `run` field is positional."""
     p = sub.add_parser(name, help=summary, description=description)
-    p.add_argument("run", help="the run folder")
+    p.add_argument("run", help="the run folder, or an unlearning folder (selprune unlearn): its one step is the "
+                   "checkpoint it kept")
     add_config_flags(p, settings, skip=("run",))
     if resumable:
         p.add_argument("--resume", action="store_true", help=f"continue the results in RUN/{name}")
@@ -100,25 +101,30 @@ def _analysis_parsers(sub) -> None:
     from .relearn import RelearnConfig
 
     _analysis_parser(
-        sub, "relearn", RelearnConfig, "attack a run's pruned model by fine-tuning: does what it forgot come back?",
-        "The relearning attack, with controls (the unpruned model and a random pruning of as many units). "
+        sub, "relearn", RelearnConfig, "attack a run's pruned (or an unlearning's) model by fine-tuning: does what "
+        "it forgot come back?",
+        "The relearning attack, with controls (the unpruned model and, for a pruning run, a random pruning of as "
+        "many units). "
         "Fine-tunes on data the run never scored or evaluated and measures how much of the lost forget accuracy "
         "returns. Costs with the embedded model on 2 CPU cores, for each model and attack: about 10 s a "
         "fine-tuning step of 4 x 256 tokens (about 4 plain forward passes), about 20 s an evaluation point "
         "(2 x 4,096 tokens), so about 13 minutes at the defaults (docs/PERFORMANCE.md).", resumable=True)
     _analysis_parser(
-        sub, "inspect", InspectConfig, "what the pruned model can still do: generations, checks, logit lens",
-        "Continue held-out prompts with the unpruned model and after the chosen steps; check the text (Python "
+        sub, "inspect", InspectConfig, "what the pruned (or unlearned) model can still do: generations, checks, "
+        "logit lens",
+        "Continue held-out prompts with the original model and after the chosen steps (an unlearning folder's "
+        "one step: the checkpoint it kept); check the text (Python "
         "functions parse, same language, fluency); read every layer through the final norm and head (logit lens). "
         "Results: RUN/inspect/ and RUN/report.html. Costs with the embedded model on 2 CPU cores, at the defaults, "
-        "for each model (the unpruned one and each step): generation about 20 s, logit lens about 40 s; the checks "
+        "for each model (the original one and each step): generation about 20 s, logit lens about 40 s; the checks "
         "of all models together 13 to 18 s; plus about 10 s to load the model twice (docs/PERFORMANCE.md).")
 
 
 def cmd_relearn(args) -> None:
     from .allocator import keep_freed_memory
     from .relearn import COLUMNS, RelearnConfig, relearn
-    from .rundir import AnalysisFolder, RunFolder
+    from .analysisdir import AnalysisFolder
+    from .rundir import RunFolder
 
     keep_freed_memory()
     flags = given_flags(args, RelearnConfig)

@@ -17,7 +17,7 @@ import torch
 from . import distributed
 from .arch import decoder
 from .batching import for_each_batch
-from .head import Head, score_predictions
+from .ranks import Head, score_predictions
 
 
 @dataclass

@@ -3,8 +3,9 @@
 A pruning run's model after step k is the original with the units of steps 1 to k zeroed (its pruned.json).
 An unlearning folder's model is the original with the weights it saved (RUN/model/), at the checkpoint it
 kept: the only step it has. A recipe holds both parts, a mask and saved weights, so an unlearning that started
-from a pruned model (`unlearn --from RUN`) is one too: the run's mask and the weights it trained. Relearn, inspect and the controls all rebuild their models through `recipe_of`,
-from one copy of the original model in memory.
+from a pruned model (`unlearn --from RUN`) is one too: the run's mask and the weights it trained. Relearn,
+inspect, their controls and `unlearn --from` all rebuild their models through `recipe_of`, from one copy of
+the original model in memory.
 """
 
 from __future__ import annotations

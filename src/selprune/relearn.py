@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from . import atomic
+from .analysisdir import AnalysisFolder
 from .arch import NeuronGroup, architecture_of
 from .batching import auto_batch_size
 from .config import RunConfig, Settings, safe_name, setting
@@ -36,12 +37,12 @@ from .data import make_splits, read_documents, run_splits
 from .errors import UserError
 from .evaluate import evaluate_causal
 from .finetune import BATCH_SIZE, CHUNK_LEN, LR, TOKENS, fine_tuning, require_one_batch
-from .head import Head
 from .models import cpu_has_bf16, load_model, model_fingerprint, resolve_device
 from .pruning import pruned_parts, still_zero
+from .ranks import Head
 from .plots import figure, figure_html, number, png
 from .recipe import Recipe, recipe_of
-from .rundir import AnalysisFolder, RunFolder, read_csv
+from .rundir import RunFolder, read_csv
 from .selection import random_scores, select
 from .unlearn.budget import SAME_DATA, run_and_step
 from .unlearn.settings import UnlearnConfig

@@ -21,7 +21,8 @@ from .arch import GROUP_TABLE
 from .config import safe_name
 from .errors import UserError
 from .plots import figure, figure_html, number, png
-from .rundir import RunFolder, summary_of
+from .rundir import RunFolder
+from .summary import summary_of
 from .unlearn.settings import UnlearnConfig
 
 # ---------------------------------------------------------------- plots

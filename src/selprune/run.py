@@ -23,9 +23,9 @@ from .data import Chunks, mask_for_mlm, run_documents, run_splits
 from .errors import UserError
 from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
 from .finetune import fine_tuning, require_one_batch
-from .head import Head
 from .models import absolute_spec, context_length, load_model, model_fingerprint
 from .pruning import PrunedRecord, apply, step_budget
+from .ranks import Head
 from .rundir import COLUMNS, RunFolder, summarize
 from .scorers import SCORERS, importance
 from .selection import scores, select, step_seed

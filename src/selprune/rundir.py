@@ -1,4 +1,4 @@
-"""The one owner of a run folder's files: where each lives, how it is written, read, verified and summarised.
+"""The one owner of a run folder's files: where each lives, how it is written, read and verified.
 
     RUN/config.toml            every setting (RunConfig); `selprune run --config` repeats the run
     RUN/metrics.csv            one row per step and dataset, the columns in COLUMNS
@@ -11,6 +11,7 @@
     RUN/inspect/               what the pruned model can still do (selprune inspect): settings.toml,
                                generations.jsonl, checks.csv, lens.csv
     RUN/lr-LR/, RUN/state/     an unlearning's (selprune unlearn) own files: unlearn/checkpoints.py
+    RUN/relearn*/              an analysis of the pruned model (selprune relearn): analysisdir.py
     RUN/.lock                  locked (flock) by the process running in the folder; the OS frees it on exit
 
 Every file is replaced atomically. A step is committed when progress.json names it, written last. Files
@@ -23,7 +24,6 @@ refused with a line that names it, never silently repaired.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import fcntl
 import hashlib
 import io
@@ -38,6 +38,7 @@ from .config import RunConfig, read_toml
 from .errors import UserError
 from .models import absolute_spec, same_model
 from .pruning import PrunedRecord, step_budget
+from .summary import ROLES, metric_series, summary_of
 from .unlearn.settings import UnlearnConfig
 
 COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens", "top1", "top10", "loss",
@@ -47,15 +48,22 @@ COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens
 # lens's top-1 per step, dataset and layer
 INSPECT_COLUMNS = {"checks.csv": ("set", "dataset", "decoding", "step", "check", "about", "value", "samples"),
                    "lens.csv": ("step", "role", "dataset", "layer", "top1", "positions")}
-ROLES = ("forget", "retain")
 FORMAT = 2  # of progress.json; a folder made by another format is refused on resume
 LOCK = ".lock"
 # Settings that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "device_map", "output", "compile"}
 
 
-def _sha256(text: str) -> str:
+def sha256_text(text: str) -> str:
+    """The SHA-256 of a file's text, as a commit record holds it."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _int(text: str) -> int | None:
+    try:
+        return int(text)
+    except (TypeError, ValueError):
+        return None
 
 
 def _settings_digest(settings: dict) -> str:
@@ -65,7 +73,7 @@ def _settings_digest(settings: dict) -> str:
     selprune after a run was made is missing from its config.toml, and must not make the run unresumable.
     """
     kept = {k: v for k, v in settings.items() if k not in RESUMABLE_CHANGES}
-    return _sha256(json.dumps(kept, sort_keys=True))
+    return sha256_text(json.dumps(kept, sort_keys=True))
 
 
 def csv_text(rows: list[dict], columns=COLUMNS) -> str:
@@ -163,13 +171,13 @@ class RunFolder:
         kind = UnlearnConfig if "method" in data else RunConfig
         return kind.from_dict(data, source=f"config file {self.config_path}")
 
-    def changed_settings(self, given: RunConfig) -> list[str]:
-        """The settings that decide the result and differ between config.toml and `given`: a run may be
-        continued with `given` only when there are none."""
+    def changed_settings(self, given: RunConfig | UnlearnConfig, resumable=RESUMABLE_CHANGES) -> list[str]:
+        """The settings that decide the result (all but `resumable`, a run's by default) and differ between
+        config.toml and `given`: a run may be continued with `given` only when there are none."""
         saved, kept = self.read_config().to_dict(), given.to_dict()
         for settings in (saved, kept):  # a folder made before models were recorded by absolute path says ./m
             settings["model"] = absolute_spec(settings["model"])
-        return sorted(k for k in set(saved) | set(kept) if k not in RESUMABLE_CHANGES and saved.get(k) != kept.get(k))
+        return sorted(k for k in set(saved) | set(kept) if k not in resumable and saved.get(k) != kept.get(k))
 
     # -- the model ---------------------------------------------------------------------------------
 
@@ -191,7 +199,6 @@ class RunFolder:
                             "the run's own model at that path, or start a new run with this one")
         self.model_record = recorded
 
-
     # -- the commit ------------------------------------------------------------------------------
 
     def commit(self, step: int, config: RunConfig, record: PrunedRecord, rows: list[dict],
@@ -207,7 +214,7 @@ class RunFolder:
         atomic.write_text(self.metrics_path, metrics)
         self.progress_path.parent.mkdir(exist_ok=True)
         progress = {"format": FORMAT, "completed_step": step,
-                    "sha256": {"metrics.csv": _sha256(metrics), "pruned.json": _sha256(pruned),
+                    "sha256": {"metrics.csv": sha256_text(metrics), "pruned.json": sha256_text(pruned),
                                "config.toml": _settings_digest(config.to_dict())}}
         if stop is not None:
             progress["stopped"] = stop
@@ -270,9 +277,7 @@ class RunFolder:
             done = progress["completed_step"]
             if done > config.steps:
                 raise self._damaged(self.progress_path, f"says step {done} of a {config.steps}-step run was completed")
-            written = read_toml(self.config_path, "config file", "such as a run folder's config.toml")
-            if _settings_digest(written) != progress["sha256"]["config.toml"]:
-                raise self._damaged(self.config_path, "has other settings than the ones its steps were made with")
+            self._verify_settings(progress)
             record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
             rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
         except UserError as exc:
@@ -284,17 +289,20 @@ class RunFolder:
         need no model (progress.json, config.toml, pruned.json as read, metrics.csv), with its message."""
         try:
             progress = self._progress()
-            written = read_toml(self.config_path, "config file", "such as a run folder's config.toml")
-            if _settings_digest(written) != progress["sha256"]["config.toml"]:
-                raise self._damaged(self.config_path, "has other settings than the ones its steps were made with")
+            self._verify_settings(progress)
             record = self.record()
             record.truncate(progress["completed_step"])
-            if _sha256(pruned_text(record)) != progress["sha256"]["pruned.json"]:
+            if sha256_text(pruned_text(record)) != progress["sha256"]["pruned.json"]:
                 raise self._damaged(self.pruned_path, f"differs from what step {progress['completed_step']} committed")
             self._verified_rows(progress["completed_step"], progress["sha256"]["metrics.csv"], record, config,
                                 ROLES + ("watch",) * len(config.watch))
         except UserError as exc:
             raise self._cannot_resume(exc) from None
+
+    def _verify_settings(self, progress: dict) -> None:
+        written = read_toml(self.config_path, "config file", "such as a run folder's config.toml")
+        if _settings_digest(written) != progress["sha256"]["config.toml"]:
+            raise self._damaged(self.config_path, "has other settings than the ones its steps were made with")
 
     def _cannot_resume(self, exc: UserError) -> UserError:
         return UserError(f"cannot resume: {exc}; nothing was changed. Runs are deterministic: redo this one "
@@ -322,7 +330,7 @@ class RunFolder:
         if counts != expected or int(record.mask().sum()) != sum(counts):
             raise self._damaged(self.pruned_path, f"prunes {counts} units per step; this run prunes {per_step} "
                                 "distinct units a step")
-        if _sha256(pruned_text(record)) != checksum:
+        if sha256_text(pruned_text(record)) != checksum:
             raise self._damaged(self.pruned_path, f"differs from what step {done} committed")
         return record
 
@@ -330,7 +338,7 @@ class RunFolder:
                        roles: tuple[str, ...]) -> list[dict]:
         rows = [r for r in self.rows() if _int(r["step"]) is not None and _int(r["step"]) <= done]
         expected = [(s, role) for s in range(done + 1) for role in roles]
-        if [(_int(r["step"]), r["role"]) for r in rows] != expected or _sha256(metrics_text(rows)) != checksum:
+        if [(_int(r["step"]), r["role"]) for r in rows] != expected or sha256_text(metrics_text(rows)) != checksum:
             raise self._damaged(self.metrics_path, f"differs from what step {done} committed (a row is missing, "
                                 "cut or changed)")
         pruned = np.cumsum([0] + [int(record.mask_of(s["step"]).sum()) for s in record.steps])
@@ -369,48 +377,8 @@ class RunFolder:
         return record
 
     def metrics(self) -> dict:
-        """metrics.csv as arrays over the steps that have a forget and a retain row, step 0 first.
-
-        {"step", "fraction_pruned", "forget": {...}, "retain": {...}, "watch": {dataset: {...}}}: each dataset
-        holds "dataset", "top1", "perplexity" and the drops recomputed from top1: "drop_rel" (% of base) and
-        "drop_abs" (points). "watch" has the watched datasets (selprune run --watch), maybe none.
-        """
-        path = self.metrics_path
-        series: dict[tuple[str, str], dict[int, dict]] = {}
-        for line, row in enumerate(self.rows(), start=2):
-            try:
-                step = int(row["step"])
-                values = {c: float(row[c]) for c in ("fraction_pruned", "top1", "perplexity")}
-            except ValueError:
-                raise UserError(f"{path} line {line}: step, fraction_pruned, top1 and perplexity must be "
-                                "numbers") from None
-            key = (row["role"], row["dataset"] if row["role"] == "watch" else "")
-            if step in series.setdefault(key, {}):
-                raise UserError(f"{path} line {line}: a second {row['role']} row for step {step}; "
-                                "keep one row per step and dataset")
-            series[key][step] = {"dataset": row["dataset"], **values}
-        unknown = sorted({role for role, _ in series} - {*ROLES, "watch"})
-        if unknown:
-            raise UserError(f"{path}: role {unknown[0]!r} must be forget, retain or watch")
-        steps = sorted(series.get(("forget", ""), {}).keys() & series.get(("retain", ""), {}).keys())
-        if not steps or steps[0] != 0:
-            raise UserError(f"{path} has no step-0 rows for both forget and retain: "
-                            "the unpruned evaluation must come first")
-        metrics = {"step": np.array(steps), "watch": {},
-                   "fraction_pruned": np.array([series["forget", ""][s]["fraction_pruned"] for s in steps])}
-        for (role, dataset), rows in series.items():
-            top1 = np.array([rows[s]["top1"] if s in rows else np.nan for s in steps])
-            with np.errstate(divide="ignore", invalid="ignore"):  # a base of 0 has no relative drop: NaN
-                drop_rel = np.where(top1[0] > 0, 100 * (top1[0] - top1) / top1[0], np.nan)
-            entry = {"dataset": rows[min(rows)]["dataset"], "top1": top1, "drop_rel": drop_rel,
-                     "perplexity": np.array([rows[s]["perplexity"] if s in rows else np.nan for s in steps]),
-                     "drop_abs": 100 * (top1[0] - top1)}
-            if role == "watch":
-                metrics["watch"][dataset] = entry
-            else:
-                metrics[role] = entry
-        return metrics
-
+        """metrics.csv as arrays over its steps, with the accuracy drops (summary.metric_series)."""
+        return metric_series(self.rows(), self.metrics_path)
 
     # -- RUN/inspect/ -------------------------------------------------------------------------------
 
@@ -457,141 +425,6 @@ def read_csv(path: Path, columns) -> list[dict[str, str]]:
     return rows
 
 
-class AnalysisFolder:
-    """A subfolder of a run for an analysis of its pruned model, e.g. RUN/relearn/: its settings, and a CSV that
-    grows one finished unit of work (a "key") at a time. progress.json lists the finished keys with the
-    CSV's checksum, so an interrupted analysis resumes where it stopped and ends with the same CSV.
-    """
-
-    def __init__(self, run: RunFolder, name: str, columns: tuple[str, ...]):
-        self.run, self.columns = run, columns
-        self.path = run.path / name
-        self.settings_path = self.path / "settings.toml"
-        self.csv_path = self.path / f"{name.split('-')[0]}.csv"
-        self.progress_path = self.path / "progress.json"
-
-    def start(self, settings, resume: bool) -> None:
-        """Check that a new analysis has the folder to itself, or that a resumed one keeps its settings.
-
-        Nothing is written until the first unit of work is committed, so a failed start leaves nothing behind.
-        """
-        exists = self.progress_path.is_file()
-        if exists and not resume:
-            raise UserError(f"{self.path} already holds results: add --resume to continue it, or give --name to "
-                            "keep both")
-        if resume and not exists:
-            raise UserError(f"nothing to resume in {self.path}: start it without --resume")
-        if exists:
-            saved, given = type(settings).from_toml(self.settings_path).to_dict(), settings.to_dict()
-            changed = sorted(k for k in set(saved) | set(given) if k != "run" and saved.get(k) != given.get(k))
-            if changed:
-                raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): resume "
-                                "with the same settings, or give --name to start another")
-        self.settings = settings
-
-    def committed(self) -> tuple[list[dict], list[str]]:
-        """The rows and keys finished so far, verified against progress.json's checksum."""
-        if not self.progress_path.is_file():
-            return [], []
-        try:
-            progress = json.loads(self.progress_path.read_text())
-            done, checksum = list(progress["done"]), progress["sha256"]
-        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-            raise UserError(f"cannot resume: {self.progress_path} is not a progress record selprune wrote; "
-                            f"delete {self.path} to start the analysis again") from None
-        rows = read_csv(self.csv_path, self.columns) if self.csv_path.is_file() else []
-        if _sha256(csv_text(rows, self.columns)) != checksum:
-            raise UserError(f"cannot resume: {self.csv_path} differs from what was committed; delete {self.path} "
-                            "to start the analysis again")
-        return rows, done
-
-    def commit(self, rows: list[dict], done: list[str]) -> None:
-        """Write the rows and keys finished so far. The settings name the run as "..", the folder above this
-        one, so that the run folder can move and its analyses still resume (the run is not compared on resume)."""
-        self.path.mkdir(exist_ok=True)
-        atomic.write_text(self.settings_path, dataclasses.replace(self.settings, run="..").to_toml())
-        text = csv_text(rows, self.columns)
-        atomic.write_text(self.csv_path, text)
-        atomic.write_text(self.progress_path, json.dumps({"done": done, "sha256": _sha256(text)}))
-
-
-
-def _int(text: str) -> int | None:
-    try:
-        return int(text)
-    except (TypeError, ValueError):
-        return None
-
-
-RETAIN_BUDGET = 10.0  # % of the base retain accuracy that the second headline metric allows to be lost
-
-
-def at_retain_budget(metrics: dict, budget: float = RETAIN_BUDGET) -> dict:
-    """The forget drop reached while the retain drop stays within `budget`: a number a user can act on
-    (how much is forgotten for a loss they accept), where the max difference needs no such choice.
-
-    Walking the steps in order, the first step whose retain drop exceeds the budget and the step before it
-    are interpolated linearly to where the retain drop equals the budget; the forget drop and the fraction
-    pruned are taken at that same point. A run whose retain drop never exceeds the budget gets its last
-    step, and "crossing" None.
-    """
-    forget, retain, fraction = metrics["forget"]["drop_rel"], metrics["retain"]["drop_rel"], metrics["fraction_pruned"]
-    over = np.flatnonzero(retain > budget)
-    if over.size:  # over[0] > 0: step 0's retain drop is 0
-        j = int(over[0])
-        t = (budget - retain[j - 1]) / (retain[j] - retain[j - 1])
-        at = {"forget": forget[j - 1] + t * (forget[j] - forget[j - 1]),
-              "fraction": fraction[j - 1] + t * (fraction[j] - fraction[j - 1]),
-              "crossing": [int(metrics["step"][j - 1]), int(metrics["step"][j])]}
-    else:
-        at = {"forget": forget[-1], "fraction": fraction[-1], "crossing": None}
-    return {"retain_budget": float(budget), "forget_drop_at_retain_budget": float(at["forget"]),
-            "fraction_at_retain_budget": float(at["fraction"]), "retain_budget_crossing": at["crossing"]}
-
-
-def summary_of(metrics: dict) -> dict:
-    """Headline numbers from RunFolder.metrics(); see summarize()."""
-    forget, retain = metrics["forget"], metrics["retain"]
-    rel_gap = forget["drop_rel"] - retain["drop_rel"]
-    abs_gap = forget["drop_abs"] - retain["drop_abs"]
-    best_rel, best_abs = int(np.argmax(rel_gap)), int(np.argmax(abs_gap))
-    fraction = metrics["fraction_pruned"]
-
-    def retain_drop_when_forget_drops(level: float) -> float | None:
-        reached = np.flatnonzero(forget["drop_rel"] >= level)
-        return float(retain["drop_rel"][reached[0]]) if reached.size else None
-
-    return {
-        "forget_dataset": forget["dataset"],
-        "retain_dataset": retain["dataset"],
-        "last_step": int(metrics["step"][-1]),
-        "fraction_pruned": float(fraction[-1]),
-        "base_top1_forget": float(forget["top1"][0]),
-        "base_top1_retain": float(retain["top1"][0]),
-        "max_rel_diff": float(rel_gap[best_rel]),
-        "max_rel_diff_step": int(metrics["step"][best_rel]),
-        "max_abs_diff": float(abs_gap[best_abs]),
-        "max_abs_diff_step": int(metrics["step"][best_abs]),
-        **at_retain_budget(metrics),
-        "area_rel": float(np.sum(np.diff(fraction) * (rel_gap[1:] + rel_gap[:-1]) / 2)),
-        "retain_drop_at_forget_50": retain_drop_when_forget_drops(50),
-        "retain_drop_at_forget_80": retain_drop_when_forget_drops(80),
-        "final_perplexity_forget": float(forget["perplexity"][-1]),
-        "final_perplexity_retain": float(retain["perplexity"][-1]),
-        "watch": {name: {"drop_at_max_rel_diff": float(w["drop_rel"][best_rel]), "final_drop": float(w["drop_rel"][-1])}
-                  for name, w in metrics["watch"].items()},
-    }
-
-
 def summarize(run_dir) -> dict:
-    """Headline numbers of one run, from its metrics.csv (drops recomputed from top1).
-
-    Relative drops are in percent of the step-0 accuracy, absolute drops in percentage points:
-    max_rel_diff / max_abs_diff = max over steps of (forget drop - retain drop) and the step where it
-    happens; area_rel = trapezoid area of (forget - retain) relative drop over fraction_pruned;
-    retain_drop_at_forget_50/80 = retain relative drop at the first step where the forget relative drop
-    reaches 50% / 80% (None if it never does); forget_drop_at_retain_budget = the forget relative drop where
-    the retain relative drop reaches retain_budget (10%), interpolated between the steps in
-    retain_budget_crossing (None: never reached, the last step's), with fraction_at_retain_budget there.
-    """
+    """The headline numbers of the run in `run_dir` (summary.summary_of)."""
     return summary_of(RunFolder(run_dir).metrics())

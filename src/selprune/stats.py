@@ -17,7 +17,7 @@ from .arch import NeuronGroup, architecture_of, decoder
 from .batching import for_each_batch
 from .evaluate import causal_predictions, masked_predictions
 from .fusion import Fused
-from .head import loss_gradient
+from .ranks import loss_gradient
 
 MOMENTS = ("sum", "sum_abs", "sum_sq", "positive")  # of the activations alone: a forward pass
 SUMS = (*MOMENTS, "attribution")  # attribution = sum |z dL/dz|: a forward and a backward pass

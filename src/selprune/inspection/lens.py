@@ -12,7 +12,7 @@ import torch
 
 from ..arch import ResidualStream, decoder
 from ..batching import for_each_batch
-from ..head import Head, score_predictions
+from ..ranks import Head, score_predictions
 
 MIDDLE = (0.25, 0.75)  # the middle layers: from a quarter to three quarters of the depth
 HIDDEN_KEEPS = 0.8  # pruned / unpruned top-1 in the middle layers at or above this: the information is still there

@@ -23,8 +23,8 @@ from ..batching import auto_batch_size
 from ..console import Console
 from ..data import Document, load_documents, run_documents, run_splits
 from ..errors import UserError
-from ..head import Head
 from ..models import context_length, load_config, load_model, model_fingerprint
+from ..ranks import Head
 from ..recipe import Recipe, model_steps, recipe_of, steps_text
 from ..report import write_report
 from ..rundir import RunFolder

@@ -3,10 +3,12 @@ summary and the comparisons.
 
 The sweep's folder, runs/sweeps/<the grid file's name> by default:
 
-    SWEEP/<run>/                    one ordinary run folder per combination of the grid (grid.py); a finished
-                                    run is skipped, a partial one resumed, so an interrupted sweep continues
-                                    when run again; a run that fails does not stop the others
-    SWEEP/timings.json              each run's wall time and the tokens it read (--dry-run's estimates)
+    SWEEP/<run>/                    one ordinary run folder per combination of the grid (grid.py), a pruning
+                                    run's or an unlearning's (kinds.py); a finished run is skipped, a partial
+                                    one resumed, so an interrupted sweep continues when run again; a run that
+                                    fails does not stop the others
+    SWEEP/timings.json              each run's wall time, the tokens it read and its kind (--dry-run's
+                                    estimates: a pruning run's from runs, an unlearning's from its method's)
     SWEEP/summary.csv, summary.md   every run's headline numbers and wall time
     SWEEP/compare/<pair>/<name>/    the overlay reports of each [[compare]] (<pair>: code-vs-prose-seed0,
                                     with the values of the grid's other varying keys that it leaves out)
@@ -21,12 +23,12 @@ import time
 from pathlib import Path
 
 from .. import atomic
-from ..config import RunConfig
 from ..errors import OutOfMemory, UserError
 from ..report import write_report
-from ..rundir import RunFolder, csv_text, summary_of
-from ..scorers import SCORERS
+from ..rundir import RunFolder, csv_text
+from ..summary import summary_of
 from .grid import Planned, Sweep, load
+from .kinds import PRUNING_ONLY, Progress, execute, progress, timed_as
 from .tables import Document, cost_table, duration, overview_table, plots_table, runs_table
 
 TIMINGS = "timings.json"
@@ -37,41 +39,16 @@ SUMMARY_COLUMNS = ("last_step", "fraction_pruned", "base_top1_forget", "base_top
                    "final_perplexity_retain", "wall_s")
 
 
-def state(run: Planned) -> tuple[str, int]:
-    """new, partial or finished (complete, or ended by a stop criterion), and the last step done (-1: none).
-    A folder whose run has other settings than the grid gives it is refused, never mixed or skipped."""
-    folder = run.folder
-    if not folder.config_path.is_file():
-        return "new", -1
-    changed = folder.changed_settings(run.config)
-    if changed:
-        raise UserError(f"{folder} holds a run with other settings ({', '.join(changed)}) than the grid gives it: "
-                        "move it away, or give the sweep another --output")
-    done = folder.completed_step()
-    finished = folder.stopped() is not None or done >= run.config.steps
-    if not finished and done >= 0:
-        folder.check_readable(run.config)  # as resuming it will: a damaged run is refused now, not listed
-    return ("finished" if finished else "partial"), done
-
-
-def tokens_left(config: RunConfig, done: int) -> int:
-    """Tokens the run still reads: every step from 0 on evaluates each dataset (forget, retain, watched); every
-    step from 1 on scores forget and retain, unless the scorer reads no activations (random). A stop criterion
-    can end the run sooner."""
-    steps = config.steps - max(done, 0)
-    evaluations = steps + (1 if done < 0 else 0)
-    scoring = 2 * config.score_tokens * steps if SCORERS[config.scorer].sums else 0
-    return evaluations * (2 + len(config.watch)) * config.eval_tokens + scoring
-
-
 def read_timings(path: Path) -> dict:
-    """timings.json: {run: {"seconds", "tokens", "model", "host"}}; {} before a run of the sweep has finished."""
+    """timings.json: {run: {"seconds", "tokens", "model", "host", "kind"}} (kind: "run" for a pruning run, else
+    the unlearning's method; a file without it holds pruning runs); {} before a run of the sweep has finished."""
     if not path.is_file():
         return {}
     try:
         runs = json.loads(path.read_text(encoding="utf-8"))["runs"]
         ok = all(isinstance(t["seconds"], (int, float)) and isinstance(t["tokens"], int)
-                 and isinstance(t["model"], str) and isinstance(t["host"], str) for t in runs.values())
+                 and isinstance(t["model"], str) and isinstance(t["host"], str)
+                 and isinstance(t.setdefault("kind", "run"), str) for t in runs.values())
     except (UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError):
         ok = False
     if not ok:
@@ -80,49 +57,44 @@ def read_timings(path: Path) -> dict:
     return runs
 
 
-def seconds_per_token(folder: Path) -> dict[str, tuple[float, int]]:
-    """{model: (seconds a token took, how many runs say so)} over the runs that sweeps in `folder`'s parent
-    (runs/sweeps/*, this one too) made on this machine."""
-    totals: dict[str, tuple[float, int, int]] = {}
+def seconds_per_token(folder: Path) -> dict[tuple[str, str], tuple[float, int]]:
+    """{(model, kind): (seconds a token took, how many runs say so)} over the runs that sweeps in `folder`'s
+    parent (runs/sweeps/*, this one too) made on this machine."""
+    totals: dict[tuple[str, str], tuple[float, int, int]] = {}
     for path in sorted(folder.parent.glob(f"*/{TIMINGS}")):
         for t in read_timings(path).values():
             if t["host"] == platform.node() and t["tokens"] > 0:
-                seconds, tokens, runs = totals.get(t["model"], (0.0, 0, 0))
-                totals[t["model"]] = (seconds + t["seconds"], tokens + t["tokens"], runs + 1)
-    return {model: (seconds / tokens, runs) for model, (seconds, tokens, runs) in totals.items()}
+                seconds, tokens, runs = totals.get((t["model"], t["kind"]), (0.0, 0, 0))
+                totals[t["model"], t["kind"]] = (seconds + t["seconds"], tokens + t["tokens"], runs + 1)
+    return {key: (seconds / tokens, runs) for key, (seconds, tokens, runs) in totals.items()}
 
 
-def print_plan(sweep: Sweep, states: list[tuple[str, int]]) -> None:
+def print_plan(sweep: Sweep, states: list[Progress]) -> None:
     """--dry-run: each run's state and what is left of it, in tokens and, from earlier timings, in time."""
     print(f"sweep {sweep.grid}: {len(sweep.runs)} runs in {sweep.folder} (dry run: nothing is run or written)")
     width = max(len(run.name) for run in sweep.runs)
-    left: dict[str, int] = {}
-    for run, (what, done) in zip(sweep.runs, states):
-        tokens = 0 if what == "finished" else tokens_left(run.config, done)
-        if what == "finished":
-            detail = f"step {done} of {run.config.steps}" + (" (stopped early)" if run.folder.stopped() else "")
-        elif done >= 0:
-            detail = f"step {done} of {run.config.steps} done, {tokens:,} tokens left"
-        else:
-            detail = f"{tokens:,} tokens"
-        print(f"  {what:8s}  {run.name:{width}s}  {detail}")
-        if tokens:
-            left[run.config.model] = left.get(run.config.model, 0) + tokens
-    todo = sum(what != "finished" for what, _ in states)
+    left: dict[tuple[str, str], int] = {}
+    for run, now in zip(sweep.runs, states):
+        print(f"  {now.state:8s}  {run.name:{width}s}  {now.describe()}")
+        if now.tokens:
+            key = (run.config.model, timed_as(run))
+            left[key] = left.get(key, 0) + now.tokens
+    todo = sum(now.state != "finished" for now in states)
     if not todo:
         print(f"to run: nothing; all {len(sweep.runs)} runs are finished")
         return
-    print(f"to run: {todo} of {len(sweep.runs)} runs, {sum(left.values()):,} tokens of scoring and evaluation "
-          "passes (fewer if a stop criterion ends a run early)")
+    print(f"to run: {todo} of {len(sweep.runs)} runs, {sum(left.values()):,} tokens of scoring, training and "
+          "evaluation passes (fewer if a stop criterion ends a run early)")
     rates = seconds_per_token(sweep.folder)
-    for model, tokens in left.items():
-        if model in rates:
-            rate, runs = rates[model]
-            print(f"time for {model}: about {duration(rate * tokens)}, at the {1000 * rate:.3g} ms a token that "
-                  f"{runs} earlier run(s) of it took on this machine")
+    for (model, kind), tokens in left.items():
+        label, earlier = (model, "run") if kind == "run" else (f"{model}, {kind} unlearnings", f"{kind} unlearning")
+        if (model, kind) in rates:
+            rate, runs = rates[model, kind]
+            print(f"time for {label}: about {duration(rate * tokens)}, at the {1000 * rate:.3g} ms a token that "
+                  f"{runs} earlier {earlier}(s) of it took on this machine")
         else:
-            print(f"time for {model}: no earlier run of it on this machine (in {sweep.folder.parent}) to estimate "
-                  "it from")
+            print(f"time for {label}: unknown, no earlier {earlier} of it on this machine (in "
+                  f"{sweep.folder.parent}) to estimate it from")
 
 
 def sweep(grid, output=None, dry_run: bool = False, results=None, quiet: bool = False) -> Path:
@@ -132,7 +104,7 @@ def sweep(grid, output=None, dry_run: bool = False, results=None, quiet: bool = 
     plan = load(grid, output)
     document = Document(Path(results), plan) if results else None  # its markers are checked before any run
     if dry_run:
-        print_plan(plan, [state(run) for run in plan.runs])
+        print_plan(plan, [progress(run) for run in plan.runs])
         return plan.folder
     holder = RunFolder(plan.folder)  # one sweep per folder, as one run per run folder
     holder.lock()
@@ -161,35 +133,32 @@ def _run_all(plan: Sweep, quiet: bool) -> dict:
     A run that fails (bad input found only when it starts, out of memory) does not stop the others: the
     sweep goes on, then refuses to summarise, naming the failed runs, so that one fix and a rerun finish it.
     """
-    from ..run import run as run_one
-
-    states = [state(run) for run in plan.runs]
+    states = [progress(run) for run in plan.runs]
     path = plan.folder / TIMINGS
     timings = read_timings(path)
-    finished = sum(what == "finished" for what, _ in states)
+    finished = sum(now.state == "finished" for now in states)
     print(f"sweep {plan.grid}: {len(plan.runs)} runs in {plan.folder}, {finished} finished already "
           "(if it stops, run it again: it continues where it stopped)", flush=True)
     width = len(str(len(plan.runs)))
     failed: list[tuple[str, Exception]] = []
-    for i, (run, (what, done)) in enumerate(zip(plan.runs, states), 1):
+    for i, (run, now) in enumerate(zip(plan.runs, states), 1):
         prefix = f"[{i:{width}d}/{len(plan.runs)}] {run.name}"
-        if what == "finished":
+        if now.state == "finished":
             print(f"{prefix}: finished, skipped", flush=True)
             continue
-        tokens = tokens_left(run.config, done)
-        doing = f"resuming after step {done}" if done >= 0 else "resuming" if what == "partial" else "starting"
-        print(f"{prefix}: {doing} ({tokens:,} tokens)", flush=True)
+        doing = f"resuming after {now.where}" if now.where else "resuming" if now.state == "partial" else "starting"
+        print(f"{prefix}: {doing} ({now.tokens:,} tokens)", flush=True)
         start = time.perf_counter()
         try:
-            run_one(run.config, resume=what == "partial", quiet=quiet)
+            execute(run, resume=now.state == "partial", quiet=quiet)
         except (UserError, OutOfMemory) as exc:
             print(f"{prefix}: failed: {exc}", flush=True)
             failed.append((run.name, exc))
             continue
         seconds = time.perf_counter() - start
         before = timings.get(run.name, {"seconds": 0.0, "tokens": 0})
-        timings[run.name] = {"seconds": before["seconds"] + seconds, "tokens": before["tokens"] + tokens,
-                             "model": run.config.model, "host": platform.node()}
+        timings[run.name] = {"seconds": before["seconds"] + seconds, "tokens": before["tokens"] + now.tokens,
+                             "model": run.config.model, "host": platform.node(), "kind": timed_as(run)}
         atomic.write_text(path, json.dumps({"runs": timings}, indent=2) + "\n")
         print(f"{prefix}: done in {duration(seconds)}", flush=True)
     if failed:
@@ -202,16 +171,19 @@ def _run_all(plan: Sweep, quiet: bool) -> dict:
 
 
 def _summary(run: Planned, timings: dict) -> dict:
-    """rundir's headline numbers, the drops of the last step and the run's wall time (None: not recorded)."""
+    """rundir's headline numbers, the drops of the last step and the run's wall time (None: not recorded). An
+    unlearning's steps are its optimiser steps, and the numbers over the share pruned are None."""
     metrics = run.folder.metrics()
     summary = summary_of(metrics)
     summary.update({f"final_drop_{role}": float(metrics[role]["drop_rel"][-1]) for role in ("forget", "retain")})
     summary["wall_s"] = timings.get(run.name, {}).get("seconds")
+    if run.unlearning:
+        summary.update(dict.fromkeys(PRUNING_ONLY))
     return summary
 
 def _write_summary(plan: Sweep, summaries: dict) -> None:
     def cell(value):
-        return " ".join(value) if isinstance(value, tuple) else value
+        return " ".join(map(str, value)) if isinstance(value, tuple) else value
 
     columns = ("run", "forget", "retain", *plan.keys, *SUMMARY_COLUMNS)
     rows = [{"run": run.name, "forget": run.config.forget, "retain": run.config.retain,

@@ -25,7 +25,7 @@ from .. import atomic
 from ..errors import UserError
 from ..plots import number
 from ..report import heatmap_label
-from ..rundir import RETAIN_BUDGET
+from ..summary import RETAIN_BUDGET
 from .grid import Sweep
 
 TABLES = {"overview": 0, "cost": 0, "runs": 1, "plots": 1}  # the tables a marker can ask for: how many arguments
@@ -43,6 +43,11 @@ def duration(seconds: float) -> str:
 
 def _pct(value) -> str:
     return number(value, ".1f", "%")
+
+
+def _share(fraction) -> str:
+    """A share of units pruned, in percent; a dash for an unlearning, which prunes none."""
+    return _pct(None if fraction is None else 100 * fraction)
 
 
 def _ppl(value) -> str:
@@ -103,7 +108,7 @@ def runs_table(plan: Sweep, summaries: dict, pair: str) -> list[str]:
         lines.append(
             f"| {run.label} | {_pct(100 * x['base_top1_forget'])} / {_pct(100 * x['base_top1_retain'])} "
             f"| **{_pct(x['max_rel_diff'])}** ({x['max_rel_diff_step']}) "
-            f"| {_pct(x['forget_drop_at_retain_budget'])} ({_pct(100 * x['fraction_at_retain_budget'])}) "
+            f"| {_pct(x['forget_drop_at_retain_budget'])} ({_share(x['fraction_at_retain_budget'])}) "
             f"| {number(x['max_abs_diff'], '.1f')} ({x['max_abs_diff_step']}) | {number(x['area_rel'], '.2f')} "
             f"| {_pct(x['final_drop_forget'])} / {_pct(x['final_drop_retain'])} "
             f"| {_pct(x['retain_drop_at_forget_50'])} / {_pct(x['retain_drop_at_forget_80'])} "
@@ -115,6 +120,9 @@ def runs_table(plan: Sweep, summaries: dict, pair: str) -> list[str]:
             f"within {budget}). \"—\": the forget drop never reached that level; a maximum of 0.0% at step 0: the "
             "forget drop never exceeded the retain drop. Drops and perplexities \"at the last step\" are those of "
             "the last step evaluated.")
+    if any(run.unlearning for run in plan.pairs()[pair]):
+        note += (" An unlearning's steps are its optimiser steps (selprune unlearn; the numbers are those of the "
+                 "learning rate it kept), and it prunes no units: \"—\" for the share pruned and the area over it.")
     return [*lines, "", note]
 
 

@@ -25,8 +25,8 @@ from ..data import run_splits
 from ..errors import UserError
 from ..evaluate import evaluate_causal, frequent_tokens
 from ..finetune import batches, hold_at_zero, require_one_batch
-from ..head import Head
 from ..models import load_model, resolve_device, resolve_dtype
+from ..ranks import Head
 from ..rundir import COLUMNS, RunFolder
 from ..selection import step_seed
 from .budget import Budget, budget_of

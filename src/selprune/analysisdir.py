@@ -1,0 +1,78 @@
+"""The files of an analysis of a run's pruned model, in a subfolder of the run (RUN/relearn/, or
+RUN/relearn-NAME/ with --name):
+
+    settings.toml    the analysis's settings, naming the run as ".." so that the run folder can move
+    relearn.csv      one row per finished unit of work, the caller's columns (named after the folder, up to
+                     any "-")
+    progress.json    the finished units ("done") and the CSV's checksum: the commit point
+
+Every file is replaced atomically; progress.json is written last, so an interrupted analysis resumes at its
+last finished unit and ends with the same CSV.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from . import atomic
+from .errors import UserError
+from .rundir import RunFolder, csv_text, read_csv, sha256_text
+
+
+class AnalysisFolder:
+    """A subfolder of a run for an analysis of its pruned model, e.g. RUN/relearn/: its settings, and a CSV that
+    grows one finished unit of work (a "key") at a time. progress.json lists the finished keys with the
+    CSV's checksum, so an interrupted analysis resumes where it stopped and ends with the same CSV.
+    """
+
+    def __init__(self, run: RunFolder, name: str, columns: tuple[str, ...]):
+        self.run, self.columns = run, columns
+        self.path = run.path / name
+        self.settings_path = self.path / "settings.toml"
+        self.csv_path = self.path / f"{name.split('-')[0]}.csv"
+        self.progress_path = self.path / "progress.json"
+
+    def start(self, settings, resume: bool) -> None:
+        """Check that a new analysis has the folder to itself, or that a resumed one keeps its settings.
+
+        Nothing is written until the first unit of work is committed, so a failed start leaves nothing behind.
+        """
+        exists = self.progress_path.is_file()
+        if exists and not resume:
+            raise UserError(f"{self.path} already holds results: add --resume to continue it, or give --name to "
+                            "keep both")
+        if resume and not exists:
+            raise UserError(f"nothing to resume in {self.path}: start it without --resume")
+        if exists:
+            saved, given = type(settings).from_toml(self.settings_path).to_dict(), settings.to_dict()
+            changed = sorted(k for k in set(saved) | set(given) if k != "run" and saved.get(k) != given.get(k))
+            if changed:
+                raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): resume "
+                                "with the same settings, or give --name to start another")
+        self.settings = settings
+
+    def committed(self) -> tuple[list[dict], list[str]]:
+        """The rows and keys finished so far, verified against progress.json's checksum."""
+        if not self.progress_path.is_file():
+            return [], []
+        try:
+            progress = json.loads(self.progress_path.read_text())
+            done, checksum = list(progress["done"]), progress["sha256"]
+        except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+            raise UserError(f"cannot resume: {self.progress_path} is not a progress record selprune wrote; "
+                            f"delete {self.path} to start the analysis again") from None
+        rows = read_csv(self.csv_path, self.columns) if self.csv_path.is_file() else []
+        if sha256_text(csv_text(rows, self.columns)) != checksum:
+            raise UserError(f"cannot resume: {self.csv_path} differs from what was committed; delete {self.path} "
+                            "to start the analysis again")
+        return rows, done
+
+    def commit(self, rows: list[dict], done: list[str]) -> None:
+        """Write the rows and keys finished so far. The settings name the run as "..", the folder above this
+        one, so that the run folder can move and its analyses still resume (the run is not compared on resume)."""
+        self.path.mkdir(exist_ok=True)
+        atomic.write_text(self.settings_path, dataclasses.replace(self.settings, run="..").to_toml())
+        text = csv_text(rows, self.columns)
+        atomic.write_text(self.csv_path, text)
+        atomic.write_text(self.progress_path, json.dumps({"done": done, "sha256": sha256_text(text)}))
