@@ -5,7 +5,8 @@ import shutil
 
 import pytest
 import torch
-from conftest import build_tiny_batch
+from conftest import build_tiny_batch, one_error_line, save_tiny_model
+from safetensors.torch import load_file, save_file
 
 from selprune.arch import neuron_group
 from selprune.errors import UserError
@@ -85,3 +86,28 @@ def test_a_mask_of_another_models_shape_is_refused(finished_run):
     wider = recipe.pruned_as(torch.zeros(recipe.mask.shape[0], recipe.mask.shape[1] + 1, dtype=torch.bool))
     with pytest.raises(UserError, match="give the model it pruned"):
         wider.build(loaded(RunFolder(finished_run).read_config().model))
+
+
+def test_a_saved_weight_of_another_shape_is_refused_in_one_line(unlearned, tmp_path):
+    copy = shutil.copytree(unlearned, tmp_path / "copy")
+    weights = load_file(copy / "model" / "model.safetensors")
+    name = next(n for n, value in sorted(weights.items()) if value.dim() == 2)
+    weights[name] = weights[name][:-1].contiguous()  # the right name, one row short
+    save_file(weights, copy / "model" / "model.safetensors", metadata={"format": "pt"})
+    recipe = recipe_of(copy)
+    with pytest.raises(UserError, match=f"holds weights of another shape than this model's \\({name} "):
+        recipe.build(loaded(recipe.model))
+
+
+def test_an_unlearning_records_its_model_and_another_model_at_that_path_is_refused(make_unlearning, tmp_path,
+                                                                                    capsys):
+    save_tiny_model("llama", tmp_path / "m")
+    folder = make_unlearning(tmp_path / "unlearned", model=str(tmp_path / "m"), steps=2)
+    assert (folder / "state" / "model.json").is_file()
+    shutil.rmtree(tmp_path / "m")
+    save_tiny_model("llama", tmp_path / "m", seed=1)  # another model of the same shape, at the same path
+    for argv in (["relearn", str(folder), "--max-steps", "1", "--batch-size", "2", "--chunk-len", "16",
+                  "--relearn-tokens", "96", "--eval-tokens", "64", "--device", "cpu", "--quiet"],
+                 ["inspect", str(folder), "--prompts", "1", "--functions", "0", "--no-lens", "--quiet"]):
+        one_error_line(capsys, argv, "is not the model", "was made with")
+    assert not (folder / "relearn").exists() and not (folder / "inspect").exists()

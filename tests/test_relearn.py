@@ -6,10 +6,10 @@ import pytest
 import torch
 from conftest import Crash, one_error_line
 
-from selprune import relearn as relearn_module
 from selprune import run as run_module
 from selprune.arch import NeuronGroup
 from selprune.cli import main
+from selprune.errors import UserError
 from selprune.models import load_model
 from selprune.pruning import apply, still_zero
 from selprune.relearn import (
@@ -20,6 +20,7 @@ from selprune.relearn import (
     relearn,
     summarize_relearn,
 )
+from selprune.relearn.results import relearn_folders
 from selprune.rundir import RunFolder, read_csv
 
 SMALL = dict(max_steps=4, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu")
@@ -43,6 +44,20 @@ def ff_run(pruned_runs, tmp_path):
 
 def results(folder, name="relearn"):
     return read_csv(folder / name / "relearn.csv", COLUMNS)
+
+
+def test_the_run_folder_names_its_relearning_analyses_as_earlier_versions_did(tmp_path):
+    """RUN/relearn/relearn.csv and RUN/relearn-NAME/relearn.csv; no other folder, and none without results."""
+    for name in ("relearn", "relearn-b", "relearn-a", "relearned", "relearn-empty"):
+        (tmp_path / name).mkdir()
+        if name != "relearn-empty":
+            (tmp_path / name / "progress.json").write_text("{}")
+    (tmp_path / "relearn-file").write_text("")
+    found = relearn_folders(tmp_path)
+    assert [a.csv_path for a in found] == [tmp_path / n / "relearn.csv" for n in ("relearn", "relearn-a", "relearn-b")]
+    for name, folder in (("", "relearn"), ("a", "relearn-a")):
+        results = RelearnConfig(run=str(tmp_path), name=name).results_folder()
+        assert (results.path, results.csv_path) == (tmp_path / folder, tmp_path / folder / "relearn.csv")
 
 
 def test_evaluation_points_double():
@@ -136,9 +151,9 @@ def test_resume_after_a_crash_gives_the_same_csv(pruned_runs, tmp_path, monkeypa
 
 def test_a_second_attack_in_the_same_folder_needs_resume_or_a_name(ff_run):
     relearn(RelearnConfig(run=str(ff_run), random_control=False, **SMALL), quiet=True)
-    with pytest.raises(relearn_module.UserError, match="already holds results.*--resume.*--name"):
+    with pytest.raises(UserError, match="already holds results.*--resume.*--name"):
         relearn(RelearnConfig(run=str(ff_run), random_control=False, **SMALL), quiet=True)
-    with pytest.raises(relearn_module.UserError, match="different settings.*max_steps"):
+    with pytest.raises(UserError, match="different settings.*max_steps"):
         relearn(RelearnConfig(run=str(ff_run), random_control=False, **{**SMALL, "max_steps": 2}), resume=True,
                 quiet=True)
 

@@ -20,26 +20,31 @@ from selprune.report import heatmap_label, heatmap_name
 from selprune.rundir import RunFolder, summarize
 from selprune.sweep import load, sweep
 
+TWO_SCORERS = {"scorer": ["abs", "random"]}
 COMPARES = [{"name": "selective-vs-random", "variants": [{"scorer": "abs"}, {"scorer": "random"}]},
             {"name": "abs-alone", "variants": [{"scorer": "abs"}]}]
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 TOKENS = {"abs": 4 * 2 * 200 + 3 * 2 * 300, "random": 4 * 2 * 200}  # conftest's TINY_RUN: evaluation + scoring
 
 
-def write_grid(path, config, **changes):
-    """A grid file of two tiny runs (scorer abs and random) with two comparisons; `changes` replace settings."""
+def write_grid(path, config, grid=TWO_SCORERS, compares=COMPARES, **changes):
+    """A grid file: by default of two tiny runs (scorer abs and random) with two comparisons; `changes` replace
+    settings."""
     settings = {**{k: v for k, v in config.to_dict().items() if k not in ("output", "name")}, **changes}
-    path.write_text(tomli_w.dumps({"settings": settings, "grid": {"scorer": ["abs", "random"]}, "compare": COMPARES}))
+    path.write_text(tomli_w.dumps({"settings": settings, "grid": grid, "compare": compares}))
     return path
+
+
+def finished_sweep(tiny_config, root, name, **grid):
+    """A finished sweep of the grid file root/NAME.toml that write_grid(**grid) writes: (grid file, sweep folder)."""
+    path = write_grid(root / f"{name}.toml", tiny_config(root), **grid)
+    sweep(path, output=root / "whole", quiet=True)
+    return path, root / "whole"
 
 
 @pytest.fixture(scope="module")
 def finished(tiny_config, tmp_path_factory):
-    """A finished sweep: (grid file, sweep folder)."""
-    root = tmp_path_factory.mktemp("sweep")
-    grid = write_grid(root / "tiny.toml", tiny_config(root))
-    sweep(grid, output=root / "whole", quiet=True)
-    return grid, root / "whole"
+    return finished_sweep(tiny_config, tmp_path_factory.mktemp("sweep"), "tiny")
 
 
 def files(folder):
@@ -52,13 +57,17 @@ def summary_rows(folder, without=("wall_s",)):
         return [{k: v for k, v in row.items() if k not in without} for row in csv.DictReader(f)]
 
 
+def forbid(monkeypatch, target: str, what: str) -> None:
+    """`target` fails the test if called."""
+    def fail(*args, **kw):
+        raise AssertionError(f"the sweep ran {what}")
+
+    monkeypatch.setattr(target, fail)
+
+
 @pytest.fixture
 def no_runs(monkeypatch):
-    """selprune.run.run fails the test if called."""
-    def fail(*args, **kw):
-        raise AssertionError("the sweep ran a run")
-
-    monkeypatch.setattr("selprune.run.run", fail)
+    forbid(monkeypatch, "selprune.run.run", "a run")
 
 
 def test_a_sweep_writes_every_run_the_summary_and_the_comparisons(finished):
@@ -249,31 +258,17 @@ UNLEARNING = {"method": "graddiff", "lr": [0.001, 0.03], "steps": 4, "eval_every
 UNLEARNING_TOKENS = 2 * 200 + 2 * (4 * 2 * 2 * 32 + 2 * 2 * 200)
 
 
-def write_mixed_grid(path, config):
-    """A grid of one pruning run (scorer abs) and one graddiff unlearning, and a comparison of both."""
-    settings = {k: v for k, v in config.to_dict().items() if k not in ("output", "name")}
-    path.write_text(tomli_w.dumps({
-        "settings": settings, "grid": {"variants": [{"scorer": "abs"}, UNLEARNING]},
-        "compare": [{"name": "pruning-vs-unlearning", "variants": [{"scorer": "abs"}, {"method": "graddiff"}]}]}))
-    return path
-
-
 @pytest.fixture(scope="module")
 def mixed(tiny_config, tmp_path_factory):
-    """A finished sweep of a pruning run and an unlearning: (grid file, sweep folder)."""
-    root = tmp_path_factory.mktemp("mixed")
-    grid = write_mixed_grid(root / "mixed.toml", tiny_config(root))
-    sweep(grid, output=root / "whole", quiet=True)
-    return grid, root / "whole"
+    """A finished sweep of one pruning run (scorer abs) and one graddiff unlearning, and a comparison of both."""
+    overlay = {"name": "pruning-vs-unlearning", "variants": [{"scorer": "abs"}, {"method": "graddiff"}]}
+    return finished_sweep(tiny_config, tmp_path_factory.mktemp("mixed"), "mixed",
+                          grid={"variants": [{"scorer": "abs"}, UNLEARNING]}, compares=[overlay])
 
 
 @pytest.fixture
 def no_unlearnings(monkeypatch):
-    """selprune.unlearn.unlearn fails the test if called."""
-    def fail(*args, **kw):
-        raise AssertionError("the sweep ran an unlearning")
-
-    monkeypatch.setattr("selprune.unlearn.unlearn", fail)
+    forbid(monkeypatch, "selprune.unlearn.unlearn", "an unlearning")
 
 
 def test_a_grid_runs_pruning_and_unlearning_variants_and_overlays_them(mixed):

@@ -1,9 +1,8 @@
-"""The files of an analysis of a run's pruned model, in a subfolder of the run (RUN/relearn/, or
-RUN/relearn-NAME/ with --name):
+"""The files of an analysis of a run's pruned model, in a subfolder of the run that RunFolder names after the
+analysis's kind (RUN/relearn/, or RUN/relearn-NAME/ with --name):
 
     settings.toml    the analysis's settings, naming the run as ".." so that the run folder can move
-    relearn.csv      one row per finished unit of work, the caller's columns (named after the folder, up to
-                     any "-")
+    KIND.csv         one row per finished unit of work, the caller's columns (relearn.csv)
     progress.json    the finished units ("done") and the CSV's checksum: the commit point
 
 Every file is replaced atomically; progress.json is written last, so an interrupted analysis resumes at its
@@ -26,12 +25,18 @@ class AnalysisFolder:
     CSV's checksum, so an interrupted analysis resumes where it stopped and ends with the same CSV.
     """
 
-    def __init__(self, run: RunFolder, name: str, columns: tuple[str, ...]):
+    def __init__(self, run: RunFolder, kind: str, columns: tuple[str, ...], name: str = ""):
         self.run, self.columns = run, columns
-        self.path = run.path / name
+        self.path = run.analysis_path(kind, name)
         self.settings_path = self.path / "settings.toml"
-        self.csv_path = self.path / f"{name.split('-')[0]}.csv"
+        self.csv_path = self.path / f"{kind}.csv"
         self.progress_path = self.path / "progress.json"
+
+    @classmethod
+    def with_results(cls, run: RunFolder, kind: str, columns: tuple[str, ...]) -> list[AnalysisFolder]:
+        """The run's analyses of a kind that have committed results, in file-name order."""
+        found = (cls(run, kind, columns, name) for name in run.analysis_names(kind))
+        return [analysis for analysis in found if analysis.progress_path.is_file()]
 
     def start(self, settings, resume: bool) -> None:
         """Check that a new analysis has the folder to itself, or that a resumed one keeps its settings.

@@ -122,14 +122,12 @@ def _analysis_parsers(sub) -> None:
 
 def cmd_relearn(args) -> None:
     from .allocator import keep_freed_memory
-    from .relearn import COLUMNS, RelearnConfig, relearn
-    from .analysisdir import AnalysisFolder
-    from .rundir import RunFolder
+    from .relearn import RelearnConfig, relearn
 
     keep_freed_memory()
     flags = given_flags(args, RelearnConfig)
     config = RelearnConfig.from_dict(flags, source="command line")
-    saved = AnalysisFolder(RunFolder(config.run), config.folder, COLUMNS).settings_path
+    saved = config.results_folder().settings_path
     if args.resume and saved.is_file():  # the saved settings are the base: --resume alone continues
         config = RelearnConfig.from_dict(flags, RelearnConfig.from_toml(saved), source="command line")
     relearn(config, resume=args.resume, quiet=args.quiet)
@@ -195,7 +193,9 @@ def cmd_unlearn(args) -> None:
 def _sweep_parser(sub) -> None:
     p = sub.add_parser("sweep", help="a grid of runs from a TOML file: run what is missing, then summarise and compare",
                        description="Every combination of a grid file's lists is an ordinary run folder in the "
-                       "sweep's folder (sweeps/paper.toml shows the format). A finished run is skipped and a partial "
+                       "sweep's folder (sweeps/paper.toml shows the format); a variant with a method, such as "
+                       "{method = \"npo\"}, is an unlearning (selprune unlearn) beside the pruning runs. A finished "
+                       "run is skipped and a partial "
                        "one resumed, so a sweep that was interrupted continues when it is run again. At the end: "
                        "SWEEP/summary.csv and summary.md (each run's headline numbers and wall time) and, for each "
                        "[[compare]] and pair, an overlay report in SWEEP/compare/. Cost with the embedded model on 2 "

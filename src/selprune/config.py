@@ -148,7 +148,15 @@ class RunConfig(Settings):
                                   "and evaluation: the data of selprune relearn's forget attack (up to its "
                                   "--relearn-tokens, same default), so that attack finds the capability with "
                                   "text the hardening never trained on")
-    seed: int = setting(0, "seed for the splits, the masking, the random scorer and --harden's attack")
+    heal: int = setting(0, "heal between pruning steps: after each step, fine-tune the model for this many steps "
+                        "on the retain dataset's scoring chunks with every pruned unit held at exactly zero, so "
+                        "the retain damage is repaired before the next step is scored and evaluated. Memory: a "
+                        "float32 copy of the model with AdamW (about 16 bytes a parameter more); disk: the "
+                        "healed float32 weights of the last and the kept step in RUN/healed/. 0: off")
+    heal_lr: float = setting(LR, "learning rate of --heal's fine-tuning (AdamW, no weight decay)")
+    heal_batch_size: int = setting(BATCH_SIZE, "chunks (of --chunk-len tokens) per fine-tuning step of --heal")
+    seed: int = setting(0, "seed for the splits, the masking, the random scorer, --harden's attack and --heal's "
+                        "batches")
     batch_size: int = setting(0, "chunks per batch; 0 = automatic")
     compile: bool = setting(True, "fuse the statistics and the evaluation's rank counts with torch.compile; "
                              "off: eager PyTorch, with no time spent compiling")
@@ -179,7 +187,8 @@ class RunConfig(Settings):
         if self.name:
             return self.name
         hardened = f"-harden{self.harden}" if self.harden else ""  # apart from the plain run of the same pair
-        return safe_name(f"{self.forget}-vs-{self.retain}-{self.group}-{self.scorer}{hardened}")
+        healed = f"-heal{self.heal}" if self.heal else ""
+        return safe_name(f"{self.forget}-vs-{self.retain}-{self.group}-{self.scorer}{hardened}{healed}")
 
     @property
     def output_dir(self) -> Path:
@@ -199,14 +208,10 @@ class RunConfig(Settings):
             raise UserError(f"fraction {self.fraction} is outside (0, 1]: e.g. --fraction 0.02 prunes 2% per step")
         self.check_at_least(1, "steps", "score_tokens", "eval_tokens")
         self.check_at_least(2, "chunk_len", "harden_chunk_len")
-        self.check_at_least(0, "harden")
-        self.check_at_least(1, "harden_batch_size", "harden_tokens")
-        self.check_at_least(0, "harden_holdout")
-        if self.harden_lr <= 0:
-            raise UserError(f"--harden-lr must be positive, got {self.harden_lr}")
-        if not self.harden and self.harden_lr != LR:
-            raise UserError(f"--harden-lr {self.harden_lr:g} is the learning rate of --harden's attack, and --harden "
-                            "is off: give --harden K too, or drop --harden-lr")
+        self.check_at_least(0, "harden", "heal", "harden_holdout")
+        self.check_at_least(1, "harden_batch_size", "harden_tokens", "heal_batch_size")
+        for option in ("harden", "heal"):
+            self._check_fine_tuning(option)
         if self.harden:
             self._check_harden()
         if self.steps * self.fraction > 1 + 1e-9:
@@ -238,17 +243,26 @@ class RunConfig(Settings):
                             "'.', without '/', '\\', '..' or a leading '.' (the run goes to runs/NAME)")
 
     def _check_harden(self) -> None:
-        """--harden changes what scoring measures, from step 2 on: refuse runs where it would change nothing
-        or where the copy cannot be made (a masked LM is refused once the model is loaded: run.py)."""
+        """--harden changes what scoring measures, from step 2 on: refuse runs where it would change nothing."""
         if self.steps < 2:
             raise UserError("--harden attacks the model before pruning steps 2 and later (before step 1 nothing is "
                             "pruned yet), so a 1-step run would not change: use --steps 2 or more, or drop --harden")
         if not SCORER_TABLE[self.scorer].sums:
             raise UserError(f"--harden changes the activations that scores rest on, and the {self.scorer} scorer "
                             "uses none: drop --harden, or use another --scorer")
-        if self.device_map:
-            raise UserError("--harden trains a copy of the whole model on one device, which --device-map cannot "
-                            "shard: drop one of the two")
+
+    def _check_fine_tuning(self, option: str) -> None:
+        """--harden or --heal (`option`), which fine-tune a float32 copy of the model: a positive learning rate,
+        given only with the option, and no --device-map. A masked LM is refused once the model is loaded (run.py)."""
+        lr = getattr(self, f"{option}_lr")
+        if lr <= 0:
+            raise UserError(f"--{option}-lr must be positive, got {lr}")
+        if not getattr(self, option) and lr != LR:
+            raise UserError(f"--{option}-lr {lr:g} is the learning rate of --{option}'s fine-tuning, and --{option} "
+                            f"is off: give --{option} K too, or drop --{option}-lr")
+        if getattr(self, option) and self.device_map:
+            raise UserError(f"--{option} trains a float32 copy of the whole model on one device, which --device-map "
+                            "cannot shard: drop one of the two")
 
 
 def read_toml(path: str | Path, what: str, example: str) -> dict:

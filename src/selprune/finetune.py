@@ -1,5 +1,6 @@
-"""Fine-tuning as the relearning attack does it, shared by `selprune relearn` (the attack on a finished run)
-and `selprune run --harden` (the same attack on a copy of the model before each pruning step).
+"""Fine-tuning as the relearning attack does it, shared by `selprune relearn` (the attack on a finished run),
+`selprune run --harden` (the same attack on a copy of the model before each pruning step) and `selprune run
+--heal` (retain fine-tuning after each pruning step, the pruned units held at zero).
 
 Full fine-tuning: AdamW with no weight decay on the causal-LM loss, bf16 compute where asked. With no decay
 a weight whose gradient is always 0 never moves, so pruned ff units stay exactly zero (docs/METHOD.md).
@@ -52,6 +53,16 @@ def fine_tuning(model, chunks, lr: float, batch_size: int, seed: int, bf16: bool
     for index in batches(len(chunks.input_ids), batch_size, seed):
         yield fine_tune_step(model, optimizer, chunks.input_ids[index].to(device),
                              chunks.attention_mask[index].to(device), bf16)
+
+
+def train_steps(model, chunks, steps: int, lr: float, batch_size: int, seed: int, bf16: bool) -> list[float]:
+    """`steps` steps of `fine_tuning` with a fresh optimiser, freed after; the losses. `seed` seeds the batches
+    and torch's generator (dropout), so the same call always trains the same way, in a resumed run too."""
+    torch.manual_seed(seed)
+    training = fine_tuning(model, chunks, lr, batch_size, seed, bf16)
+    losses = [next(training) for _ in range(steps)]
+    training.close()
+    return losses
 
 
 def hold_at_zero(neurons: NeuronGroup, mask: torch.Tensor) -> list:

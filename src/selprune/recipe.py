@@ -1,6 +1,7 @@
 """How to rebuild the model of any selprune folder from the original model: the one place that does it.
 
-A pruning run's model after step k is the original with the units of steps 1 to k zeroed (its pruned.json).
+A pruning run's model after step k is the original with the units of steps 1 to k zeroed (its pruned.json);
+a --heal run's is that mask over the healed weights it saved for step k (RUN/healed/, its kept step only).
 An unlearning folder's model is the original with the weights it saved (RUN/model/), at the checkpoint it
 kept: the only step it has. A recipe holds both parts, a mask and saved weights, so an unlearning that started
 from a pruned model (`unlearn --from RUN`) is one too: the run's mask and the weights it trained. Relearn,
@@ -80,13 +81,19 @@ def model_steps(folder: RunFolder) -> list[int]:
     if kept < 1:
         raise UserError(f"{folder.path} has no finished pruning step yet: let the run finish step 1 (selprune run "
                         f"--resume --output {folder.path}), then use it")
+    if config.heal:  # a healed step's model is its mask and its healed weights, saved for the kept step only
+        return [step for step in folder.healed_steps() if step <= kept]
     return list(range(1, kept + 1))
 
 
 def steps_text(folder: RunFolder, steps: list[int]) -> str:
     """What `model_steps` found, for a message: "pruning steps 1 to 3" or "one model, its kept step 40"."""
-    if isinstance(folder.read_config(), UnlearnConfig):
+    config = folder.read_config()
+    if isinstance(config, UnlearnConfig):
         return f"one model, the checkpoint it kept at step {steps[0]}"
+    if config.heal:
+        return (f"the healed weights of step {steps[-1]} only (a --heal run keeps those of its last and its kept "
+                "step)")
     return f"pruning steps 1 to {steps[-1]}"
 
 
@@ -105,4 +112,5 @@ def recipe_of(folder, step: int | None = None) -> Recipe:
     if isinstance(config, UnlearnConfig):  # started from a pruned model (--from): its mask, then the weights
         start = recipe_of(*run_and_step(config.from_run)) if config.from_run else Recipe(config.model, 0)
         return Recipe(config.model, step, start.group, start.mask, weights=folder.model_path)
-    return Recipe(config.model, step, config.group, folder.record().mask(range(1, step + 1)))
+    healed = folder.healed_path(step) if config.heal else None
+    return Recipe(config.model, step, config.group, folder.record().mask(range(1, step + 1)), healed)

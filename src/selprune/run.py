@@ -22,7 +22,8 @@ from .console import Console
 from .data import Chunks, mask_for_mlm, run_documents, run_splits
 from .errors import UserError
 from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
-from .finetune import fine_tuning, require_one_batch
+from .finetune import require_one_batch, train_steps
+from .heal import Healer
 from .models import absolute_spec, context_length, load_model, model_fingerprint
 from .pruning import PrunedRecord, apply, step_budget
 from .ranks import Head
@@ -30,6 +31,7 @@ from .rundir import COLUMNS, RunFolder, summarize
 from .scorers import SCORERS, importance
 from .selection import scores, select, step_seed
 from .stats import collect
+from .unlearn.checkpoints import load_unlearned
 
 
 @dataclass
@@ -46,6 +48,11 @@ class Dataset:
     skip_ids: torch.Tensor
     attack: Chunks | None = None  # with --harden, the forget dataset's hardening split: the attack's data
     score_labels: torch.Tensor | None = None  # a masked LM scored by attr: score_ids are then masked too
+
+    @property
+    def scoring(self) -> Chunks:
+        """The scoring chunks as fine-tuning data: --heal trains on the retain dataset's."""
+        return Chunks(self.score_ids, self.score_mask, [])
 
 
 class Run(Console):
@@ -84,9 +91,10 @@ class Run(Console):
                 raise UserError(f"{option} {length} is longer than the model's context of {longest} tokens: "
                                 f"use {option} {longest} or less")
         self.masked_lm = architecture_of(self.model.config).masked_lm
-        if c.harden and self.masked_lm:
-            raise UserError(f"--harden fine-tunes the model as a causal language model, and {c.model} is a masked "
-                            "LM: drop --harden")
+        for option, on in (("--harden", c.harden), ("--heal", c.heal)):
+            if on and self.masked_lm:
+                raise UserError(f"{option} fine-tunes the model as a causal language model, and {c.model} is a "
+                                f"masked LM: drop {option}")
         self.head = Head(self.model)  # its band constants, once per run: pruning never touches the head
         self.neurons = neuron_group(self.model, c.group)
         self._check_budget()
@@ -104,6 +112,23 @@ class Run(Console):
             self.log(f"harden: before scoring steps 2 to {c.steps}, {c.harden} fine-tuning steps of a copy of the "
                      f"model on {c.harden_batch_size} x {c.harden_chunk_len} tokens of {c.forget} (lr {c.harden_lr:g}); "
                      f"cost: about {hardening_cost(c):.1f}x the plain run's forward passes")
+        self.healer = self._healer()
+
+    def _healer(self) -> Healer | None:
+        """With --heal, the master copy that heals the model after each step; refused where it cannot train."""
+        c = self.config
+        if not c.heal:
+            return None
+        if distributed.world() > 1:
+            raise UserError("--heal trains one copy of the model in one process, and this run is distributed: run it "
+                            "in one process, or drop --heal")
+        retain = self.data[1].scoring
+        require_one_batch(f"--heal's data (the scoring chunks of {c.retain})", retain, c.heal_batch_size,
+                          "--score-tokens", "--heal-batch-size")
+        self.log(f"heal: after each pruning step, {c.heal} fine-tuning steps of a float32 copy of the model on "
+                 f"{c.heal_batch_size} x {c.chunk_len} tokens of {c.retain} (lr {c.heal_lr:g}), the pruned units "
+                 f"held at zero; cost: about {healing_cost(c):.1f}x the plain run's forward passes")
+        return Healer(self.model, c, retain)
 
     def _load_model(self):
         c = self.config
@@ -189,14 +214,9 @@ class Run(Console):
         Seeded by (seed, step), so each step draws other batches and a resumed run draws the same ones.
         """
         c = self.config
-        seed = step_seed(c.seed, step)
-        torch.manual_seed(seed)  # dropout, in the models that have it
         model = copy.deepcopy(self.model).float().requires_grad_(True).train()
-        training = fine_tuning(model, self.data[0].attack, c.harden_lr, c.harden_batch_size, seed,
-                               bf16=self.model.dtype == torch.bfloat16)
-        for _ in range(c.harden):
-            next(training)
-        training.close()  # frees the optimiser's state
+        train_steps(model, self.data[0].attack, c.harden, c.harden_lr, c.harden_batch_size, step_seed(c.seed, step),
+                    bf16=self.model.dtype == torch.bfloat16)
         return neuron_group(model.requires_grad_(False).eval().to(self.model.dtype), c.group)
 
     def units_per_step(self) -> int:
@@ -214,6 +234,8 @@ class Run(Console):
                                                    tuple(d.role for d in self.evaluated))
         pruned = record.mask()
         apply(n, pruned)
+        if self.healer and done > 0:  # the healed weights of the last committed step, verified by committed()
+            self.healer.load(self.folder.healed_path(done))
         stop = self.folder.stopped()
         if done < 0:
             t0 = time.perf_counter()
@@ -234,6 +256,8 @@ class Run(Console):
             apply(n, new)
             pruned |= new
             record.add(step, new)
+            if self.healer:
+                self.healer.heal(step, pruned)
             count = int(pruned.sum())
             rows += [self._row(step, count, d, self.evaluate(d), base[d.role, d.spec]) for d in self.evaluated]
             stop = self._stop(step, rows[-len(self.evaluated):])
@@ -273,7 +297,8 @@ class Run(Console):
 
     def _commit(self, step: int, record: PrunedRecord, rows: list[dict], stop: dict | None = None) -> None:
         if self.main:
-            self.folder.commit(step, self.config, record, rows, stop)
+            healed = self.healer.weights() if self.healer and step else None
+            self.folder.commit(step, self.config, record, rows, stop, healed)
 
     def _print_step(self, step: int, rows: list[dict], seconds: float) -> None:
         f, r, *watched = rows
@@ -307,9 +332,11 @@ class Run(Console):
         """The model after the step the run kept. A run that --max-retain-drop stopped has pruned one step
         more, and zeroed weights cannot be restored: load the model again and prune only the kept steps."""
         if self.stop and self.stop["kept_step"] < len(self.record.steps):  # record: steps 1 to the last
-            self.model = self.neurons = self.head = None  # free its memory before the second copy is loaded
+            self.model = self.neurons = self.head = self.healer = None  # free its memory before the second copy
             self.model, _ = self._load_model()
             kept = range(1, self.stop["kept_step"] + 1)
+            if self.config.heal and kept:
+                load_unlearned(self.model, self.folder.healed_path(kept[-1]))
             apply(neuron_group(self.model, self.config.group), self.record.mask(kept))
         return self.model
 
@@ -325,12 +352,24 @@ def _headline(s: dict) -> str:
 
 
 def hardening_cost(c: RunConfig) -> float:
-    """The tokens a hardened run passes through the model, over the plain run's (sweep.tokens_left): each of
-    the --harden fine-tuning steps before steps 2 to S costs about 3 forward passes (forward and backward)."""
+    """The tokens a hardened run passes through the model, over the plain run's: --harden fine-tunes before
+    steps 2 to S."""
+    return _over_plain(c, (c.steps - 1) * c.harden * c.harden_batch_size * c.harden_chunk_len)
+
+
+def healing_cost(c: RunConfig) -> float:
+    """The tokens a healed run passes through the model, over the plain run's: --heal fine-tunes after every
+    step."""
+    return _over_plain(c, c.steps * c.heal * c.heal_batch_size * c.chunk_len)
+
+
+def _over_plain(c: RunConfig, trained_tokens: int) -> float:
+    """The plain run's tokens (sweep.tokens_left) plus `trained_tokens`, each of which costs about 3 forward
+    passes (forward and backward), over the plain run's."""
     from .sweep import tokens_left
 
     plain = tokens_left(c, -1)
-    return (plain + 3 * (c.steps - 1) * c.harden * c.harden_batch_size * c.harden_chunk_len) / plain
+    return (plain + 3 * trained_tokens) / plain
 
 
 def run(config: RunConfig, resume: bool = False, quiet: bool = False) -> Path:

@@ -8,10 +8,14 @@
                                command that loads the model again
     RUN/report.html, *.png, summary.json    the report (report.py)
     RUN/model/                 the pruned model, with --save-model
+    RUN/healed/step-K/         with --heal: the healed float32 weights after step K (model.safetensors), kept
+                               for the last committed step and the kept one, checksummed by the commit
     RUN/inspect/               what the pruned model can still do (selprune inspect): settings.toml,
                                generations.jsonl, checks.csv, lens.csv
     RUN/lr-LR/, RUN/state/     an unlearning's (selprune unlearn) own files: unlearn/checkpoints.py
-    RUN/relearn*/              an analysis of the pruned model (selprune relearn): analysisdir.py
+    RUN/state/model.json       an unlearning's model fingerprint, written at its first commit
+    RUN/relearn/               an analysis of the pruned model (selprune relearn), RUN/relearn-NAME/ with
+                               --name: analysisdir.py
     RUN/.lock                  locked (flock) by the process running in the folder; the OS frees it on exit
 
 Every file is replaced atomically. A step is committed when progress.json names it, written last. Files
@@ -29,6 +33,7 @@ import hashlib
 import io
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +53,7 @@ COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens
 # lens's top-1 per step, dataset and layer
 INSPECT_COLUMNS = {"checks.csv": ("set", "dataset", "decoding", "step", "check", "about", "value", "samples"),
                    "lens.csv": ("step", "role", "dataset", "layer", "top1", "positions")}
+RELEARN = "relearn"  # the kind of analysis that selprune relearn writes: RUN/relearn/, RUN/relearn-NAME/
 FORMAT = 2  # of progress.json; a folder made by another format is refused on resume
 LOCK = ".lock"
 # Settings that may change between a run and its resumption without changing its result.
@@ -57,6 +63,15 @@ RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "device_map", "output
 def sha256_text(text: str) -> str:
     """The SHA-256 of a file's text, as a commit record holds it."""
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in pieces (healed weights are as large as the model)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for piece in iter(lambda: f.read(1 << 24), b""):
+            digest.update(piece)
+    return digest.hexdigest()
 
 
 def _int(text: str) -> int | None:
@@ -107,7 +122,16 @@ class RunFolder:
     pruned_path = property(lambda self: self.path / "pruned.json")
     progress_path = property(lambda self: self.path / "state" / "progress.json")
     model_path = property(lambda self: self.path / "model")
+    # an unlearning's model fingerprint (a run keeps its own in progress.json)
+    fingerprint_path = property(lambda self: self.path / "state" / "model.json")
     inspect_path = property(lambda self: self.path / "inspect")
+
+    def healed_path(self, step: int) -> Path:
+        """The folder of a --heal run's weights after `step` (a folder of safetensors, as recipe.py reads it)."""
+        return self.path / "healed" / f"step-{step}"
+
+    def _healed_name(self, step: int) -> str:
+        return f"healed/step-{step}/model.safetensors"
 
     def __str__(self) -> str:
         return str(self.path)
@@ -148,15 +172,16 @@ class RunFolder:
                             "a new --output (or --name) to start another run, e.g. to repeat it from its "
                             "config.toml")
 
-    def open_for_resume(self, given: RunConfig) -> RunConfig:
-        """Lock an existing run's folder and check that `given` may continue it; returns the config to use."""
+    def open_for_resume(self, given: RunConfig | UnlearnConfig, resumable=RESUMABLE_CHANGES) -> RunConfig:
+        """Lock an existing run's folder and check that `given` may continue it (`resumable`: the settings that
+        may change, a run's by default); returns the config to use."""
         if not self.config_path.is_file():
             if self.path.is_dir() and any(p.name != LOCK for p in self.path.iterdir()):
                 raise UserError(f"cannot resume {self.path}: it holds a run's files but no config.toml (or not as a "
                                 "file), so its settings are lost; start again in a new folder with --output")
             raise UserError(f"nothing to resume in {self.path}: no step was finished; start it without --resume")
         self.lock()
-        changed = self.changed_settings(given)
+        changed = self.changed_settings(given, resumable)
         if changed:
             self.unlock()
             raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): "
@@ -183,30 +208,47 @@ class RunFolder:
 
     def check_model(self, spec: str, fingerprint: dict) -> None:
         """Refuse a model that is not the one the run was made with (another model now at its path); a run
-        with nothing committed yet records this one at its first commit. A folder from before fingerprints
-        has none to check."""
-        committed = self.progress_path.is_file()
-        recorded = self._progress().get("model") if committed else None
+        with nothing committed yet records this one at its first commit, an unlearning at its own (record_model).
+        A folder from before fingerprints has none to check."""
+        recorded, source = self._recorded_model()
         if recorded is None:
-            self.model_record = None if committed else fingerprint
+            self.model_record = None if self.progress_path.is_file() else fingerprint
             return
         try:
             same = same_model(recorded, fingerprint)
         except (KeyError, TypeError):
-            raise self._damaged(self.progress_path, "has a model fingerprint that selprune did not write") from None
+            raise self._damaged(source, "has a model fingerprint that selprune did not write") from None
         if not same:
             raise UserError(f"model {spec} is not the model {self.path} was made with (its weights differ): give "
                             "the run's own model at that path, or start a new run with this one")
         self.model_record = recorded
 
+    def record_model(self) -> None:
+        """An unlearning's first commit: the fingerprint that check_model saw, in state/model.json."""
+        self.fingerprint_path.parent.mkdir(exist_ok=True)
+        atomic.write_text(self.fingerprint_path, json.dumps(self.model_record))
+
+    def _recorded_model(self) -> tuple[dict | None, Path]:
+        """The fingerprint recorded (None: none) and the file that holds it: a run's progress.json, an
+        unlearning's state/model.json."""
+        if self.progress_path.is_file():
+            return self._progress().get("model"), self.progress_path
+        if not self.fingerprint_path.is_file():
+            return None, self.fingerprint_path
+        try:
+            return json.loads(self.fingerprint_path.read_text()), self.fingerprint_path
+        except (OSError, UnicodeDecodeError, ValueError):
+            raise self._damaged(self.fingerprint_path, "is not a model fingerprint that selprune wrote") from None
+
     # -- the commit ------------------------------------------------------------------------------
 
     def commit(self, step: int, config: RunConfig, record: PrunedRecord, rows: list[dict],
-               stop: dict | None = None) -> None:
+               stop: dict | None = None, healed: bytes | None = None) -> None:
         """Write a completed step: the files first, then progress.json with their checksums (the commit).
 
         `stop` ({"kept_step": k, "reason": text}) ends the run at this step. It is part of the same commit,
         so a resumed run knows it stopped; its model is the one after step k (this step, or the one before).
+        `healed`: with --heal, the healed weights after this step (a safetensors file's bytes).
         """
         metrics, pruned = metrics_text(rows), pruned_text(record)
         atomic.write_text(self.config_path, config.to_toml())
@@ -220,7 +262,44 @@ class RunFolder:
             progress["stopped"] = stop
         if self.model_record is not None:
             progress["model"] = self.model_record
+        if healed is not None:
+            progress["sha256"].update(self._write_healed(step, healed, stop))
         atomic.write_text(self.progress_path, json.dumps(progress))
+        if healed is not None:
+            self._drop_healed_except(progress["sha256"])
+
+    def _write_healed(self, step: int, healed: bytes, stop: dict | None) -> dict[str, str]:
+        """Write this step's healed weights; their checksums to commit, with the kept step's if it is another."""
+        path = self.path / self._healed_name(step)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_bytes(path, healed)
+        sums = {self._healed_name(step): hashlib.sha256(healed).hexdigest()}
+        kept = step if stop is None else stop["kept_step"]
+        if kept not in (0, step):  # committed by the step before, and still needed: the model the run keeps
+            sums[self._healed_name(kept)] = self._progress()["sha256"][self._healed_name(kept)]
+        return sums
+
+    def _drop_healed_except(self, sums: dict[str, str]) -> None:
+        """Remove the healed weights that the commit no longer names (older steps, uncommitted leftovers)."""
+        for folder in (self.path / "healed").iterdir():
+            if f"healed/{folder.name}/model.safetensors" not in sums:
+                shutil.rmtree(folder)
+
+    def healed_steps(self) -> list[int]:
+        """The steps whose healed weights the last commit holds (none for a run without --heal)."""
+        sums = self._progress()["sha256"] if self.progress_path.is_file() else {}
+        return sorted(step for step in range(1, self.completed_step() + 1) if self._healed_name(step) in sums)
+
+    def _verify_healed(self, progress: dict, config: RunConfig) -> None:
+        """Every healed weights file the commit names hashes to its checksum, and a --heal run has its last step's."""
+        done, sums = progress["completed_step"], progress["sha256"]
+        if config.heal and done > 0 and self._healed_name(done) not in sums:
+            raise self._damaged(self.progress_path, f"names no healed weights for step {done} of a --heal run")
+        for name, checksum in sums.items():
+            if name.startswith("healed/"):
+                path = self.path / name
+                if not path.is_file() or _file_sha256(path) != checksum:
+                    raise self._damaged(path, f"is missing or differs from what step {done} committed")
 
     def completed_step(self) -> int:
         """The last committed step, -1 before step 0 is committed."""
@@ -280,6 +359,7 @@ class RunFolder:
             self._verify_settings(progress)
             record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
             rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
+            self._verify_healed(progress, config)
         except UserError as exc:
             raise self._cannot_resume(exc) from None
         return done, record, rows
@@ -379,6 +459,17 @@ class RunFolder:
     def metrics(self) -> dict:
         """metrics.csv as arrays over its steps, with the accuracy drops (summary.metric_series)."""
         return metric_series(self.rows(), self.metrics_path)
+
+    # -- analyses: RUN/KIND/ and RUN/KIND-NAME/ (analysisdir.py) -----------------------------------
+
+    def analysis_path(self, kind: str, name: str = "") -> Path:
+        """The folder of an analysis of this run: RUN/KIND/, or RUN/KIND-NAME/ to keep several of a kind."""
+        return self.path / (f"{kind}-{name}" if name else kind)
+
+    def analysis_names(self, kind: str) -> list[str]:
+        """The names of this run's analysis folders of a kind, in file-name order ("" for RUN/KIND/)."""
+        folders = sorted(p.name for p in self.path.glob(f"{kind}*") if p.is_dir())
+        return [f[len(kind) + 1:] for f in folders if f == kind or f.startswith(f"{kind}-")]
 
     # -- RUN/inspect/ -------------------------------------------------------------------------------
 

@@ -173,5 +173,10 @@ def load_unlearned(model, folder: Path) -> None:
     if not saved or foreign:
         raise UserError(f"{folder} does not hold this model's weights ({', '.join(foreign[:3]) or 'none found'}): "
                         "give an unlearning folder of the same model")
+    reshaped = [f"{name} {tuple(value.shape)}, the model's {tuple(parameters[name].shape)}"
+                for name, value in sorted(saved.items()) if value.shape != parameters[name].shape]
+    if reshaped:
+        raise UserError(f"{folder} holds weights of another shape than this model's ({'; '.join(reshaped[:3])}): "
+                        "give an unlearning folder of the same model")
     for name, value in saved.items():
         parameters[name].copy_(value)

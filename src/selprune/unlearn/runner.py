@@ -25,7 +25,7 @@ from ..data import run_splits
 from ..errors import UserError
 from ..evaluate import evaluate_causal, frequent_tokens
 from ..finetune import batches, hold_at_zero, require_one_batch
-from ..models import load_model, resolve_device, resolve_dtype
+from ..models import load_model, model_fingerprint, resolve_device, resolve_dtype
 from ..ranks import Head
 from ..rundir import COLUMNS, RunFolder
 from ..selection import step_seed
@@ -65,21 +65,9 @@ class Unlearning(Console):
         self.budget: Budget | None = budget_of(config)
         self.folder = RunFolder(config.output_dir)
         if resume:
-            self._open_for_resume()
+            self.folder.open_for_resume(config, RESUMABLE_CHANGES)
         else:
             self.folder.create()
-
-    def _open_for_resume(self) -> None:
-        folder = self.folder
-        if not folder.config_path.is_file():
-            raise UserError(f"nothing to resume in {folder.path}: no checkpoint was committed; start it without --resume")
-        folder.lock()
-        saved, given = folder.read_config().to_dict(), self.config.to_dict()
-        changed = sorted(k for k in set(saved) | set(given) if k not in RESUMABLE_CHANGES and saved.get(k) != given.get(k))
-        if changed:
-            folder.unlock()
-            raise UserError(f"cannot resume {folder.path} with different settings ({', '.join(changed)}): resume with "
-                            "the same settings, or start a new unlearning with --output")
 
     # -- set-up --------------------------------------------------------------------------------
 
@@ -89,6 +77,7 @@ class Unlearning(Console):
                                                trust_remote_code=c.trust_remote_code)
         if architecture_of(self.base.config).masked_lm:
             raise UserError(f"{c.model} is a masked LM, and the unlearning methods train a causal language model")
+        self.folder.check_model(c.model, model_fingerprint(self.base))  # recorded at the folder's first commit
         self.device = resolve_device(c.device)
         self.eval_dtype = resolve_dtype(c.dtype, self.device)  # what a pruning run with these settings evaluates in
         self.bf16 = self.eval_dtype == torch.bfloat16
@@ -154,6 +143,7 @@ class Unlearning(Console):
         done = checkpoints.committed()
         if done is None:
             if not self.folder.config_path.is_file():  # the first commit of the folder
+                self.folder.record_model()
                 atomic.write_text(self.folder.config_path, c.to_toml())
             done = Committed(0, 0, self.base_rows(), None, None, None)
             checkpoints.commit(0, 0, done.rows, None, None, None)
@@ -161,13 +151,7 @@ class Unlearning(Console):
             return Outcome(lr, done.rows, done.kept, done.stopped)
         if done.step:
             self.log(f"lr {lr:g}: resuming after step {done.step} of {steps}")
-        model = self.trainable_copy()
-        trained = dict(self.method.trained(model, c))
-        for name, parameter in model.named_parameters():
-            parameter.requires_grad_(name in trained)
-        if self.start:
-            hold_at_zero(self.start.recipe.neurons(model), self.start.recipe.mask)
-        optimizer = torch.optim.AdamW(list(trained.values()), lr=lr, weight_decay=0.0)
+        model, trained, optimizer = self.trainer(lr)
         if done.weights is not None:
             with torch.no_grad():
                 for name, value in done.weights.items():
@@ -182,13 +166,7 @@ class Unlearning(Console):
         rows, kept, stopped, t0 = list(done.rows), done.kept, None, time.perf_counter()
         for step in range(done.step + 1, steps + 1):
             torch.manual_seed(step_seed(c.seed, step))  # dropout, in the models that have it
-            batch = {role: self._batch(role, next(draws)) for role, draws in order.items()}
-            retain = joined(batch["retain"], batch.get("distill"))
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                loss = self.method.loss(model, batch["forget"], retain, self.context)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+            loss = self.step(model, optimizer, {role: next(draws) for role, draws in order.items()})
             if step % c.eval_every and step != steps:
                 continue
             new = self.evaluate(model, step, base)
@@ -212,6 +190,28 @@ class Unlearning(Console):
             if self.start:
                 self.start.recipe.apply(model)
         return model
+
+    def trainer(self, lr: float):
+        """(model, {name: the parameters the method trains}, AdamW without weight decay) for one learning rate;
+        --from's pruned units held at zero."""
+        model = self.trainable_copy()
+        trained = dict(self.method.trained(model, self.config))
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name in trained)
+        if self.start:
+            hold_at_zero(self.start.recipe.neurons(model), self.start.recipe.mask)
+        return model, trained, torch.optim.AdamW(list(trained.values()), lr=lr, weight_decay=0.0)
+
+    def step(self, model, optimizer, rows: dict[str, torch.Tensor]) -> torch.Tensor:
+        """One optimiser step of the method on the batches of these rows of each training split; its loss."""
+        batch = {role: self._batch(role, index) for role, index in rows.items()}
+        retain = joined(batch["retain"], batch.get("distill"))
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = self.method.loss(model, batch["forget"], retain, self.context)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return loss.detach()
 
     def _batch(self, role: str, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         chunks = self.training[role]

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import html
 import itertools
 import math
 import time
@@ -27,91 +26,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import atomic
-from .analysisdir import AnalysisFolder
-from .arch import NeuronGroup, architecture_of
-from .batching import auto_batch_size
-from .config import RunConfig, Settings, safe_name, setting
-from .console import Console
-from .data import make_splits, read_documents, run_splits
-from .errors import UserError
-from .evaluate import evaluate_causal
-from .finetune import BATCH_SIZE, CHUNK_LEN, LR, TOKENS, fine_tuning, require_one_batch
-from .models import cpu_has_bf16, load_model, model_fingerprint, resolve_device
-from .pruning import pruned_parts, still_zero
-from .ranks import Head
-from .plots import figure, figure_html, number, png
-from .recipe import Recipe, recipe_of
-from .rundir import RunFolder, read_csv
-from .selection import random_scores, select
-from .unlearn.budget import SAME_DATA, run_and_step
-from .unlearn.settings import UnlearnConfig
-
-COLUMNS = ("attack", "model", "lr", "step", "forget_top1", "forget_loss", "retain_top1", "retain_loss",
-           "train_loss", "pruned_zero")
-DEFAULT_LR = {"adamw": LR, "lora": 5e-5}  # LoRA's from Che et al. 2025 (rank 16, alpha 32)
-OPTIMIZERS = ("adamw", "lora")
-ANAMNESIS = 0.1  # the anamnesis index: steps until the forget top-1 is within this share of the unpruned model's
-
-
-@dataclass
-class RelearnConfig(Settings):
-    run: str = setting("", "the folder whose model is attacked: a pruning run, or an unlearning folder (selprune "
-                       "unlearn), attacked at the checkpoint it kept")
-    step: int = setting(0, "attack the model after this pruning step (0: the run's last step; an unlearning folder "
-                        "has one step, its kept checkpoint)")
-    attack: tuple[str, ...] = setting(("forget",), "what to fine-tune on: forget (the forget dataset's relearn "
-                                      "split), retain (the retain dataset's), other:SPEC (any dataset)")
-    optimizer: str = setting("adamw", "adamw: full fine-tuning; lora: low-rank adapters (needs peft)", OPTIMIZERS)
-    lr: tuple[float, ...] = setting((), "learning rates to try; each model keeps the one that recovers most "
-                                    "(default 1e-4 for adamw, 5e-5 for lora)")
-    max_steps: int = setting(64, "fine-tuning steps; evaluated at 0, 1, 2, 4, 8, ... and the last")
-    batch_size: int = setting(BATCH_SIZE, "chunks per fine-tuning step")
-    chunk_len: int = setting(CHUNK_LEN, "tokens per fine-tuning chunk")
-    relearn_tokens: int = setting(TOKENS, "tokens of attack data per dataset, from documents that the run's "
-                                  "scoring and evaluation never saw")
-    eval_tokens: int = setting(4_096, "evaluation tokens per dataset at each point (the start of the run's "
-                               "evaluation chunks)")
-    control: tuple[str, ...] = setting((), "other run folders to attack the same way: RUN or RUN:STEP, or "
-                                       "unlearning folders (selprune unlearn), attacked at the checkpoint they kept")
-    random_control: bool = setting(True, "also attack a random pruning of as many units of the same group (a "
-                                   "pruning run only: an unlearning folder pruned no units)")
-    reinit_pruned: bool = setting(False, "a stronger attack: give the pruned weights small random values first, "
-                                  "so that fine-tuning can use them")
-    lora_rank: int = setting(16, "LoRA rank")
-    lora_alpha: int = setting(32, "LoRA alpha")
-    dtype: str = setting("auto", "auto: float32 weights with bfloat16 compute where the hardware has it; float32",
-                         ("auto", "float32"))
-    device: str = setting("auto", "auto, cpu, cuda or cuda:N")
-    seed: int = setting(0, "seed for the data order, the random control and re-initialisation")
-    name: str = setting("", "results go to RUN/relearn, or RUN/relearn-NAME to keep several")
-
-    @property
-    def learning_rates(self) -> tuple[float, ...]:
-        return self.lr or (DEFAULT_LR[self.optimizer],)
-
-    @property
-    def folder(self) -> str:
-        """The results' subfolder of the run."""
-        return f"relearn-{self.name}" if self.name else "relearn"
-
-    def validate(self) -> None:
-        self.check_finite()
-        self.check_at_least(1, "max_steps", "batch_size", "relearn_tokens", "eval_tokens", "lora_rank", "lora_alpha")
-        self.check_at_least(2, "chunk_len")
-        if self.step < 0:
-            raise UserError(f"--step must be a pruning step of the run (0 for its last), got {self.step}")
-        if any(lr <= 0 for lr in self.learning_rates):
-            raise UserError(f"learning rates must be positive, got {', '.join(map(str, self.learning_rates))}")
-        for attack in self.attack:
-            if attack not in ("forget", "retain") and not (attack.startswith("other:") and attack[6:]):
-                raise UserError(f"unknown attack {attack!r}: use forget, retain or other:SPEC")
-        if len(set(self.attack)) < len(self.attack):
-            raise UserError("an attack is named twice in --attack")
-        if self.optimizer not in OPTIMIZERS:
-            raise UserError(f"unknown optimizer {self.optimizer!r}: use adamw or lora")
-        if self.name and ("/" in self.name or self.name.startswith(".")):
-            raise UserError(f"--name {self.name!r} must be a plain name: the results go to RUN/relearn-NAME")
+from ..arch import NeuronGroup, architecture_of
+from ..batching import auto_batch_size
+from ..config import RunConfig
+from ..console import Console
+from ..data import make_splits, read_documents, run_splits
+from ..errors import UserError
+from ..evaluate import evaluate_causal
+from ..finetune import fine_tuning, require_one_batch
+from ..models import cpu_has_bf16, load_model, model_fingerprint, resolve_device
+from ..pruning import pruned_parts, still_zero
+from ..ranks import Head
+from ..recipe import Recipe, recipe_of
+from ..rundir import RunFolder
+from ..selection import random_scores, select
+from ..unlearn.budget import SAME_DATA, run_and_step
+from ..unlearn.settings import UnlearnConfig
+from .results import headline, summarize_relearn
+from .settings import RelearnConfig
 
 
 def evaluation_points(max_steps: int) -> list[int]:
@@ -149,7 +81,7 @@ class Relearn(Console):
         self.controls = [self._control_run(spec) for spec in config.control]
         self._refuse_seen_data()
         self.run.lock()
-        self.results = AnalysisFolder(self.run, config.folder, COLUMNS)
+        self.results = config.results_folder()
         try:
             self.results.start(config, resume)
         except UserError:
@@ -272,11 +204,13 @@ class Relearn(Console):
                 done = done + [key]
                 self.results.commit(rows, done)
                 last = rows[-1]
-                self.log(f"{attack:>10s} {contender.label:>10s} lr {lr:g}: forget top1 {rows[-len(self.points)]['forget_top1']:.3f}"
-                         f" -> {last['forget_top1']:.3f}, retain {last['retain_top1']:.3f}  [{time.perf_counter() - t0:.0f} s]")
+                first = rows[-len(self.points)]
+                self.log(f"{attack:>10s} {contender.label:>10s} lr {lr:g}: forget top1 {first['forget_top1']:.3f} -> "
+                         f"{last['forget_top1']:.3f}, retain {last['retain_top1']:.3f}  "
+                         f"[{time.perf_counter() - t0:.0f} s]")
             for line in headline(summarize_relearn(rows)):
                 self.log(line)
-            from .report import write_report
+            from ..report import write_report
 
             self.log(f"report: {write_report([self.run.path], self.run.path)}")
         finally:
@@ -322,10 +256,11 @@ class Relearn(Console):
         """Forget and retain accuracy now (exact ranks) and the mean training loss since the last row."""
         evaluated = self._evaluable(model)
         head, metrics = Head(evaluated), {}  # the band constants once per point, not once per dataset
+        no_skip = torch.empty(0, dtype=torch.long)
         for role, (ids, mask) in self.evaluation.items():
-            m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch, torch.empty(0, dtype=torch.long),
-                                                 head=head, what=f"the {contender.label} model after {step} steps "
-                                                 f"of the {attack} attack at lr {lr:g}, on {role} data")
+            m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch, no_skip, head=head,
+                                                 what=f"the {contender.label} model after {step} steps of the "
+                                                 f"{attack} attack at lr {lr:g}, on {role} data")
             metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
         recipe = contender.recipe
         zero = "" if recipe.mask is None or step != self.config.max_steps else \
@@ -359,145 +294,3 @@ def reinitialise(neurons: NeuronGroup, mask: torch.Tensor, seed: int) -> None:
 def relearn(config: RelearnConfig, resume: bool = False, quiet: bool = False) -> Path:
     """Attack a run's pruned model as the config says; returns the results folder (RUN/relearn)."""
     return Relearn(config, resume, quiet).execute()
-
-
-# -- reading the results ---------------------------------------------------------------------------
-
-
-def summarize_relearn(rows: list[dict]) -> list[dict]:
-    """Per attack and model, with its best learning rate (the highest forget top-1 at any point): the forget
-    top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0), the
-    steps to recover 50% and 90% of it (None: not within the attack), the anamnesis index (Chundawat et al.
-    2023: the first step whose forget top-1 is within ANAMNESIS of the unpruned model's before the attack,
-    None: not within the attack), the retain top-1, and whether the pruned weights stayed exactly zero."""
-    table = [{k: _from_csv(v) for k, v in row.items()} for row in rows]
-    base0 = {r["attack"]: r["forget_top1"] for r in table if r["model"] == "base" and r["step"] == 0}
-    summaries = []
-    for (attack, model), group in itertools.groupby(sorted(table, key=lambda r: (r["attack"], r["model"])),
-                                                    key=lambda r: (r["attack"], r["model"])):
-        group = list(group)
-        best = max(sorted({r["lr"] for r in group}),
-                   key=lambda lr: max(r["forget_top1"] for r in group if r["lr"] == lr))
-        curve = sorted((r for r in group if r["lr"] == best), key=lambda r: r["step"])
-        start, ceiling = curve[0]["forget_top1"], base0.get(attack)
-        gap = None if ceiling is None or model == "base" else ceiling - start
-        share = [None if not gap or gap <= 0 else (r["forget_top1"] - start) / gap for r in curve]
-        summaries.append({
-            "attack": attack, "model": model, "lr": best, "steps": [r["step"] for r in curve],
-            "forget_top1": [r["forget_top1"] for r in curve], "retain_top1": [r["retain_top1"] for r in curve],
-            "gap": gap, "recovered": share,
-            "steps_to_50": _first_step(curve, share, 0.5), "steps_to_90": _first_step(curve, share, 0.9),
-            "anamnesis": None if ceiling is None else next(
-                (r["step"] for r in curve if r["forget_top1"] >= (1 - ANAMNESIS) * ceiling), None),
-            "pruned_zero": curve[-1]["pruned_zero"] if curve[-1]["pruned_zero"] != "" else None,
-        })
-    return summaries
-
-
-def headline(summaries: list[dict]) -> list[str]:
-    """One console line per attack and model: forget top-1 before and after, and how much of the gap returned."""
-    lines = []
-    for s in summaries:
-        recovered = "" if s["recovered"][-1] is None else (
-            f"; recovered {100 * s['recovered'][-1]:.0f}% of the gap in {s['steps'][-1]} steps (50% "
-            + ("not reached" if s["steps_to_50"] is None else f"by step {s['steps_to_50']}") + ")")
-        zero = "" if s["pruned_zero"] is None else f"; pruned weights still zero: {'yes' if s['pruned_zero'] else 'no'}"
-        recovered += f"; anamnesis index {anamnesis_text(s)} steps"
-        lines.append(f"attack {s['attack']}, {s['model']} (lr {s['lr']:g}): forget top1 {s['forget_top1'][0]:.3f} -> "
-                     f"{s['forget_top1'][-1]:.3f}, retain {s['retain_top1'][0]:.3f} -> {s['retain_top1'][-1]:.3f}"
-                     f"{recovered}{zero}")
-    return lines
-
-
-def anamnesis_text(summary: dict) -> str:
-    """The anamnesis index as a table shows it: the steps, or "> N" when the attack's N steps were not enough."""
-    return f"> {summary['steps'][-1]}" if summary["anamnesis"] is None else str(summary["anamnesis"])
-
-
-def _from_csv(value):
-    """CSV strings back to numbers and booleans; other text as it is."""
-    if isinstance(value, str):
-        if value in ("True", "False"):
-            return value == "True"
-        try:
-            return int(value)
-        except ValueError:
-            try:
-                return float(value)
-            except ValueError:
-                return value
-    return value
-
-
-def _first_step(curve, share, level):
-    return next((r["step"] for r, s in zip(curve, share) if s is not None and s >= level), None)
-
-
-def relearn_folders(run: Path) -> list[AnalysisFolder]:
-    """The relearning analyses of a run folder that have results."""
-    folder = RunFolder(run)
-    found = [AnalysisFolder(folder, p.name, COLUMNS) for p in sorted(folder.path.glob("relearn*")) if p.is_dir()]
-    return [a for a in found if a.progress_path.is_file()]
-
-
-def settings_of(results: AnalysisFolder) -> RelearnConfig:
-    return RelearnConfig.from_toml(results.settings_path)
-
-
-
-# -- the report section ----------------------------------------------------------------------------
-
-
-def report_section(runs: list[dict], out_dir: Path) -> str:
-    """Recovery curves and the headline table of every relearning analysis of the runs ("" if none)."""
-    parts = []
-    for run in runs:
-        for results in relearn_folders(run["dir"]):
-            summaries = summarize_relearn(read_csv(results.csv_path, COLUMNS))
-            settings = settings_of(results)
-            attacks = sorted({s["attack"] for s in summaries})
-            fig = figure(5.0 * len(attacks), 4.2)
-            for i, attack in enumerate(attacks):
-                ax = fig.add_subplot(1, len(attacks), i + 1)
-                for s in (s for s in summaries if s["attack"] == attack):
-                    style = dict(color="black", linestyle="--") if s["model"] == "base" else {}
-                    ax.plot(s["steps"], [100 * v for v in s["forget_top1"]], marker="o", markersize=3,
-                            label=f"{s['model']} (lr {s['lr']:g})", **style)
-                ax.set_xscale("symlog", linthresh=1)
-                ax.set_title(f"attack: {attack}")
-                ax.set_xlabel("fine-tuning steps")
-                ax.set_ylabel("forget top-1 (%)")
-                ax.grid(alpha=0.3)
-                ax.legend(fontsize=8)
-            image = png(fig)
-            atomic.write_bytes(out_dir / safe_name(f"relearn-{run['label']}-{results.path.name}.png"), image)
-            attacked = (f"the unlearned model (the checkpoint it kept, step {settings.step})" if run["unlearning"]
-                        else f"the model after step {settings.step or '(last)'}")
-            caption = (f"{run['label']}: forget top-1 while fine-tuning {attacked} ({settings.optimizer}, "
-                       f"{settings.batch_size} x {settings.chunk_len} tokens a step)")
-            parts.append(figure_html(image, caption) + _relearn_table(summaries))
-    if not parts:
-        return ""
-    return ("<h2>Relearning: removed or hidden?</h2><p class=\"note\">Recovered share = (top-1 after t steps "
-            "&minus; top-1 before) / (the unpruned model's top-1 &minus; top-1 before): 0% means nothing came back, "
-            "100% the unpruned model's accuracy. Pruned weights still 0: &mdash; for a model that pruned nothing "
-            "(the unpruned model, an unlearning).</p>" + "".join(parts))
-
-
-def _relearn_table(summaries: list[dict]) -> str:
-    head = ("<tr><th>Attack</th><th>Model</th><th>lr</th><th>Forget top-1</th><th>Recovered share "
-            "(steps: share)</th><th>Steps to 50% / 90%</th><th>Anamnesis index<br>(steps to forget top-1 within "
-            f"{100 * ANAMNESIS:g}%<br>of the unpruned model's)</th><th>Retain top-1</th><th>Pruned weights still 0</th></tr>")
-    rows = []
-    for s in summaries:
-        shares = ", ".join(f"{step}: {number(100 * v, '.0f', '%')}" for step, v in zip(s["steps"], s["recovered"])
-                           if v is not None and step)
-        cells = [html.escape(s["attack"]), html.escape(s["model"]), f"{s['lr']:g}",
-                 f"{number(100 * s['forget_top1'][0], '.1f', '%')} &rarr; {number(100 * s['forget_top1'][-1], '.1f', '%')}",
-                 shares or "&mdash;",
-                 " / ".join("&mdash;" if n is None else str(n) for n in (s["steps_to_50"], s["steps_to_90"])),
-                 html.escape(anamnesis_text(s)),
-                 f"{number(100 * s['retain_top1'][0], '.1f', '%')} &rarr; {number(100 * s['retain_top1'][-1], '.1f', '%')}",
-                 {True: "yes", False: "no", None: "&mdash;"}[s["pruned_zero"]]]
-        rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-    return f"<table>{head}{''.join(rows)}</table>"

@@ -1,0 +1,92 @@
+"""Reading a relearning attack's results: per attack and model, the curve of its best learning rate, how much
+of the forget gap came back and how fast (the anamnesis index among them), and the console's headline."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from ..analysisdir import AnalysisFolder
+from ..rundir import RELEARN, RunFolder
+from .settings import COLUMNS, RelearnConfig
+
+ANAMNESIS = 0.1  # the anamnesis index: steps until the forget top-1 is within this share of the unpruned model's
+
+
+def summarize_relearn(rows: list[dict]) -> list[dict]:
+    """Per attack and model, with its best learning rate (the highest forget top-1 at any point): the forget
+    top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0), the
+    steps to recover 50% and 90% of it (None: not within the attack), the anamnesis index (Chundawat et al.
+    2023: the first step whose forget top-1 is within ANAMNESIS of the unpruned model's before the attack,
+    None: not within the attack), the retain top-1, and whether the pruned weights stayed exactly zero."""
+    table = [{k: _from_csv(v) for k, v in row.items()} for row in rows]
+    base0 = {r["attack"]: r["forget_top1"] for r in table if r["model"] == "base" and r["step"] == 0}
+    summaries = []
+    for (attack, model), group in itertools.groupby(sorted(table, key=lambda r: (r["attack"], r["model"])),
+                                                    key=lambda r: (r["attack"], r["model"])):
+        group = list(group)
+        best = max(sorted({r["lr"] for r in group}),
+                   key=lambda lr: max(r["forget_top1"] for r in group if r["lr"] == lr))
+        curve = sorted((r for r in group if r["lr"] == best), key=lambda r: r["step"])
+        start, ceiling = curve[0]["forget_top1"], base0.get(attack)
+        gap = None if ceiling is None or model == "base" else ceiling - start
+        share = [None if not gap or gap <= 0 else (r["forget_top1"] - start) / gap for r in curve]
+        summaries.append({
+            "attack": attack, "model": model, "lr": best, "steps": [r["step"] for r in curve],
+            "forget_top1": [r["forget_top1"] for r in curve], "retain_top1": [r["retain_top1"] for r in curve],
+            "gap": gap, "recovered": share,
+            "steps_to_50": _first_step(curve, share, 0.5), "steps_to_90": _first_step(curve, share, 0.9),
+            "anamnesis": None if ceiling is None else next(
+                (r["step"] for r in curve if r["forget_top1"] >= (1 - ANAMNESIS) * ceiling), None),
+            "pruned_zero": curve[-1]["pruned_zero"] if curve[-1]["pruned_zero"] != "" else None,
+        })
+    return summaries
+
+
+def headline(summaries: list[dict]) -> list[str]:
+    """One console line per attack and model: forget top-1 before and after, and how much of the gap returned."""
+    lines = []
+    for s in summaries:
+        recovered = "" if s["recovered"][-1] is None else (
+            f"; recovered {100 * s['recovered'][-1]:.0f}% of the gap in {s['steps'][-1]} steps (50% "
+            + ("not reached" if s["steps_to_50"] is None else f"by step {s['steps_to_50']}") + ")")
+        zero = ("" if s["pruned_zero"] is None
+                else f"; pruned weights still zero: {'yes' if s['pruned_zero'] else 'no'}")
+        recovered += f"; anamnesis index {anamnesis_text(s)} steps"
+        lines.append(f"attack {s['attack']}, {s['model']} (lr {s['lr']:g}): forget top1 "
+                     f"{s['forget_top1'][0]:.3f} -> {s['forget_top1'][-1]:.3f}, retain {s['retain_top1'][0]:.3f} "
+                     f"-> {s['retain_top1'][-1]:.3f}{recovered}{zero}")
+    return lines
+
+
+def anamnesis_text(summary: dict) -> str:
+    """The anamnesis index as a table shows it: the steps, or "> N" when the attack's N steps were not enough."""
+    return f"> {summary['steps'][-1]}" if summary["anamnesis"] is None else str(summary["anamnesis"])
+
+
+def _from_csv(value):
+    """CSV strings back to numbers and booleans; other text as it is."""
+    if isinstance(value, str):
+        if value in ("True", "False"):
+            return value == "True"
+        try:
+            return int(value)
+        except ValueError:
+            try:
+                return float(value)
+            except ValueError:
+                return value
+    return value
+
+
+def _first_step(curve, share, level):
+    return next((r["step"] for r, s in zip(curve, share) if s is not None and s >= level), None)
+
+
+def relearn_folders(run: Path) -> list[AnalysisFolder]:
+    """The relearning analyses of a run folder that have results."""
+    return AnalysisFolder.with_results(RunFolder(run), RELEARN, COLUMNS)
+
+
+def settings_of(results: AnalysisFolder) -> RelearnConfig:
+    return RelearnConfig.from_toml(results.settings_path)
