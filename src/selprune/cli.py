@@ -213,14 +213,28 @@ def _sweep_parser(sub) -> None:
                    "runs PAIR, plots PAIR) and copy the comparisons' plots to results/ beside it; the rest of the "
                    "file is kept as it is")
     p.add_argument("--quiet", "-q", action="store_true", help="no console output from the runs themselves")
+    p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="run each run as a Ray task, one "
+                   "per worker (pip install \"selprune[ray]\"): on the Ray cluster whose head is at ADDRESS "
+                   "(HOST:6379, or auto for the cluster this machine belongs to), or without ADDRESS on a Ray "
+                   "instance started here; every machine needs selprune and this folder at the same path "
+                   "(README: Sweeps on a Ray cluster)")
+    p.add_argument("--ray-cpus", type=float, metavar="N", help="CPUs Ray gives each run (default 1; a machine "
+                   "runs as many runs at once as its CPUs allow)")
+    p.add_argument("--ray-gpus", type=float, metavar="N", help="GPUs Ray gives each run (default 0)")
 
 
 def cmd_sweep(args) -> None:
     from .allocator import keep_freed_memory
     from .sweep import sweep
+    from .sweep.on_ray import Cluster
 
     keep_freed_memory()
-    sweep(args.grid, output=args.output, dry_run=args.dry_run, results=args.results, quiet=args.quiet)
+    asks = {"cpus": args.ray_cpus, "gpus": args.ray_gpus}
+    if args.ray is None and any(value is not None for value in asks.values()):
+        raise UserError("--ray-cpus and --ray-gpus are what each run asks Ray for: add --ray, or drop them")
+    cluster = Cluster(args.ray, **{k: v for k, v in asks.items() if v is not None}) if args.ray else None
+    sweep(args.grid, output=args.output, dry_run=args.dry_run, results=args.results, quiet=args.quiet,
+          cluster=cluster)
 
 
 def cmd_report(args) -> None:

@@ -332,7 +332,7 @@ class Run(Console):
         """The model after the step the run kept. A run that --max-retain-drop stopped has pruned one step
         more, and zeroed weights cannot be restored: load the model again and prune only the kept steps."""
         if self.stop and self.stop["kept_step"] < len(self.record.steps):  # record: steps 1 to the last
-            self.model = self.neurons = self.head = self.healer = None  # free its memory before the second copy
+            self.model = self.neurons = self.head = self.healer = None  # free its memory before loading again
             self.model, _ = self._load_model()
             kept = range(1, self.stop["kept_step"] + 1)
             if self.config.heal and kept:

@@ -4,11 +4,13 @@ that the summary and the comparisons read them alike."""
 
 from __future__ import annotations
 
+import platform
+import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 from ..config import RunConfig
-from ..errors import UserError
+from ..errors import OutOfMemory, UserError
 from ..rundir import RESUMABLE_CHANGES, RunFolder
 from ..scorers import SCORERS
 from ..unlearn.checkpoints import Checkpoints, read_result
@@ -18,6 +20,7 @@ from ..unlearn.start import start_of
 from .grid import Planned
 
 PRUNING_ONLY = ("fraction_pruned", "fraction_at_retain_budget", "area_rel")  # no meaning for an unlearning: "—"
+FAILURES = (UserError, OutOfMemory)  # what fails one run (bad input found late, out of memory), not the sweep
 
 
 @dataclass
@@ -50,6 +53,42 @@ def execute(run: Planned, resume: bool, quiet: bool) -> Path:
     from ..run import run as run_one
 
     return run_one(run.config, resume=resume, quiet=quiet)
+
+
+@dataclass
+class Pending:
+    """A run the sweep still has to run: its console prefix ("[2/8] code-vs-prose-ff-abs") and how far it got."""
+
+    prefix: str
+    run: Planned
+    now: Progress
+
+    def doing(self) -> str:
+        """The console's words for what is about to happen: "resuming after step 3 (1,200 tokens)"."""
+        now = self.now
+        doing = f"resuming after {now.where}" if now.where else "resuming" if now.state == "partial" else "starting"
+        return f"{doing} ({now.tokens:,} tokens)"
+
+
+@dataclass
+class Done:
+    """A run that finished: its wall time in this session, the tokens it read and the machine it ran on."""
+
+    seconds: float
+    tokens: int
+    host: str
+
+
+def finish(run: Planned, quiet: bool, now: Progress | None = None) -> Done | Exception:
+    """Run what is left of `run`, resumed if its folder got partway (`now`: how far, else read from the folder
+    now). A run that fails returns its error, so that the sweep goes on with the others."""
+    start = time.perf_counter()
+    try:
+        now = now or progress(run)
+        execute(run, resume=now.state == "partial", quiet=quiet)
+    except FAILURES as exc:
+        return exc
+    return Done(time.perf_counter() - start, now.tokens, platform.node())
 
 
 def timed_as(run: Planned) -> str:

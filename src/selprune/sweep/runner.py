@@ -19,16 +19,16 @@ from __future__ import annotations
 
 import json
 import platform
-import time
 from pathlib import Path
 
 from .. import atomic
-from ..errors import OutOfMemory, UserError
+from ..errors import UserError
 from ..report import write_report
 from ..rundir import RunFolder, csv_text
 from ..summary import summary_of
 from .grid import Planned, Sweep, load
-from .kinds import PRUNING_ONLY, Progress, execute, progress, timed_as
+from .kinds import PRUNING_ONLY, Pending, Progress, finish, progress, timed_as
+from .on_ray import Cluster
 from .tables import Document, cost_table, duration, overview_table, plots_table, runs_table
 
 TIMINGS = "timings.json"
@@ -97,10 +97,11 @@ def print_plan(sweep: Sweep, states: list[Progress]) -> None:
                   f"{sweep.folder.parent}) to estimate it from")
 
 
-def sweep(grid, output=None, dry_run: bool = False, results=None, quiet: bool = False) -> Path:
-    """Run every run of the grid that is not finished, then write the summary, the comparisons and, with
-    `results`, that Markdown file's marked tables; returns the sweep's folder. With dry_run, only say what
-    is done and what the rest costs."""
+def sweep(grid, output=None, dry_run: bool = False, results=None, quiet: bool = False,
+          cluster: Cluster | None = None) -> Path:
+    """Run every run of the grid that is not finished (with `cluster`, each as a task on Ray), then write the
+    summary, the comparisons and, with `results`, that Markdown file's marked tables; returns the sweep's
+    folder. With dry_run, only say what is done and what the rest costs."""
     plan = load(grid, output)
     document = Document(Path(results), plan) if results else None  # its markers are checked before any run
     if dry_run:
@@ -109,7 +110,7 @@ def sweep(grid, output=None, dry_run: bool = False, results=None, quiet: bool = 
     holder = RunFolder(plan.folder)  # one sweep per folder, as one run per run folder
     holder.lock()
     try:
-        timings = _run_all(plan, quiet)
+        timings = _run_all(plan, quiet, cluster)
         summaries = {run.name: _summary(run, timings) for run in plan.runs}
         for group, compares in plan.comparisons().items():
             for name, runs in compares.items():
@@ -127,8 +128,9 @@ def sweep(grid, output=None, dry_run: bool = False, results=None, quiet: bool = 
     return plan.folder
 
 
-def _run_all(plan: Sweep, quiet: bool) -> dict:
-    """Skip the finished runs, resume the partial ones, start the new ones; returns the timings.
+def _run_all(plan: Sweep, quiet: bool, cluster: Cluster | None) -> dict:
+    """Skip the finished runs, resume the partial ones, start the new ones, one after another or, with a
+    cluster, as Ray tasks; returns the timings.
 
     A run that fails (bad input found only when it starts, out of memory) does not stop the others: the
     sweep goes on, then refuses to summarise, naming the failed runs, so that one fix and a rerun finish it.
@@ -137,30 +139,30 @@ def _run_all(plan: Sweep, quiet: bool) -> dict:
     path = plan.folder / TIMINGS
     timings = read_timings(path)
     finished = sum(now.state == "finished" for now in states)
-    print(f"sweep {plan.grid}: {len(plan.runs)} runs in {plan.folder}, {finished} finished already "
+    where = f" on Ray ({cluster.describe()})" if cluster else ""
+    print(f"sweep {plan.grid}: {len(plan.runs)} runs in {plan.folder}{where}, {finished} finished already "
           "(if it stops, run it again: it continues where it stopped)", flush=True)
     width = len(str(len(plan.runs)))
-    failed: list[tuple[str, Exception]] = []
+    todo: list[Pending] = []
     for i, (run, now) in enumerate(zip(plan.runs, states), 1):
         prefix = f"[{i:{width}d}/{len(plan.runs)}] {run.name}"
         if now.state == "finished":
             print(f"{prefix}: finished, skipped", flush=True)
+        else:
+            todo.append(Pending(prefix, run, now))
+    failed: list[tuple[str, Exception]] = []
+    for pending, outcome in (cluster.run(todo, quiet) if cluster else _one_after_another(todo, quiet)):
+        run, prefix = pending.run, pending.prefix
+        if isinstance(outcome, Exception):
+            print(f"{prefix}: failed: {outcome}", flush=True)
+            failed.append((run.name, outcome))
             continue
-        doing = f"resuming after {now.where}" if now.where else "resuming" if now.state == "partial" else "starting"
-        print(f"{prefix}: {doing} ({now.tokens:,} tokens)", flush=True)
-        start = time.perf_counter()
-        try:
-            execute(run, resume=now.state == "partial", quiet=quiet)
-        except (UserError, OutOfMemory) as exc:
-            print(f"{prefix}: failed: {exc}", flush=True)
-            failed.append((run.name, exc))
-            continue
-        seconds = time.perf_counter() - start
         before = timings.get(run.name, {"seconds": 0.0, "tokens": 0})
-        timings[run.name] = {"seconds": before["seconds"] + seconds, "tokens": before["tokens"] + now.tokens,
-                             "model": run.config.model, "host": platform.node(), "kind": timed_as(run)}
+        timings[run.name] = {"seconds": before["seconds"] + outcome.seconds,
+                             "tokens": before["tokens"] + outcome.tokens, "model": run.config.model,
+                             "host": outcome.host, "kind": timed_as(run)}
         atomic.write_text(path, json.dumps({"runs": timings}, indent=2) + "\n")
-        print(f"{prefix}: done in {duration(seconds)}", flush=True)
+        print(f"{prefix}: done in {duration(outcome.seconds)}", flush=True)
     if failed:
         (name, first), more = failed[0], [n for n, _ in failed[1:]]
         others = f" (also {', '.join(more)})" if more else ""
@@ -168,6 +170,13 @@ def _run_all(plan: Sweep, quiet: bool) -> dict:
                           f"{name}: {first}. The other runs are finished: fix this and run the sweep again, it "
                           "skips them")
     return timings
+
+
+def _one_after_another(todo: list[Pending], quiet: bool):
+    """(run, Done or the error it failed with) for each run, run here in turn."""
+    for pending in todo:
+        print(f"{pending.prefix}: {pending.doing()}", flush=True)
+        yield pending, finish(pending.run, quiet, pending.now)
 
 
 def _summary(run: Planned, timings: dict) -> dict:
