@@ -117,5 +117,6 @@ def _outcome(ray, task) -> Done | Exception:
         return OutOfMemory("Ray stopped its worker, as its machine was running out of memory: ask for more of a "
                            "machine per run with --ray-cpus, or lower --batch-size")
     except ray.exceptions.RayError as exc:
-        return OSError(f"its Ray worker died {RETRIES + 1} times ({str(exc).strip().splitlines()[0]}); see the Ray "
-                       "logs of its machine (/tmp/ray/session_latest/logs)")
+        cause = str(exc).strip().splitlines()[0]
+        return OSError(f"its Ray worker died on each of {RETRIES + 1} tries ({cause}); see the Ray logs of its "
+                       "machine (/tmp/ray/session_latest/logs)")
