@@ -1,5 +1,6 @@
 """The relearning attack on tiny models: it trains, it keeps pruned ff weights at zero, it resumes, it refuses."""
 
+import copy
 import shutil
 
 import pytest
@@ -12,6 +13,7 @@ from selprune.cli import main
 from selprune.errors import UserError
 from selprune.models import load_model
 from selprune.pruning import apply, still_zero
+from selprune.relearn import attack as attack_module
 from selprune.relearn import (
     COLUMNS,
     Relearn,
@@ -23,7 +25,8 @@ from selprune.relearn import (
 from selprune.relearn.results import relearn_folders
 from selprune.rundir import RunFolder, read_csv
 
-SMALL = dict(max_steps=4, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu")
+SMALL = dict(max_steps=4, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu",
+             compile=False)
 
 
 @pytest.fixture(scope="module")
@@ -244,3 +247,53 @@ def test_an_unlearning_folder_is_attacked_at_its_kept_checkpoint(make_unlearning
     one_error_line(capsys, ["relearn", str(unlearned), "--step", "2", "--name", "x", *small],
                    "one model, the checkpoint it kept at step 4, not 2")
     assert not (unlearned / "relearn-x").exists()
+
+
+def fresh_copy_per_point(self, trained, evaluated):
+    """How each point was evaluated before issue 24: a new copy of the trained model, its LoRA adapters
+    merged by peft, cast to the evaluation dtype (where the model itself was evaluated, a float32 copy is
+    the same numbers)."""
+    copied = copy.deepcopy(trained)
+    if hasattr(copied, "merge_and_unload"):
+        copied = copied.merge_and_unload()
+    return copied.to(torch.bfloat16 if self.bf16 else torch.float32).eval().requires_grad_(False)
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "lora"])
+@pytest.mark.parametrize("dtype", ["auto", "float32"])  # bf16 evaluation; float32 only
+def test_every_evaluation_point_gives_the_rows_of_a_fresh_copy(optimizer, dtype, pruned_runs, tmp_path, monkeypatch):
+    """The evaluation model made once per attack and overwritten in place evaluates exactly as a copy per point."""
+    if optimizer == "lora":
+        pytest.importorskip("peft")
+    monkeypatch.setattr(attack_module, "cpu_has_bf16", lambda: True)  # the bf16 evaluation, on any CPU
+    settings = dict(SMALL, optimizer=optimizer, dtype=dtype, random_control=False)
+    in_place = shutil.copytree(pruned_runs["ff"], tmp_path / "in-place")
+    relearn(RelearnConfig(run=str(in_place), **settings), quiet=True)
+    monkeypatch.setattr(Relearn, "_evaluable", fresh_copy_per_point)
+    copied = shutil.copytree(pruned_runs["ff"], tmp_path / "copied")
+    relearn(RelearnConfig(run=str(copied), **settings), quiet=True)
+    rows = results(in_place)
+    assert len({r["forget_loss"] for r in rows if r["model"] == "pruned"}) == len(evaluation_points(4)), \
+        "every point must see other weights, or a stale copy would pass"
+    assert rows == results(copied)
+
+
+def test_an_attack_evaluates_one_model_in_place_compiled_as_runs_are(ff_run, monkeypatch):
+    """No copy of the model per point: every point of an attack evaluates the same bf16 model, with the
+    compiled rank counts (`fused`) that runs use."""
+    seen, real = [], attack_module.evaluate_causal
+
+    def spy(model, *args, fused=False, **kwargs):
+        seen.append((model, fused))
+        return real(model, *args, **kwargs)  # eagerly: compiling is tested in test_evaluate
+
+    monkeypatch.setattr(attack_module, "evaluate_causal", spy)
+    monkeypatch.setattr(attack_module, "cpu_has_bf16", lambda: True)
+    relearn(RelearnConfig(run=str(ff_run), random_control=False, **dict(SMALL, compile=True)), quiet=True)
+    per_model = 2 * len(evaluation_points(4))  # forget and retain data at every point
+    assert len(seen) == 2 * per_model  # the pruned model and the base model
+    for first in (0, per_model):
+        models = [model for model, _ in seen[first:first + per_model]]
+        assert all(model is models[0] for model in models) and models[0].dtype == torch.bfloat16
+    assert seen[0][0] is not seen[per_model][0]
+    assert all(fused for _, fused in seen)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import json
 import os
 import random
@@ -174,9 +175,11 @@ class Finished:
 @pytest.fixture(scope="module")
 def finished(tiny_llama, tiny_data, tmp_path_factory) -> Finished:
     root = tmp_path_factory.mktemp("reliability")
-    env = command_env(root / "cache")
-    flags = tiny_flags(tiny_llama, tiny_data)
-    path = root / "finished"
+    return run_to_the_end(tiny_flags(tiny_llama, tiny_data), root / "finished", command_env(root / "cache"), root)
+
+
+def run_to_the_end(flags: list[str], path: Path, env: dict, root: Path) -> Finished:
+    """`run FLAGS -o PATH`, uninterrupted, with the time each of its phases took (see phase_began)."""
     t0 = time.perf_counter()
     proc = start(["run", *flags, "--quiet", "--output", path], root, env)
     events = {}  # phase -> when it began (see phase_began)
@@ -1047,3 +1050,316 @@ def test_sweep_dry_run_refuses_a_damaged_partial_run_as_the_sweep_does(capsys, t
     real_line = conftest.one_error_line(capsys, ["sweep", str(grid), "--output", str(out), "--quiet"])
     assert dry == real_line
     assert snapshot(out) == before
+
+
+# -- the newer commands: unlearn, unlearn --from, run --heal (issue 23) ------------------------------------
+
+
+def in_process(argv: list) -> tuple[int, list[str]]:
+    """`selprune ARGV` in this process (a refusal needs no process of its own): its status and stderr lines."""
+    from selprune.cli import main
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exc:
+            code = exc.code
+    return code, error_lines(err.getvalue())
+
+
+def assert_one_line(outcome: tuple[int, list[str]], *phrases: str, status: int = 2) -> None:
+    code, lines = outcome
+    assert code == status and len(lines) == 1 and lines[0].startswith("selprune: error:"), outcome
+    for phrase in phrases:
+        assert phrase in lines[0], outcome
+
+
+def copy_folder(source: Path, target: Path) -> Path:
+    shutil.copytree(source, target)
+    (target / LOCK).unlink(missing_ok=True)
+    return target
+
+
+def files_below(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+UNLEARN_STEPS = 3
+UNLEARN_LRS = ("1e-3", "3e-2")
+CHECKPOINTS = len(UNLEARN_LRS) * (UNLEARN_STEPS + 1)  # one a step (--eval-every 1) and step 0, per learning rate
+
+
+def unlearn_argv(model, data: Path) -> list[str]:
+    """A tiny 2 x 3-step graddiff of the tiny Llama, on the data of the tiny run (so --from takes that run)."""
+    return ["unlearn", "--model", model, "--forget", data / "forget", "--retain", data / "retain", "--method",
+            "graddiff", "--lr", *UNLEARN_LRS, "--steps", UNLEARN_STEPS, "--eval-every", 1, "--batch-size", 2,
+            "--chunk-len", 32, "--score-tokens", 300, "--eval-tokens", 200, "--skip-top-tokens", 5, "--dtype",
+            "float32", "--no-compile", "--device", "cpu"]
+
+
+def checkpoints_committed(folder: Path) -> int:
+    """The checkpoints that an unlearning's learning rates have committed so far, all together."""
+    done = 0
+    for progress in folder.glob("lr-*/state/progress.json"):
+        with contextlib.suppress(OSError, ValueError, KeyError):
+            done += json.loads(progress.read_text())["completed_step"] + 1
+    return done
+
+
+def unlearning_results(folder: Path) -> dict[str, bytes]:
+    """What an unlearning decides: its metrics, each learning rate's and the saved model, file by file."""
+    names = ["metrics.csv", *(p.relative_to(folder).as_posix() for p in sorted(folder.glob("lr-*/metrics.csv")))]
+    return {**{name: (folder / name).read_bytes() for name in names},
+            **{f"model/{k}": v for k, v in files_below(folder / "model").items()}}
+
+
+@dataclass
+class Unlearned:
+    path: Path  # a finished unlearning: copy it, never change it
+    argv: list[str]  # its command, without --output
+    refusals: dict[str, tuple[int, list[str]]]  # a second unlearning on its folder while it ran: new, resume
+    pid: int
+
+
+@pytest.fixture(scope="module")
+def unlearned(finished, tiny_llama, tiny_data) -> Unlearned:
+    """The tiny unlearning, uninterrupted but for a freeze (SIGSTOP) in which a second one tries its folder."""
+    root = finished.root / "unlearn"
+    root.mkdir()
+    argv, out = [str(a) for a in unlearn_argv(tiny_llama, tiny_data)], root / "reference"
+    t0 = time.perf_counter()
+    proc = start([*argv, "--quiet", "--output", out], root, finished.env)
+    refusals = {}
+    try:
+        wait_for(lambda: holds(out, proc.pid), proc, "the unlearning's lock")
+        with stopped(proc):  # the folder holds only the lock
+            refusals["new"] = in_process([*argv, "--output", out, "--quiet"])
+        wait_for(lambda: checkpoints_committed(out) >= 1, proc, "its first checkpoint")
+        with stopped(proc):  # a checkpoint to resume from, and the unlearning still running
+            refusals["resume"] = in_process(["unlearn", "--resume", "--output", out, "--quiet"])
+    finally:
+        result = finish(proc, t0)
+    assert result.returncode == 0, str(result)
+    assert (out / "state" / "result.json").is_file() and checkpoints_committed(out) == CHECKPOINTS
+    return Unlearned(out, argv, refusals, proc.pid)
+
+
+def test_a_second_unlearning_on_its_folder_refuses_at_once(unlearned):
+    for refusal in unlearned.refusals.values():
+        assert_one_line(refusal, "in use", f"pid {unlearned.pid}")
+
+
+# name -> the signal, and how many checkpoints are committed when it is sent (CHECKPOINTS: all, in the last writes)
+UNLEARN_SIGNALS = {"kill-9-first-lr": (signal.SIGKILL, 2), "kill-9-second-lr": (signal.SIGKILL, 5),
+                   "kill-9-after-the-last-checkpoint": (signal.SIGKILL, CHECKPOINTS),
+                   "sigint": (signal.SIGINT, 3), "sigterm": (signal.SIGTERM, 6)}
+STOPPED_LINES = {signal.SIGINT: (130, "selprune: interrupted; finished checkpoints are saved (continue with --resume)"),
+                 signal.SIGTERM: (143, "selprune: terminated; finished checkpoints are saved (continue with --resume)")}
+
+
+@contextlib.contextmanager
+def ctrl_c_reaches_children():
+    """A shell's background job ignores SIGINT, and its children inherit that; within, they get Python's
+    KeyboardInterrupt as a user's Ctrl-C gives it."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # reset to the default on exec
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(scope="module")
+def unlearn_stops(unlearned, finished) -> dict[str, tuple[Result, Result]]:
+    """Each case's unlearning, stopped by its signal soon after its checkpoint count, then resumed."""
+    root = unlearned.path.parent
+    victims, results = {}, {}
+    with ctrl_c_reaches_children():
+        for name in UNLEARN_SIGNALS:
+            victims[name] = (start([*unlearned.argv, "--quiet", "--output", root / name], root, finished.env),
+                             time.perf_counter())
+    pending = dict(victims)
+    while pending:
+        for name, (proc, t0) in list(pending.items()):
+            sig, at = UNLEARN_SIGNALS[name]
+            if proc.poll() is None and checkpoints_committed(root / name) >= at:
+                time.sleep(random.Random(name).uniform(0, 0.1))
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, sig)
+            if proc.poll() is not None or checkpoints_committed(root / name) >= at:
+                results[name] = finish(proc, t0)
+                del pending[name]
+        time.sleep(0.005)
+    with ThreadPoolExecutor(WORKERS) as pool:
+        resumed = dict(zip(UNLEARN_SIGNALS, pool.map(
+            lambda name: selprune(["unlearn", "--resume", "--output", root / name, "--quiet"], root, finished.env),
+            UNLEARN_SIGNALS)))
+    return {name: (results[name], resumed[name]) for name in UNLEARN_SIGNALS}
+
+
+@pytest.mark.parametrize("name", UNLEARN_SIGNALS)
+def test_an_unlearning_stopped_by_a_signal_resumes_to_the_uninterrupted_result(unlearned, unlearn_stops, name):
+    (stopped_run, resumed), (sig, at) = unlearn_stops[name], UNLEARN_SIGNALS[name]
+    if sig == signal.SIGKILL:
+        assert stopped_run.returncode == -signal.SIGKILL or at == CHECKPOINTS, str(stopped_run)
+    else:
+        status, line = STOPPED_LINES[sig]
+        assert stopped_run.returncode == status and error_lines(stopped_run.stderr) == [line], str(stopped_run)
+    assert resumed.returncode == 0, str(resumed)
+    folder = unlearned.path.parent / name
+    assert unlearning_results(folder) == unlearning_results(unlearned.path), f"{name}: results differ"
+
+
+def last_checkpoint(folder: Path, name: str) -> Path:
+    """A file of the last learning rate's last checkpoint (weights-3.safetensors, ...) of an unlearning."""
+    return folder / f"lr-{float(UNLEARN_LRS[-1]):g}" / "state" / name.replace("LAST", str(UNLEARN_STEPS))
+
+
+def unfinished(folder: Path) -> Path:
+    """A finished unlearning made unfinished, as one killed before its result was written: resume reads all."""
+    (folder / "state" / "result.json").unlink()
+    (folder / "metrics.csv").unlink()
+    return folder
+
+
+def cut(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])
+
+
+# name -> (damage done to a copy of the finished unlearning, phrases of the refusal)
+UNLEARN_DAMAGE = {
+    "weights-cut": (lambda f: cut(last_checkpoint(unfinished(f), "weights-LAST.safetensors")),
+                    ("weights-3.safetensors", "differs from what checkpoint 3 committed")),
+    "weights-missing": (lambda f: last_checkpoint(unfinished(f), "weights-LAST.safetensors").unlink(),
+                        ("weights-3.safetensors", "missing")),
+    "optimizer-cut": (lambda f: cut(last_checkpoint(unfinished(f), "optimizer-LAST.pt")),
+                      ("optimizer-3.pt", "differs from what checkpoint 3 committed")),
+    "progress-garbage": (lambda f: last_checkpoint(unfinished(f), "progress.json").write_bytes(garbage()),
+                         ("progress.json", "not a progress record")),
+    "progress-cut": (lambda f: cut(last_checkpoint(unfinished(f), "progress.json")),
+                     ("progress.json", "not a progress record")),
+    "lr-metrics-cut": (lambda f: cut(last_checkpoint(unfinished(f), "../metrics.csv")), ("metrics.csv",)),
+    "model-fingerprint-garbage": (lambda f: (unfinished(f) / "state" / "model.json").write_bytes(garbage()),
+                                  ("model.json",)),
+    "result-garbage": (lambda f: (f / "state" / "result.json").write_bytes(garbage()), ("result.json",)),
+    "result-cut": (lambda f: cut(f / "state" / "result.json"), ("result.json",)),
+    "result-without-its-lr": (lambda f: edit_json(f / "state" / "result.json", lambda d: d.pop("lr")),
+                              ("result.json",)),
+    "result-kept-step-a-string": (lambda f: edit_json(f / "state" / "result.json", lambda d: d.update(kept_step="3")),
+                                  ("result.json",)),
+}
+
+
+@pytest.mark.parametrize("name", UNLEARN_DAMAGE)
+def test_a_damaged_unlearning_folder_is_refused_on_resume_with_one_line(unlearned, tmp_path, name):
+    damage, phrases = UNLEARN_DAMAGE[name]
+    folder = copy_folder(unlearned.path, tmp_path / "u")
+    damage(folder)
+    before = snapshot(folder)
+    assert_one_line(in_process(["unlearn", "--resume", "--output", folder, "--quiet"]), *phrases)
+    assert snapshot(folder) == before, "a refused resume changed the folder"
+
+
+def test_an_unlearning_into_an_existing_folder_without_resume_is_refused(unlearned, tmp_path):
+    folder = copy_folder(unlearned.path, tmp_path / "u")
+    before = snapshot(folder)
+    assert_one_line(in_process([*unlearned.argv, "--output", folder, "--quiet"]), "already exists", "--resume")
+    assert snapshot(folder) == before
+
+
+def test_an_unlearning_killed_between_its_first_two_files_can_go_on(unlearned, tmp_path, monkeypatch):
+    """Its first commit writes config.toml and state/model.json: a kill between them must leave a folder that
+    --resume (or a new start) accepts, not one that both refuse."""
+    from selprune import atomic
+
+    real = atomic.write_text
+    written = []
+
+    def killed_at_the_second(path, text):
+        if written:
+            raise conftest.Crash()
+        written.append(path)
+        real(path, text)
+
+    monkeypatch.setattr(atomic, "write_text", killed_at_the_second)
+    out = tmp_path / "u"
+    with pytest.raises(conftest.Crash):
+        from selprune.cli import main
+
+        main([*unlearned.argv, "--output", str(out), "--quiet"])
+    monkeypatch.undo()
+    assert [p.name for p in written] == ["config.toml"], "the folder's settings are written first"
+    assert in_process(["unlearn", "--resume", "--output", out, "--quiet"]) == (0, [])
+    assert (out / "state" / "model.json").is_file() and (out / "state" / "result.json").is_file()
+
+
+UNLEARN_FLOATS = [("--lr", "nan"), ("--lr", "inf"), ("--npo-beta", "inf"), ("--retain-weight", "nan"),
+                  ("--rmu-coefficient", "inf"), ("--rmu-alpha", "nan"), ("--max-retain-drop", "nan"),
+                  ("--noise", "nan"), ("--noise-scale", "inf")]
+
+
+@pytest.mark.parametrize("option, value", UNLEARN_FLOATS, ids=[f"{o[2:]}-{v}" for o, v in UNLEARN_FLOATS])
+def test_every_float_setting_of_unlearn_must_be_finite(tiny_llama, tiny_data, tmp_path, option, value):
+    method = ["--method", "distill"] if option.startswith("--noise") else []
+    out = tmp_path / "u"
+    argv = [*unlearn_argv(tiny_llama, tiny_data), *method, option, value, "--output", out, "--quiet"]
+    assert_one_line(in_process(argv), f"{option} is {value}", "finite")
+    assert not out.exists()
+
+
+def shift_units(data: dict) -> None:
+    """pruned.json with the same counts per step and layer as before, other units."""
+    for entry in data["steps"]:
+        entry["pruned"] = {layer: sorted((u + 12) % data["units_per_layer"] for u in units)
+                           for layer, units in entry["pruned"].items()}
+
+
+@pytest.mark.parametrize("damage, phrases", [
+    (lambda run: (run / "pruned.json").write_bytes(garbage()), ("pruned.json", "malformed")),
+    (lambda run: edit_json(run / "pruned.json", shift_units), ("pruned.json", "differs from what step 3 committed")),
+    (lambda run: (run / "state" / "progress.json").write_bytes(garbage()), ("progress.json",)),
+], ids=["pruned-garbage", "pruned-other-units", "progress-garbage"])
+def test_unlearn_from_a_damaged_run_is_refused_with_one_line(finished, tiny_llama, tiny_data, tmp_path, damage,
+                                                             phrases):
+    run = copy_folder(finished.path, tmp_path / "run")
+    damage(run)
+    before, out = snapshot(run), tmp_path / "u"
+    argv = [*unlearn_argv(tiny_llama, tiny_data), "--from", run, "--output", out, "--quiet"]
+    assert_one_line(in_process(argv), "--from", *phrases)
+    assert snapshot(run) == before and not out.exists()
+
+
+HEAL_KILL_SEEDS = (1, 2)  # killed while step 1 or step 2 is pruned and healed
+
+
+@pytest.fixture(scope="module")
+def healed(finished, tiny_llama, tiny_data) -> Finished:
+    root = finished.root / "heal"
+    root.mkdir()
+    return run_to_the_end(tiny_flags(tiny_llama, tiny_data, heal=2, heal_batch_size=2), root / "finished",
+                          finished.env, root)
+
+
+@pytest.fixture(scope="module")
+def heal_kills(healed) -> dict[int, Killed]:
+    with ThreadPoolExecutor(WORKERS) as pool:
+        return dict(zip(HEAL_KILL_SEEDS, pool.map(lambda seed: kill_and_resume(healed, healed.root / f"kill{seed}",
+                                                                               seed), HEAL_KILL_SEEDS)))
+
+
+@pytest.mark.parametrize("seed", HEAL_KILL_SEEDS)
+def test_a_healing_run_killed_9_resumes_to_the_uninterrupted_result_and_weights(healed, heal_kills, seed):
+    k = heal_kills[seed]
+    assert k.restarted is None and k.resumed.returncode == 0, f"{k.state}\n{k.resumed}"
+    assert_same_results(k.out, healed.path, f"after a kill -9 ({k.state})")
+    assert files_below(k.out / "healed") == files_below(healed.path / "healed"), f"healed weights differ ({k.state})"
+    assert list(files_below(healed.path / "healed")) == [f"step-{STEPS}/model.safetensors"]
+
+
+def test_damaged_healed_weights_are_refused_on_resume(healed, tmp_path):
+    run = copy_folder(healed.path, tmp_path / "run")
+    cut(run / "healed" / f"step-{STEPS}" / "model.safetensors")
+    before = snapshot(run)
+    assert_one_line(in_process(["run", "--resume", "--output", run, "--quiet"]),
+                    f"healed/step-{STEPS}/model.safetensors", "differs from what step 3 committed")
+    assert snapshot(run) == before

@@ -53,7 +53,7 @@ def local_ray(tmp_path_factory):
     import ray
 
     marks = tmp_path_factory.mktemp("marks")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"worker_process_setup_hook": worker_hook(marks)})
     yield marks
     ray.shutdown()
@@ -120,7 +120,7 @@ def test_without_the_ray_package_the_sweep_says_how_to_install_it(without_ray, m
     grid, plain = without_ray
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray raises ImportError
     one_error_line(capsys, ["sweep", str(grid), "--output", str(plain.parent / "no-ray"), "--ray"],
-                   'pip install "selprune[ray]"')
+                   'pip install -e ".[ray]"')
 
 
 @pytest.mark.parametrize("argv, phrase", [(["--ray-cpus", "2"], "add --ray"),

@@ -214,7 +214,7 @@ def _sweep_parser(sub) -> None:
                    "file is kept as it is")
     p.add_argument("--quiet", "-q", action="store_true", help="no console output from the runs themselves")
     p.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS", help="run each run as a Ray task, one "
-                   "per worker (pip install \"selprune[ray]\"): on the Ray cluster whose head is at ADDRESS "
+                   "per worker (pip install -e \".[ray]\"): on the Ray cluster whose head is at ADDRESS "
                    "(HOST:6379, or auto for the cluster this machine belongs to), or without ADDRESS on a Ray "
                    "instance started here; every machine needs selprune and this folder at the same path "
                    "(README: Sweeps on a Ray cluster)")

@@ -120,7 +120,11 @@ class RunConfig(Settings):
                                             "model --save-model saves, is the step before")
     target_forget_drop: float | None = setting(None, "stop the run at the first step whose forget top-1 drop "
                                                "(percent of the unpruned accuracy) reaches this")
-    score_tokens: int = setting(100_000, "scoring tokens per dataset")
+    score_tokens: int = setting(100_000, "scoring tokens per dataset; with --adaptive-scoring, the most a step reads")
+    adaptive_scoring: bool = setting(False, "score each step on as few of the --score-tokens as its selection "
+                                     "needs: collect the statistics in blocks and stop once the selection has "
+                                     "settled (docs/METHOD.md, \"Adaptive scoring\"); metrics.csv's score_tokens "
+                                     "says how many each step read")
     eval_tokens: int = setting(100_000, "evaluation tokens per dataset")
     chunk_len: int = setting(512, "tokens per chunk")
     watch: tuple[str, ...] = setting((), "more datasets to evaluate at every step, neither forgotten nor "
@@ -214,6 +218,9 @@ class RunConfig(Settings):
             self._check_fine_tuning(option)
         if self.harden:
             self._check_harden()
+        if self.adaptive_scoring and not SCORER_TABLE[self.scorer].sums:
+            raise UserError(f"--adaptive-scoring reads the statistics in blocks until the selection settles, and the "
+                            f"{self.scorer} scorer reads none: drop --adaptive-scoring, or use another --scorer")
         if self.steps * self.fraction > 1 + 1e-9:
             raise UserError(f"{self.steps} steps x {self.fraction} = {self.steps * self.fraction:g} > 1: "
                             "there are not that many neurons; lower --steps or --fraction")

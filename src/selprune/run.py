@@ -9,12 +9,14 @@ from __future__ import annotations
 import copy
 import time
 from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from . import atomic, distributed
+from .adaptive import block_slices, settled_rule
 from .arch import NeuronGroup, architecture_of, neuron_group
 from .batching import auto_batch_size
 from .config import RunConfig
@@ -27,10 +29,10 @@ from .heal import Healer
 from .models import absolute_spec, context_length, load_model, model_fingerprint
 from .pruning import PrunedRecord, apply, step_budget
 from .ranks import Head
-from .rundir import COLUMNS, RunFolder, summarize
+from .rundir import RUN_COLUMNS, RunFolder, summarize
 from .scorers import SCORERS, importance
 from .selection import scores, select, step_seed
-from .stats import collect
+from .stats import Stats, collect
 from .unlearn.checkpoints import load_unlearned
 
 
@@ -178,18 +180,32 @@ class Run(Console):
                                                      d.skip_ids, bar, self.config.compile, self.head, what)
         return m
 
-    def measure(self, d: Dataset, neurons: NeuronGroup) -> torch.Tensor:
-        """Per-unit importance of one group on one dataset's scoring chunks, under the current pruning."""
-        scorer = SCORERS[self.config.scorer]
-        with self._bar(int(d.score_mask.sum()), f"stats {d.role}") as bar:
-            stats, self.batch_size = collect(neurons.model, neurons, d.score_ids, d.score_mask,
-                                             self.batch_size, bar, scorer.sums,
-                                             fused=self.config.compile, labels=d.score_labels)
-        norms = neurons.out_norms() if scorer.weights else None
+    def statistics(self, d: Dataset, neurons: NeuronGroup, chunks: slice = slice(None)) -> Stats:
+        """The sums of one group on one dataset's scoring chunks (or a block of them), under the current pruning."""
+        mask, labels = d.score_mask[chunks], None if d.score_labels is None else d.score_labels[chunks]
+        with self._bar(int(mask.sum()), f"stats {d.role}") as bar:
+            stats, self.batch_size = collect(neurons.model, neurons, d.score_ids[chunks], mask, self.batch_size,
+                                             bar, SCORERS[self.config.scorer].sums, fused=self.config.compile,
+                                             labels=labels)
+        return stats
+
+    def importance(self, stats: Stats, neurons: NeuronGroup) -> torch.Tensor:
+        """Per-unit importance of one group from its sums."""
+        norms = neurons.out_norms() if SCORERS[self.config.scorer].weights else None
         return importance(stats, self.config.scorer, neurons.dims_per_unit, norms)
 
+    def measure(self, d: Dataset, neurons: NeuronGroup) -> torch.Tensor:
+        """Per-unit importance of one group on one dataset's scoring chunks, under the current pruning."""
+        return self.importance(self.statistics(d, neurons), neurons)
+
+    def combined(self, forget: list[torch.Tensor], retain: list[torch.Tensor]) -> torch.Tensor:
+        """The scores of every unit from each part's importances: a union of groups scores each part on its own
+        and sets them side by side."""
+        c = self.config
+        return torch.cat([scores(f, r, c.eps_value, c.relative_eps) for f, r in zip(forget, retain)], dim=1)
+
     def step_scores(self, step: int, neurons=None) -> torch.Tensor:
-        """Scores of every unit; a union of groups scores each part on its own and sets them side by side.
+        """Scores of every unit.
 
         `neurons`: the units to measure, by default the model's; with --harden, an attacked copy's (`attacked`).
         """
@@ -197,13 +213,52 @@ class Run(Console):
         if draw is not None:
             return draw((self.neurons.layers, self.neurons.units_per_layer), c.seed, step)
         forget, retain = ([self.measure(d, part) for part in (neurons or self.neurons).parts] for d in self.data)
-        return torch.cat([scores(f, r, c.eps_value, c.relative_eps) for f, r in zip(forget, retain)], dim=1)
+        return self.combined(forget, retain)
+
+    def hardened(self, step: int) -> bool:
+        """--harden scores steps 2 and later on an attacked copy of the model."""
+        return bool(self.config.harden) and step > 1
 
     def pruning_scores(self, step: int) -> torch.Tensor:
         """This step's scores; with --harden, from step 2 on, measured on an attacked copy that is then dropped."""
-        if not (self.config.harden and step > 1):
+        if not self.hardened(step):
             return self.step_scores(step)
         return self.step_scores(step, self.attacked(step))  # the copy is freed with its group, on return
+
+    def choose(self, step: int, pruned: torch.Tensor, budget: int) -> tuple[torch.Tensor, dict[str, int]]:
+        """The units this step prunes, and the scoring tokens per dataset role that its statistics read."""
+        c = self.config
+        pick = partial(select, pruned=pruned, count=budget, per_layer=c.selection == "per-layer")
+        if c.adaptive_scoring:
+            return self.settled_selection(step, pick)
+        read = SCORERS[c.scorer].sums  # a drawing scorer reads no tokens
+        return pick(self.pruning_scores(step)), {d.role: int(d.score_mask.sum()) if read else 0 for d in self.data}
+
+    def settled_selection(self, step: int, pick) -> tuple[torch.Tensor, dict[str, int]]:
+        """--adaptive-scoring: the statistics in blocks, the selection `pick` makes from the sums after each block,
+        until it settles (adaptive.py) or the scoring chunks run out."""
+        neurons = self.attacked(step) if self.hardened(step) else self.neurons
+        blocks = {d.role: block_slices(d.score_mask) for d in self.data}
+        sums: dict[tuple[str, int], Stats] = {}
+        read = dict.fromkeys(blocks, 0)
+        last = max(len(b) for b in blocks.values())
+        rule = settled_rule()
+        for k in range(last):
+            for d in self.data:
+                if k < len(blocks[d.role]):
+                    read[d.role] += int(d.score_mask[blocks[d.role][k]].sum())
+                    for i, part in enumerate(neurons.parts):
+                        stats = self.statistics(d, part, blocks[d.role][k])
+                        if k:
+                            sums[d.role, i].add(stats)
+                        else:
+                            sums[d.role, i] = stats
+            forget, retain = ([self.importance(sums[d.role, i], part) for i, part in enumerate(neurons.parts)]
+                              for d in self.data)
+            new = pick(self.combined(forget, retain))
+            if rule.after(new, k + 1, last):  # always true at the last block
+                break
+        return new, read
 
     def attacked(self, step: int):
         """The units of a copy of the model as pruned so far, after --harden steps of the relearning attack
@@ -252,14 +307,15 @@ class Run(Console):
         for step in range(max(done, 0) + 1, (done if stop else c.steps) + 1):
             t0 = time.perf_counter()
             budget = step_budget(self.units_per_step(), n.total_units, step)
-            new = select(self.pruning_scores(step), pruned, budget, c.selection == "per-layer")
+            new, scored = self.choose(step, pruned, budget)
             apply(n, new)
             pruned |= new
             record.add(step, new)
             if self.healer:
                 self.healer.heal(step, pruned)
             count = int(pruned.sum())
-            rows += [self._row(step, count, d, self.evaluate(d), base[d.role, d.spec]) for d in self.evaluated]
+            rows += [self._row(step, count, d, self.evaluate(d), base[d.role, d.spec], scored.get(d.role, 0))
+                     for d in self.evaluated]
             stop = self._stop(step, rows[-len(self.evaluated):])
             self._commit(step, record, rows, stop)
             self._print_step(step, rows[-len(self.evaluated):], time.perf_counter() - t0)
@@ -271,13 +327,14 @@ class Run(Console):
         self.finish()
         return self.folder.path
 
-    def _row(self, step: int, count: int, d: Dataset, m: Metrics, base: float | None) -> dict:
+    def _row(self, step: int, count: int, d: Dataset, m: Metrics, base: float | None, scored: int = 0) -> dict:
+        """One metrics.csv row; `scored`: the scoring tokens of this dataset that the step's statistics read."""
         base = m.top1 if base is None else base
         row = {"step": step, "fraction_pruned": count / self.neurons.total_units, "units_pruned": count,
                "role": d.role, "dataset": d.spec, **m.as_dict(),
                "top1_drop_rel": 100 * (base - m.top1) / base if base else float("nan"),
-               "top1_drop_abs": 100 * (base - m.top1)}
-        return {k: row[k] for k in COLUMNS}
+               "top1_drop_abs": 100 * (base - m.top1), "score_tokens": scored}
+        return {k: row[k] for k in RUN_COLUMNS}
 
     def _stop(self, step: int, rows: list[dict]) -> dict | None:
         """The stop record (rundir's commit) if this step's forget and retain rows meet a stop criterion.
@@ -303,10 +360,11 @@ class Run(Console):
     def _print_step(self, step: int, rows: list[dict], seconds: float) -> None:
         f, r, *watched = rows
         others = "".join(f"  {w['dataset']} {w['top1']:.3f} (drop {w['top1_drop_rel']:5.1f}%)" for w in watched)
+        scored = f"scored {f['score_tokens']:,}/{r['score_tokens']:,} tokens, " if step else ""
         self.log(f"step {step:3d}/{self.config.steps}  pruned {100 * f['fraction_pruned']:5.1f}%  "
                  f"forget top1 {f['top1']:.3f} (drop {f['top1_drop_rel']:5.1f}%)  "
                  f"retain top1 {r['top1']:.3f} (drop {r['top1_drop_rel']:5.1f}%)  "
-                 f"ppl {f['perplexity']:.1f}/{r['perplexity']:.1f}{others}  [{seconds:.1f} s]")
+                 f"ppl {f['perplexity']:.1f}/{r['perplexity']:.1f}{others}  [{scored}{seconds:.1f} s]")
 
     def finish(self) -> None:
         if not self.main:

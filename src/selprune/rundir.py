@@ -1,7 +1,8 @@
 """The one owner of a run folder's files: where each lives, how it is written, read and verified.
 
     RUN/config.toml            every setting (RunConfig); `selprune run --config` repeats the run
-    RUN/metrics.csv            one row per step and dataset, the columns in COLUMNS
+    RUN/metrics.csv            one row per step and dataset, the columns in RUN_COLUMNS (a folder made before
+                               score_tokens keeps COLUMNS, also when resumed)
     RUN/pruned.json            per step and layer, the units that step pruned
     RUN/state/progress.json    the commit point: the last completed step and checksums of what it committed,
                                and the model's fingerprint (models.model_fingerprint), checked by every
@@ -49,6 +50,8 @@ from .unlearn.settings import UnlearnConfig
 COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens", "top1", "top10", "loss",
            "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip", "top1_drop_rel",
            "top1_drop_abs")
+# a pruning run's metrics.csv adds the scoring tokens per dataset that each step's statistics read (0: none)
+RUN_COLUMNS = (*COLUMNS, "score_tokens")
 # RUN/inspect/'s tables (selprune inspect): a check's number per prompt set, decoding and step; the logit
 # lens's top-1 per step, dataset and layer
 INSPECT_COLUMNS = {"checks.csv": ("set", "dataset", "decoding", "step", "check", "about", "value", "samples"),
@@ -102,7 +105,10 @@ def csv_text(rows: list[dict], columns=COLUMNS) -> str:
 
 
 def metrics_text(rows: list[dict]) -> str:
-    return csv_text(rows, COLUMNS)
+    """A metrics.csv's bytes, in the columns its first row has: RUN_COLUMNS, or COLUMNS for an unlearning's rows
+    and for a run folder made before score_tokens, whose resumed steps then keep its columns."""
+    columns = RUN_COLUMNS if rows and "score_tokens" in rows[0] else COLUMNS
+    return csv_text([{k: row[k] for k in columns} for row in rows], columns)
 
 
 def pruned_text(record: PrunedRecord) -> str:
@@ -366,18 +372,28 @@ class RunFolder:
 
     def check_readable(self, config: RunConfig) -> None:
         """What `sweep --dry-run` checks of a partial run without loading its model: committed()'s checks that
-        need no model (progress.json, config.toml, pruned.json as read, metrics.csv), with its message."""
+        need no model (progress.json, config.toml, pruned.json as read, metrics.csv, healed weights), with its
+        message."""
         try:
             progress = self._progress()
             self._verify_settings(progress)
-            record = self.record()
-            record.truncate(progress["completed_step"])
-            if sha256_text(pruned_text(record)) != progress["sha256"]["pruned.json"]:
-                raise self._damaged(self.pruned_path, f"differs from what step {progress['completed_step']} committed")
+            record = self.committed_record(config)
             self._verified_rows(progress["completed_step"], progress["sha256"]["metrics.csv"], record, config,
                                 ROLES + ("watch",) * len(config.watch))
         except UserError as exc:
             raise self._cannot_resume(exc) from None
+
+    def committed_record(self, config: RunConfig) -> PrunedRecord:
+        """pruned.json as the last commit made it, checked with the healed weights that commit names: what the
+        run's model is rebuilt from (`unlearn --from`), so a file changed since is refused, never rebuilt."""
+        progress = self._progress()
+        done = progress["completed_step"]
+        record = self.record()
+        record.truncate(done)
+        if sha256_text(pruned_text(record)) != progress["sha256"]["pruned.json"]:
+            raise self._damaged(self.pruned_path, f"differs from what step {done} committed")
+        self._verify_healed(progress, config)
+        return record
 
     def _verify_settings(self, progress: dict) -> None:
         written = read_toml(self.config_path, "config file", "such as a run folder's config.toml")
@@ -443,7 +459,8 @@ class RunFolder:
         return path
 
     def rows(self) -> list[dict[str, str]]:
-        """metrics.csv's rows as strings, in file order, with every column present."""
+        """metrics.csv's rows as strings, in file order, with every column present (score_tokens only in a folder
+        made since it was added)."""
         return read_csv(self._require(self.metrics_path), COLUMNS)
 
     def record(self) -> PrunedRecord:

@@ -229,12 +229,14 @@ class Relearn(Console):
         model = recipe.build(self.base)
         if c.reinit_pruned and recipe.mask is not None:
             reinitialise(recipe.neurons(model), recipe.mask, c.seed)
+        evaluated = self._evaluation_model(model)  # before LoRA wraps the model's layers
         trained = self._trainable(model)
         training = fine_tuning(trained, self.attacks[attack], lr, c.batch_size, c.seed, self.bf16)
         rows, losses = [], []
         for step in range(c.max_steps + 1):
             if step in self.points:
-                rows.append(self._row(attack, contender, lr, step, trained, losses))
+                rows.append(self._row(attack, contender, lr, step, self._evaluable(trained, evaluated), losses))
+                trained.train()
                 losses = []
             if step < c.max_steps:
                 losses.append(next(training))
@@ -252,32 +254,61 @@ class Relearn(Console):
                           target_modules="all-linear")
         return get_peft_model(model, lora).train()
 
-    def _row(self, attack, contender, lr, step, model, losses) -> dict:
-        """Forget and retain accuracy now (exact ranks) and the mean training loss since the last row."""
-        evaluated = self._evaluable(model)
+    def _row(self, attack, contender, lr, step, evaluated, losses) -> dict:
+        """Forget and retain accuracy of the evaluated model (exact ranks) and the mean training loss since
+        the last row."""
         head, metrics = Head(evaluated), {}  # the band constants once per point, not once per dataset
         no_skip = torch.empty(0, dtype=torch.long)
         for role, (ids, mask) in self.evaluation.items():
-            m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch, no_skip, head=head,
-                                                 what=f"the {contender.label} model after {step} steps of the "
+            m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch, no_skip,
+                                                 fused=self.config.compile, head=head, what=f"the {contender.label} model after {step} steps of the "
                                                  f"{attack} attack at lr {lr:g}, on {role} data")
             metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
         recipe = contender.recipe
         zero = "" if recipe.mask is None or step != self.config.max_steps else \
             str(still_zero(recipe.neurons(evaluated), recipe.mask))
-        model.train()
         return {"attack": attack, "model": contender.label, "lr": lr, "step": step, **metrics,
                 "train_loss": float(np.mean(losses)) if losses else "", "pruned_zero": zero}
 
-    def _evaluable(self, model):
-        """The model as evaluated: LoRA adapters merged into the weights, in bf16 where training computes in
-        bf16 (fast, and the run itself was evaluated so), else the float32 model itself."""
-        if not (self.bf16 or hasattr(model, "merge_and_unload")):
-            return model.eval()
-        copied = copy.deepcopy(model)
-        if hasattr(copied, "merge_and_unload"):
-            copied = copied.merge_and_unload()
-        return copied.to(torch.bfloat16 if self.bf16 else torch.float32).eval().requires_grad_(False)
+    def _evaluation_model(self, model):
+        """Where the attack's points are evaluated: None for the float32 model itself, when it computes in
+        float32 and trains every weight; else one copy of it for the whole attack, in bf16 where training
+        computes in bf16 (fast, and the run itself was evaluated so), which each point overwrites in place (a
+        copy per point cost about as much as evaluating it)."""
+        if not (self.bf16 or self.config.optimizer == "lora"):
+            return None
+        dtype = torch.bfloat16 if self.bf16 else torch.float32
+        return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+
+    def _evaluable(self, trained, evaluated):
+        """The model as evaluated now: the evaluation model holding the trained weights (LoRA adapters merged),
+        or the float32 model itself."""
+        if evaluated is None:
+            return trained.eval()
+        load_trained_weights(evaluated, trained)
+        return evaluated
+
+
+@torch.no_grad()
+def load_trained_weights(evaluated, trained) -> None:
+    """Overwrite the evaluation model's weights with the trained model's, cast as `.to(dtype)` casts them.
+
+    Under LoRA only the adapted layers train, and each gets its base weight plus its adapters' deltas, the sum
+    that peft's merge forms for plain LoRA (as configured here: no DoRA, no bias), so the numbers are those of
+    `merge_and_unload` on a copy; the trained model itself stays unmerged.
+    """
+    if not hasattr(trained, "merge_and_unload"):
+        for target, source in zip(evaluated.parameters(), trained.parameters(), strict=True):
+            target.copy_(source)
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, layer in trained.get_base_model().named_modules():
+        if isinstance(layer, BaseTunerLayer):
+            merged = layer.get_base_layer().weight.clone()
+            for adapter in layer.active_adapters:
+                merged += layer.get_delta_weight(adapter)
+            evaluated.get_submodule(name).weight.copy_(merged)
 
 
 @torch.no_grad()

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..analysisdir import AnalysisFolder
-from ..config import Settings, setting
+from ..config import RunConfig, Settings, setting
 from ..errors import UserError
 from ..finetune import BATCH_SIZE, CHUNK_LEN, LR, TOKENS
 from ..rundir import RELEARN, RunFolder
@@ -45,6 +45,8 @@ class RelearnConfig(Settings):
     lora_alpha: int = setting(32, "LoRA alpha")
     dtype: str = setting("auto", "auto: float32 weights with bfloat16 compute where the hardware has it; float32",
                          ("auto", "float32"))
+    compile: bool = setting(RunConfig.compile, "fuse the evaluation's rank counts with torch.compile, as runs "
+                            "do; off: eager PyTorch, with no time spent compiling")
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     seed: int = setting(0, "seed for the data order, the random control and re-initialisation")
     name: str = setting("", "results go to RUN/relearn, or RUN/relearn-NAME to keep several")

@@ -3,6 +3,7 @@
     grid.py     the grid file: its runs and comparisons, every setting checked before anything runs
     kinds.py    pruning runs and unlearnings: how far a folder got, what is left of it, how to run it
     runner.py   running it: the dry run's plan, the missing runs and their timings, the summary
+    on_ray.py   --ray: each run as a task on a Ray cluster, ray imported only then
     tables.py   the summary's tables, and the marked tables of a results file (--results) with their plots
 """
 

@@ -13,15 +13,17 @@ from __future__ import annotations
 import math
 import os
 import platform
+import socket
 from dataclasses import dataclass
 
 from ..errors import OutOfMemory, UserError
 from .kinds import Done, Pending, finish
 
 LOCAL = "local"  # Ray's address for "start a local instance of my own"
+CONNECT_S = 10  # seconds to wait for a cluster's head to answer
 RETRIES = 3  # times a run whose worker died (killed, out of memory, its machine lost) is run again
-INSTALL = ('selprune sweep --ray needs the ray package, which is not installed: pip install "selprune[ray]" '
-           "(the same version on every machine of the cluster)")
+INSTALL = ('selprune sweep --ray needs the ray package, which is not installed: pip install -e ".[ray]" '
+           "in selprune's folder (the same Ray version on every machine of the cluster)")
 
 
 def _ray():
@@ -79,12 +81,22 @@ class Cluster:
                 ray.shutdown()
 
     def _connect(self, ray) -> None:
+        host, _, port = self.address.rpartition(":")
+        if host and port.isdigit():  # Ray would retry an address where nothing listens for minutes
+            try:
+                socket.create_connection((host, int(port)), timeout=CONNECT_S).close()
+            except OSError as exc:
+                self._unreachable(exc.strerror or "no answer")
         try:
             ray.init(address=self.address, include_dashboard=False if self.address == LOCAL else None)
         except ConnectionError as exc:
-            raise UserError(f"cannot reach a Ray cluster at {self.address} ({str(exc).splitlines()[0]}): start "
-                            "it with `ray start --head` on its head machine and give that machine's HOST:6379, "
-                            "or leave the address out for a local instance") from None
+            self._unreachable(str(exc).splitlines()[0])
+
+    def _unreachable(self, why: str):
+        raise UserError(f"cannot reach a Ray cluster at {self.address} ({why}): start it with `ray start --head` "
+                        "on its head machine and give that machine's HOST:6379, or leave the address out for a "
+                        "local instance; a cluster with token authentication (Ray's default since 2.59) also "
+                        "needs RAY_AUTH_MODE=token and its token here (README: Sweeps on a Ray cluster)") from None
 
     def _check_fits(self, ray) -> None:
         """Refuse runs that no machine of the cluster could take (Ray would wait for one for ever)."""

@@ -151,11 +151,14 @@ def read_result(root: Path) -> dict | None:
         return None
     try:
         result = json.loads(path.read_text())
-        checksum = result["sha256"]["metrics.csv"]
         text = metrics_text(read_csv(Path(root) / "metrics.csv", COLUMNS))
+        steps = [result[key] for key in ("kept_step", "completed_step")]
+        ok = (result["format"] == FORMAT and isinstance(result["lr"], float) and result["lr"] > 0
+              and all(isinstance(s, int) and not isinstance(s, bool) for s in steps) and 0 <= steps[0] <= steps[1]
+              and result["sha256"]["metrics.csv"] == sha256(text.encode()))
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
-        checksum, text = None, ""
-    if checksum != sha256(text.encode()):
+        ok = False
+    if not ok:
         raise UserError(f"{path} or the metrics.csv beside it is not what selprune unlearn wrote: redo the unlearning "
                         "in a new folder with --output")
     return result

@@ -47,5 +47,9 @@ def start_of(config: UnlearnConfig) -> Start | None:
         raise UserError(f"--from {folder.path} is a pruning run that has not finished (step "
                         f"{max(folder.completed_step(), 0)} of {run.steps}): finish it with selprune run --resume "
                         f"--output {folder.path}, then start from it")
+    try:
+        folder.committed_record(run)  # a pruned.json or healed weights changed since their commit: another model
+    except UserError as exc:
+        raise UserError(f"--from {folder.path}: {exc}; redo the run, or start from another") from None
     recipe = recipe_of(folder, step)  # refuses a step whose model the run does not keep
     return Start(f"{folder.path.resolve()}:{recipe.step}", recipe)
