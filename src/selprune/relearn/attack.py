@@ -261,7 +261,8 @@ class Relearn(Console):
         no_skip = torch.empty(0, dtype=torch.long)
         for role, (ids, mask) in self.evaluation.items():
             m, self.eval_batch = evaluate_causal(evaluated, ids, mask, self.eval_batch, no_skip,
-                                                 fused=self.config.compile, head=head, what=f"the {contender.label} model after {step} steps of the "
+                                                 fused=self.config.compile, head=head,
+                                                 what=f"the {contender.label} model after {step} steps of the "
                                                  f"{attack} attack at lr {lr:g}, on {role} data")
             metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
         recipe = contender.recipe
@@ -273,8 +274,8 @@ class Relearn(Console):
     def _evaluation_model(self, model):
         """Where the attack's points are evaluated: None for the float32 model itself, when it computes in
         float32 and trains every weight; else one copy of it for the whole attack, in bf16 where training
-        computes in bf16 (fast, and the run itself was evaluated so), which each point overwrites in place (a
-        copy per point cost about as much as evaluating it)."""
+        computes in bf16 (fast, and the run itself was evaluated so), which each point overwrites in place
+        instead of copying the model again."""
         if not (self.bf16 or self.config.optimizer == "lora"):
             return None
         dtype = torch.bfloat16 if self.bf16 else torch.float32
