@@ -142,9 +142,10 @@ class Unlearning(Console):
         checkpoints = Checkpoints(self.folder.path, lr)
         done = checkpoints.committed()
         if done is None:
-            if not self.folder.config_path.is_file():  # the first commit of the folder
-                self.folder.record_model()
+            if not self.folder.config_path.is_file():  # the first commit of the folder: its settings, then its model
                 atomic.write_text(self.folder.config_path, c.to_toml())
+            if not self.folder.fingerprint_path.is_file():  # also after a kill between the two
+                self.folder.record_model()
             done = Committed(0, 0, self.base_rows(), None, None, None)
             checkpoints.commit(0, 0, done.rows, None, None, None)
         if done.stopped or done.step >= steps:
