@@ -259,6 +259,15 @@ def test_resume_after_a_crash_gives_identical_files(unlearned, tiny_unlearn, tmp
         assert (tmp_path / "crashed" / name).read_bytes() == (unlearned / name).read_bytes(), name
 
 
+def test_a_finished_unlearning_killed_before_its_report_writes_it_on_resume(unlearned, tiny_unlearn, tmp_path):
+    folder = tmp_path / "killed"
+    shutil.copytree(unlearned, folder)
+    (folder / "report.html").unlink()  # as a kill between state/result.json and the report leaves it
+    unlearn(tiny_unlearn(folder), resume=True, quiet=True)
+    assert "unlearn: graddiff" in (folder / "report.html").read_text()
+    assert (folder / "metrics.csv").read_bytes() == (unlearned / "metrics.csv").read_bytes()
+
+
 def test_a_damaged_checkpoint_is_refused_on_resume(unlearned, tmp_path):
     copy = shutil.copytree(unlearned, tmp_path / "copy")
     (copy / "state" / "result.json").unlink()

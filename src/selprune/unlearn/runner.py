@@ -239,24 +239,27 @@ class Unlearning(Console):
     def execute(self) -> Path:
         try:
             finished = read_result(self.folder.path)
-            if finished is not None:
+            if finished is not None:  # its report again: a kill may have come between result.json and the report
                 self.log(f"{self.folder.path}: already complete (kept lr {finished['lr']:g}, step "
-                         f"{finished['kept_step']}); nothing to redo")
+                         f"{finished['kept_step']}); report: {self.write_report()}")
                 return self.folder.path
             self.load()
             outcomes = [self.train(lr) for lr in self.config.learning_rates]
             best = max(outcomes, key=lambda o: o.drop("forget"))  # the first of equals: the order given
             self.save_model(best)
             write_result(self.folder.path, best.lr, best.kept, best.rows, best.stopped)
-            from ..report import write_report
-
-            self.log(f"report: {write_report([self.folder.path], self.folder.path)}")
+            self.log(f"report: {self.write_report()}")
             self.log(f"kept: lr {best.lr:g} at step {best.kept}: forget drop {best.drop('forget'):.1f}%, retain drop "
                      f"{best.drop('retain'):.1f}%" + (f" (the largest forget drop of lr "
                      f"{', '.join(f'{o.lr:g}' for o in outcomes)} within the budget)" if len(outcomes) > 1 else ""))
         finally:
             self.folder.unlock()
         return self.folder.path
+
+    def write_report(self) -> Path:
+        from ..report import write_report  # the report reads unlearning folders (rundir), which read these settings
+
+        return write_report([self.folder.path], self.folder.path)
 
     def save_model(self, best: Outcome) -> None:
         """RUN/model/: the original model with the kept checkpoint's weights (float32, safetensors) and its
