@@ -84,11 +84,11 @@ def test_heal_0_is_a_plain_run(finished_run, tiny_config, tmp_path):
 def test_the_folder_keeps_the_last_steps_healed_weights_checksummed(healed):
     folder = RunFolder(healed.folder.path)
     assert [p.name for p in (folder.path / "healed").iterdir()] == ["step-3"] and folder.healed_steps() == [3]
-    weights = folder.healed_path(3) / "model.safetensors"
+    weights = folder.healed.path(3) / "model.safetensors"
     damaged = bytearray(weights.read_bytes())
     damaged[-1] ^= 1
     copy = RunFolder(shutil.copytree(folder.path, folder.path.parent / "damaged"))
-    (copy.healed_path(3) / "model.safetensors").write_bytes(bytes(damaged))
+    (copy.healed.path(3) / "model.safetensors").write_bytes(bytes(damaged))
     with pytest.raises(UserError, match="step-3/model.safetensors is missing or differs from what step 3 committed"):
         run_module.run(dataclasses.replace(healed.config, output=str(copy.path)), resume=True, quiet=True)
 
@@ -111,7 +111,7 @@ def test_resume_after_a_crash_equals_an_uninterrupted_healed_run(tiny_config, sa
 def test_the_recipe_rebuilds_the_healed_model_for_relearn_and_inspect(healed):
     """relearn builds the model from the original, inspect applies it in place: both are the run's model."""
     recipe = recipe_of(healed.folder.path)
-    assert (recipe.step, recipe.weights) == (3, healed.folder.healed_path(3))
+    assert (recipe.step, recipe.weights) == (3, healed.folder.healed.path(3))
     base = original(healed.folder.path)
     assert torch.equal(logits(recipe.build(base)), logits(healed.model.eval()))
     assert torch.equal(logits(recipe.apply(original(healed.folder.path))), logits(healed.model))

@@ -14,7 +14,7 @@ from conftest import read_metrics
 from selprune.config import preset
 from selprune.relearn import COLUMNS, RelearnConfig, relearn
 from selprune.run import run
-from selprune.rundir import read_csv
+from selprune.csvfiles import read_csv
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,8 @@ from selprune.relearn import (
     summarize_relearn,
 )
 from selprune.relearn.results import relearn_folders
-from selprune.rundir import RunFolder, read_csv
+from selprune.csvfiles import read_csv
+from selprune.rundir import RunFolder
 
 SMALL = dict(max_steps=4, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu",
              compile=False)

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from selprune.config import RunConfig
+from selprune.inspectdir import InspectFolder
 from selprune.pruning import PrunedRecord
 from selprune.report import write_report
 from selprune.rundir import RunFolder
@@ -74,7 +75,7 @@ def inspected(run_dir, steps=(2, 5)):
             lens += [{"step": step, "role": role, "dataset": "code" if role == "forget" else "prose", "layer": layer,
                       "top1": top * (layer / LAYERS) ** 3 * (kept if layer > 20 else 1), "positions": 1024}
                      for layer in range(1, LAYERS + 1)]
-    RunFolder(run_dir).write_inspect("step = [2, 5]\n", records, {"checks.csv": checks, "lens.csv": lens})
+    InspectFolder(RunFolder(run_dir)).write("step = [2, 5]\n", records, {"checks.csv": checks, "lens.csv": lens})
     return run_dir
 
 

@@ -14,7 +14,8 @@ from selprune import run as run_module
 from selprune.errors import UserError
 from selprune.relearn import COLUMNS as RELEARN_COLUMNS
 from selprune.relearn import RelearnConfig, relearn, summarize_relearn
-from selprune.rundir import COLUMNS, RunFolder, read_csv
+from selprune.csvfiles import read_csv
+from selprune.rundir import COLUMNS, RunFolder
 from selprune.unlearn import METHODS, UnlearnConfig, unlearn
 from selprune.unlearn import runner as runner_module
 from selprune.unlearn.methods import Context, steering_vector

@@ -16,7 +16,8 @@ import json
 
 from . import atomic
 from .errors import UserError
-from .rundir import RunFolder, csv_text, read_csv, sha256_text
+from .csvfiles import csv_text, read_csv
+from .rundir import RunFolder, sha256_text
 
 
 class AnalysisFolder:

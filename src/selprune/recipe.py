@@ -112,5 +112,5 @@ def recipe_of(folder, step: int | None = None) -> Recipe:
     if isinstance(config, UnlearnConfig):  # started from a pruned model (--from): its mask, then the weights
         start = recipe_of(*run_and_step(config.from_run)) if config.from_run else Recipe(config.model, 0)
         return Recipe(config.model, step, start.group, start.mask, weights=folder.model_path)
-    healed = folder.healed_path(step) if config.heal else None
+    healed = folder.healed.path(step) if config.heal else None
     return Recipe(config.model, step, config.group, folder.record().mask(range(1, step + 1)), healed)

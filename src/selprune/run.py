@@ -290,7 +290,7 @@ class Run(Console):
         pruned = record.mask()
         apply(n, pruned)
         if self.healer and done > 0:  # the healed weights of the last committed step, verified by committed()
-            self.healer.load(self.folder.healed_path(done))
+            self.healer.load(self.folder.healed.path(done))
         stop = self.folder.stopped()
         if done < 0:
             t0 = time.perf_counter()
@@ -394,7 +394,7 @@ class Run(Console):
             self.model, _ = self._load_model()
             kept = range(1, self.stop["kept_step"] + 1)
             if self.config.heal and kept:
-                load_unlearned(self.model, self.folder.healed_path(kept[-1]))
+                load_unlearned(self.model, self.folder.healed.path(kept[-1]))
             apply(neuron_group(self.model, self.config.group), self.record.mask(kept))
         return self.model
 

@@ -9,15 +9,13 @@
                                command that loads the model again
     RUN/report.html, *.png, summary.json    the report (report.py)
     RUN/model/                 the pruned model, with --save-model
-    RUN/healed/step-K/         with --heal: the healed float32 weights after step K (model.safetensors), kept
-                               for the last committed step and the kept one, checksummed by the commit
-    RUN/inspect/               what the pruned model can still do (selprune inspect): settings.toml,
-                               generations.jsonl, checks.csv, lens.csv
+    RUN/healed/step-K/         with --heal: the healed weights after step K, part of its commit: healed.py
+    RUN/inspect/               what the pruned model can still do (selprune inspect): inspectdir.py
     RUN/lr-LR/, RUN/state/     an unlearning's (selprune unlearn) own files: unlearn/checkpoints.py
     RUN/state/model.json       an unlearning's model fingerprint, written at its first commit
     RUN/relearn/               an analysis of the pruned model (selprune relearn), RUN/relearn-NAME/ with
                                --name: analysisdir.py
-    RUN/.lock                  locked (flock) by the process running in the folder; the OS frees it on exit
+    RUN/.lock                  held by the process running in the folder: folderlock.py
 
 Every file is replaced atomically. A step is committed when progress.json names it, written last. Files
 written after that commit belong to a step that did not finish, and resume drops them. Resume does not
@@ -28,20 +26,18 @@ refused with a line that names it, never silently repaired.
 
 from __future__ import annotations
 
-import csv
-import fcntl
 import hashlib
-import io
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from . import atomic
 from .config import RunConfig, read_toml
+from .csvfiles import csv_text, read_csv
 from .errors import UserError
+from .folderlock import LOCK, FolderLock
+from .healed import HealedWeights
 from .models import absolute_spec, same_model
 from .pruning import PrunedRecord, step_budget
 from .summary import ROLES, metric_series, summary_of
@@ -52,13 +48,8 @@ COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens
            "top1_drop_abs")
 # a pruning run's metrics.csv adds the scoring tokens per dataset that each step's statistics read (0: none)
 RUN_COLUMNS = (*COLUMNS, "score_tokens")
-# RUN/inspect/'s tables (selprune inspect): a check's number per prompt set, decoding and step; the logit
-# lens's top-1 per step, dataset and layer
-INSPECT_COLUMNS = {"checks.csv": ("set", "dataset", "decoding", "step", "check", "about", "value", "samples"),
-                   "lens.csv": ("step", "role", "dataset", "layer", "top1", "positions")}
 RELEARN = "relearn"  # the kind of analysis that selprune relearn writes: RUN/relearn/, RUN/relearn-NAME/
 FORMAT = 2  # of progress.json; a folder made by another format is refused on resume
-LOCK = ".lock"
 # Settings that may change between a run and its resumption without changing its result.
 RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "device_map", "output", "compile"}
 
@@ -66,15 +57,6 @@ RESUMABLE_CHANGES = {"batch_size", "save_model", "device", "device_map", "output
 def sha256_text(text: str) -> str:
     """The SHA-256 of a file's text, as a commit record holds it."""
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _file_sha256(path: Path) -> str:
-    """The SHA-256 of a file, read in pieces (healed weights are as large as the model)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for piece in iter(lambda: f.read(1 << 24), b""):
-            digest.update(piece)
-    return digest.hexdigest()
 
 
 def _int(text: str) -> int | None:
@@ -94,16 +76,6 @@ def _settings_digest(settings: dict) -> str:
     return sha256_text(json.dumps(kept, sort_keys=True))
 
 
-def csv_text(rows: list[dict], columns=COLUMNS) -> str:
-    """A CSV's exact bytes: floats as repr (round-trips), strings as read, so re-writing read rows is exact."""
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    for row in rows:
-        writer.writerow({k: (repr(float(v)) if isinstance(v, float) else v) for k, v in row.items()})
-    return buf.getvalue()
-
-
 def metrics_text(rows: list[dict]) -> str:
     """A metrics.csv's bytes, in the columns its first row has: RUN_COLUMNS, or COLUMNS for an unlearning's rows
     and for a run folder made before score_tokens, whose resumed steps then keep its columns."""
@@ -120,8 +92,9 @@ class RunFolder:
 
     def __init__(self, path):
         self.path = Path(path)
-        self._lock = None
+        self._lock = FolderLock(self.path)
         self.model_record = None  # the fingerprint that commit() records, once check_model has one
+        self.healed = HealedWeights(self.path)  # RUN/healed/ of a --heal run
 
     config_path = property(lambda self: self.path / "config.toml")
     metrics_path = property(lambda self: self.path / "metrics.csv")
@@ -130,14 +103,6 @@ class RunFolder:
     model_path = property(lambda self: self.path / "model")
     # an unlearning's model fingerprint (a run keeps its own in progress.json)
     fingerprint_path = property(lambda self: self.path / "state" / "model.json")
-    inspect_path = property(lambda self: self.path / "inspect")
-
-    def healed_path(self, step: int) -> Path:
-        """The folder of a --heal run's weights after `step` (a folder of safetensors, as recipe.py reads it)."""
-        return self.path / "healed" / f"step-{step}"
-
-    def _healed_name(self, step: int) -> str:
-        return f"healed/step-{step}/model.safetensors"
 
     def __str__(self) -> str:
         return str(self.path)
@@ -145,29 +110,11 @@ class RunFolder:
     # -- holding the folder --------------------------------------------------------------------
 
     def lock(self) -> None:
-        """Hold the folder for this process's lifetime: a second selprune refuses instead of mixing files."""
-        if self.path.exists() and not self.path.is_dir():
-            raise UserError(f"output {self.path} is a file, not a folder: choose another --output")
-        self.path.mkdir(parents=True, exist_ok=True)
-        handle = open(self.path / LOCK, "a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            holder = handle.read().strip() or "?"
-            handle.close()
-            raise UserError(f"{self.path} is in use by another selprune process (pid {holder}): wait for it "
-                            "to finish, or choose another --output") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        self._lock = handle
+        """Hold the folder for this process's lifetime (folderlock.py)."""
+        self._lock.acquire()
 
     def unlock(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # closing releases the flock
-            self._lock = None
+        self._lock.release()
 
     def create(self) -> None:
         """Lock a new run's folder; refuse one that holds any other run's files (an empty one is reused)."""
@@ -269,43 +216,22 @@ class RunFolder:
         if self.model_record is not None:
             progress["model"] = self.model_record
         if healed is not None:
-            progress["sha256"].update(self._write_healed(step, healed, stop))
+            kept = step if stop is None else stop["kept_step"]
+            progress["sha256"].update(self.healed.write(step, healed, kept, self._committed_sums))
         atomic.write_text(self.progress_path, json.dumps(progress))
         if healed is not None:
-            self._drop_healed_except(progress["sha256"])
+            self.healed.drop_except(progress["sha256"])
 
-    def _write_healed(self, step: int, healed: bytes, stop: dict | None) -> dict[str, str]:
-        """Write this step's healed weights; their checksums to commit, with the kept step's if it is another."""
-        path = self.path / self._healed_name(step)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        atomic.write_bytes(path, healed)
-        sums = {self._healed_name(step): hashlib.sha256(healed).hexdigest()}
-        kept = step if stop is None else stop["kept_step"]
-        if kept not in (0, step):  # committed by the step before, and still needed: the model the run keeps
-            sums[self._healed_name(kept)] = self._progress()["sha256"][self._healed_name(kept)]
-        return sums
-
-    def _drop_healed_except(self, sums: dict[str, str]) -> None:
-        """Remove the healed weights that the commit no longer names (older steps, uncommitted leftovers)."""
-        for folder in (self.path / "healed").iterdir():
-            if f"healed/{folder.name}/model.safetensors" not in sums:
-                shutil.rmtree(folder)
+    def _committed_sums(self) -> dict[str, str]:
+        """The checksums of the last commit ({} before the first)."""
+        return self._progress()["sha256"] if self.progress_path.is_file() else {}
 
     def healed_steps(self) -> list[int]:
         """The steps whose healed weights the last commit holds (none for a run without --heal)."""
-        sums = self._progress()["sha256"] if self.progress_path.is_file() else {}
-        return sorted(step for step in range(1, self.completed_step() + 1) if self._healed_name(step) in sums)
+        return self.healed.steps(self._committed_sums(), self.completed_step())
 
     def _verify_healed(self, progress: dict, config: RunConfig) -> None:
-        """Every healed weights file the commit names hashes to its checksum, and a --heal run has its last step's."""
-        done, sums = progress["completed_step"], progress["sha256"]
-        if config.heal and done > 0 and self._healed_name(done) not in sums:
-            raise self._damaged(self.progress_path, f"names no healed weights for step {done} of a --heal run")
-        for name, checksum in sums.items():
-            if name.startswith("healed/"):
-                path = self.path / name
-                if not path.is_file() or _file_sha256(path) != checksum:
-                    raise self._damaged(path, f"is missing or differs from what step {done} committed")
+        self.healed.verify(progress["sha256"], progress["completed_step"], config.heal, self.progress_path)
 
     def completed_step(self) -> int:
         """The last committed step, -1 before step 0 is committed."""
@@ -487,50 +413,6 @@ class RunFolder:
         """The names of this run's analysis folders of a kind, in file-name order ("" for RUN/KIND/)."""
         folders = sorted(p.name for p in self.path.glob(f"{kind}*") if p.is_dir())
         return [f[len(kind) + 1:] for f in folders if f == kind or f.startswith(f"{kind}-")]
-
-    # -- RUN/inspect/ -------------------------------------------------------------------------------
-
-    def write_inspect(self, settings: str, records: list[dict], tables: dict[str, list[dict]]) -> None:
-        """RUN/inspect/: the settings (TOML), the generations (JSON lines) and the tables of INSPECT_COLUMNS,
-        each replaced atomically; the caller holds the lock."""
-        self.inspect_path.mkdir(exist_ok=True)
-        files = {"generations.jsonl": "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records),
-                 **{name: csv_text(rows, INSPECT_COLUMNS[name]) for name, rows in tables.items()},
-                 "settings.toml": settings}
-        for name, text in files.items():
-            atomic.write_text(self.inspect_path / name, text)
-
-    def inspect_table(self, name: str) -> list[dict[str, str]]:
-        """checks.csv or lens.csv of RUN/inspect/ as rows of strings; [] when the run was never inspected."""
-        path = self.inspect_path / name
-        return read_csv(path, INSPECT_COLUMNS[name]) if path.is_file() else []
-
-    def inspect_records(self) -> list[dict]:
-        """RUN/inspect/generations.jsonl; [] when the run was never inspected."""
-        path = self.inspect_path / "generations.jsonl"
-        if not path.is_file():
-            return []
-        try:
-            return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise UserError(f"{path} is not a file selprune inspect wrote ({exc}): run selprune inspect again") from None
-
-
-def read_csv(path: Path, columns) -> list[dict[str, str]]:
-    """A CSV that selprune wrote, as rows of strings with every column present; anything else is refused."""
-    try:
-        with path.open(newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = [c for c in columns if c not in (reader.fieldnames or [])]
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise UserError(f"{path} is not a CSV file selprune wrote ({exc}): regenerate it with selprune") from None
-    if missing:
-        raise UserError(f"{path} lacks the column(s) {', '.join(missing)}: regenerate it with selprune")
-    for line, row in enumerate(rows, start=2):
-        if None in row or any(row[c] is None for c in columns):
-            raise UserError(f"{path} line {line} does not have {len(columns)} fields: the file is damaged")
-    return rows
 
 
 def summarize(run_dir) -> dict:

@@ -10,6 +10,7 @@ from pathlib import Path
 from .. import atomic
 from ..config import safe_name
 from ..plots import figure, figure_html, png
+from ..inspectdir import InspectFolder
 from ..rundir import RunFolder
 from .lens import verdict
 
@@ -34,13 +35,13 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
 
 
 def _run_section(run: dict, index: int, out_dir: Path) -> str:
-    folder = RunFolder(run["dir"])
-    checks = folder.inspect_table("checks.csv")
+    folder = InspectFolder(RunFolder(run["dir"]))
+    checks = folder.table("checks.csv")
     if not checks:
         return ""
     steps = sorted({int(r["step"]) for r in checks})
-    lens = folder.inspect_table("lens.csv")
-    examples = folder.inspect_records()
+    lens = folder.table("lens.csv")
+    examples = folder.records()
     label = html.escape(run["label"])
     return (f'<h3><span class="swatch" style="background:{run["color"]}"></span>{label}</h3>\n'
             f"{_checks_table(checks, steps)}\n{_lens(lens, run['label'], index, out_dir)}\n"

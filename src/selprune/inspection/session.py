@@ -23,6 +23,7 @@ from ..batching import auto_batch_size
 from ..console import Console
 from ..data import Document, load_documents, run_documents, run_splits
 from ..errors import UserError
+from ..inspectdir import InspectFolder
 from ..models import context_length, load_config, load_model, model_fingerprint
 from ..ranks import Head
 from ..recipe import Recipe, model_steps, recipe_of, steps_text
@@ -68,15 +69,16 @@ def inspect_run(config: InspectConfig, extra_checks: Sequence[Check] = (), quiet
     if architecture_of(model_config).masked_lm:
         raise UserError(f"{run_config.model} is a masked LM ({model_config.model_type}): selprune inspect generates "
                         "text and reads the residual stream through the head, which needs a causal LM")
+    inspected = InspectFolder(folder)
     folder.lock()
     try:
-        folder.write_inspect(*Inspection(config, run_config, recipes, quiet).execute(extra_checks))
+        inspected.write(*Inspection(config, run_config, recipes, quiet).execute(extra_checks))
         report = write_report([folder.path], folder.path)
     finally:
         folder.unlock()
     if not quiet:
         print(f"report: {report}", flush=True)
-    return folder.inspect_path
+    return inspected.path
 
 
 class Inspection(Console):
@@ -95,7 +97,7 @@ class Inspection(Console):
         return model, tokenizer
 
     def execute(self, extra_checks: Sequence[Check]) -> tuple[str, list[dict], dict[str, list[dict]]]:
-        """(settings TOML, generation records, tables) for RunFolder.write_inspect."""
+        """(settings TOML, generation records, tables) for InspectFolder.write."""
         c, rc = self.config, self.run_config
         model, self.tokenizer = self.load_model()
         self.model_config = model.config

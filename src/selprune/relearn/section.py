@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import atomic
 from ..config import safe_name
 from ..plots import figure, figure_html, number, png
-from ..rundir import read_csv
+from ..csvfiles import read_csv
 from .results import ANAMNESIS, anamnesis_text, relearn_folders, settings_of, summarize_relearn
 from .settings import COLUMNS
 

@@ -24,7 +24,8 @@ from pathlib import Path
 from .. import atomic
 from ..errors import UserError
 from ..report import write_report
-from ..rundir import RunFolder, csv_text
+from ..csvfiles import csv_text
+from ..rundir import RunFolder
 from ..summary import summary_of
 from .grid import Planned, Sweep, load
 from .kinds import PRUNING_ONLY, Pending, Progress, finish, progress, timed_as

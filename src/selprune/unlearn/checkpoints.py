@@ -25,7 +25,8 @@ from safetensors.torch import save as save_tensors
 
 from .. import atomic
 from ..errors import UserError
-from ..rundir import COLUMNS, metrics_text, read_csv
+from ..csvfiles import read_csv
+from ..rundir import COLUMNS, metrics_text
 
 FORMAT = 1
 
