@@ -103,6 +103,8 @@ class RunFolder:
     model_path = property(lambda self: self.path / "model")
     # an unlearning's model fingerprint (a run keeps its own in progress.json)
     fingerprint_path = property(lambda self: self.path / "state" / "model.json")
+    # an unlearning's record that it finished (unlearn/checkpoints.py writes it last)
+    result_path = property(lambda self: self.path / "state" / "result.json")
 
     def __str__(self) -> str:
         return str(self.path)

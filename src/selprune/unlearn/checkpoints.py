@@ -26,7 +26,7 @@ from safetensors.torch import save as save_tensors
 from .. import atomic
 from ..errors import UserError
 from ..csvfiles import read_csv
-from ..rundir import COLUMNS, metrics_text
+from ..rundir import COLUMNS, RunFolder, metrics_text
 
 FORMAT = 1
 
@@ -137,22 +137,23 @@ class Checkpoints:
 
 def write_result(root: Path, lr: float, kept: int, rows: list[dict], stopped: str | None) -> None:
     """RUN/metrics.csv (the kept learning rate's rows), then RUN/state/result.json: the folder is finished."""
-    text = metrics_text(rows)
-    atomic.write_text(root / "metrics.csv", text)
-    (root / "state").mkdir(exist_ok=True)
+    folder, text = RunFolder(root), metrics_text(rows)
+    atomic.write_text(folder.metrics_path, text)
+    folder.result_path.parent.mkdir(exist_ok=True)
     result = {"format": FORMAT, "lr": lr, "kept_step": kept, "completed_step": int(rows[-1]["step"]),
               "stopped": stopped, "sha256": {"metrics.csv": sha256(text.encode())}}
-    atomic.write_text(root / "state" / "result.json", json.dumps(result))
+    atomic.write_text(folder.result_path, json.dumps(result))
 
 
 def read_result(root: Path) -> dict | None:
     """The finished folder's record (lr, kept_step, ...), verified against metrics.csv; None if unfinished."""
-    path = Path(root) / "state" / "result.json"
+    folder = RunFolder(root)
+    path = folder.result_path
     if not path.is_file():
         return None
     try:
         result = json.loads(path.read_text())
-        text = metrics_text(read_csv(Path(root) / "metrics.csv", COLUMNS))
+        text = metrics_text(read_csv(folder.metrics_path, COLUMNS))
         steps = [result[key] for key in ("kept_step", "completed_step")]
         ok = (result["format"] == FORMAT and isinstance(result["lr"], float) and result["lr"] > 0
               and all(isinstance(s, int) and not isinstance(s, bool) for s in steps) and 0 <= steps[0] <= steps[1]
