@@ -106,9 +106,10 @@ def _analysis_parsers(sub) -> None:
         "The relearning attack, with controls (the unpruned model and, for a pruning run, a random pruning of as "
         "many units). "
         "Fine-tunes on data the run never scored or evaluated and measures how much of the lost forget accuracy "
-        "returns. Costs with the embedded model on 2 CPU cores, for each model and attack: about 10 s a "
-        "fine-tuning step of 4 x 256 tokens (about 4 plain forward passes), about 20 s an evaluation point "
-        "(2 x 4,096 tokens), so about 13 minutes at the defaults (docs/PERFORMANCE.md).", resumable=True)
+        "returns. Costs with the embedded model on 2 idle CPU cores (AMD EPYC), for each model and attack: about "
+        "4 s a fine-tuning step of 4 x 256 tokens (about 4 plain forward passes), about 9 s an evaluation point "
+        "(2 x 4,096 tokens, about one plain forward over them), so about 5 minutes at the defaults "
+        "(docs/PERFORMANCE.md).", resumable=True)
     _analysis_parser(
         sub, "inspect", InspectConfig, "what the pruned (or unlearned) model can still do: generations, checks, "
         "logit lens",
