@@ -826,9 +826,14 @@ def kill_and_resume(finished: Finished, folder: Path, seed: int) -> Killed:
 
 @pytest.fixture(scope="module")
 def kills(finished) -> dict[int, Killed]:
+    return kill_each(finished, KILL_SEEDS)
+
+
+def kill_each(finished, seeds) -> dict[int, Killed]:
+    """kill_and_resume a copy of the finished run's command for each seed, WORKERS at a time."""
     with ThreadPoolExecutor(WORKERS) as pool:
-        return dict(zip(KILL_SEEDS, pool.map(lambda seed: kill_and_resume(finished, finished.root / f"kill{seed}",
-                                                                          seed), KILL_SEEDS)))
+        return dict(zip(seeds, pool.map(lambda seed: kill_and_resume(finished, finished.root / f"kill{seed}", seed),
+                                        seeds)))
 
 
 @pytest.mark.parametrize("seed", KILL_SEEDS)
@@ -1336,9 +1341,7 @@ def healed(finished, tiny_llama, tiny_data) -> Finished:
 
 @pytest.fixture(scope="module")
 def heal_kills(healed) -> dict[int, Killed]:
-    with ThreadPoolExecutor(WORKERS) as pool:
-        return dict(zip(HEAL_KILL_SEEDS, pool.map(lambda seed: kill_and_resume(healed, healed.root / f"kill{seed}",
-                                                                               seed), HEAL_KILL_SEEDS)))
+    return kill_each(healed, HEAL_KILL_SEEDS)
 
 
 @pytest.mark.parametrize("seed", HEAL_KILL_SEEDS)

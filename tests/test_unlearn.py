@@ -241,8 +241,8 @@ def test_the_saved_model_is_the_kept_checkpoint(unlearned):
     assert torch.isfinite(model(input_ids=ids, attention_mask=mask).logits).all()
 
 
-def test_resume_after_a_crash_gives_identical_files(unlearned, tiny_unlearn, tmp_path, monkeypatch):
-    config = tiny_unlearn(tmp_path / "crashed")
+def crash_at_step_4_then_resume(config, monkeypatch, crashed_as_expected=lambda: True) -> None:
+    """Unlearn with `config` until its step-4 evaluation crashes, check `crashed_as_expected()`, then resume."""
     real = runner_module.Unlearning.evaluate
 
     def crash_at_step_4(self, model, step, base):
@@ -254,8 +254,13 @@ def test_resume_after_a_crash_gives_identical_files(unlearned, tiny_unlearn, tmp
     with pytest.raises(Crash):
         unlearn(config, quiet=True)
     monkeypatch.undo()
-    assert not (tmp_path / "crashed" / "metrics.csv").exists()
+    assert crashed_as_expected()
     unlearn(config, resume=True, quiet=True)
+
+
+def test_resume_after_a_crash_gives_identical_files(unlearned, tiny_unlearn, tmp_path, monkeypatch):
+    config = tiny_unlearn(tmp_path / "crashed")
+    crash_at_step_4_then_resume(config, monkeypatch, lambda: not (tmp_path / "crashed" / "metrics.csv").exists())
     for name in ("metrics.csv", "model/model.safetensors", "lr-0.001/metrics.csv", "lr-0.03/metrics.csv"):
         assert (tmp_path / "crashed" / name).read_bytes() == (unlearned / name).read_bytes(), name
 
@@ -479,18 +484,7 @@ def test_from_a_pruned_run_starts_with_drops_relative_to_the_original(pruned_run
 def test_resume_from_a_pruned_run_gives_identical_files(from_pruned, tiny_unlearn, pruned_run, tmp_path,
                                                         monkeypatch):
     config = tiny_unlearn(tmp_path / "crashed", method="ga", lr=(3e-2,), from_run=f"{pruned_run}:1")
-    real = runner_module.Unlearning.evaluate
-
-    def crash_at_step_4(self, model, step, base):
-        if step == 4:
-            raise Crash()
-        return real(self, model, step, base)
-
-    monkeypatch.setattr(runner_module.Unlearning, "evaluate", crash_at_step_4)
-    with pytest.raises(Crash):
-        unlearn(config, quiet=True)
-    monkeypatch.undo()
-    unlearn(config, resume=True, quiet=True)
+    crash_at_step_4_then_resume(config, monkeypatch)
     for name in ("metrics.csv", "model/model.safetensors"):
         assert (tmp_path / "crashed" / name).read_bytes() == (from_pruned / name).read_bytes(), name
     assert RunFolder(tmp_path / "crashed").read_config().from_run == RunFolder(from_pruned).read_config().from_run
