@@ -28,7 +28,7 @@ from selprune.evaluate import evaluate_causal
 from selprune.finetune import fine_tune_step
 from selprune.models import cpu_has_bf16, load_model
 from selprune.ranks import Head
-from selprune.relearn.attack import load_trained_weights
+from selprune.finetune import load_trained_weights
 
 
 def main() -> None:

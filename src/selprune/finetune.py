@@ -78,3 +78,25 @@ def require_one_batch(what: str, chunks, batch_size: int, tokens_flag: str, batc
     if len(chunks.input_ids) < batch_size:
         raise UserError(f"{what} has {len(chunks.input_ids)} chunks of {chunks.input_ids.shape[1]} tokens, fewer "
                         f"than one batch of {batch_size}: raise {tokens_flag} or lower {batch_flag}")
+
+
+@torch.no_grad()
+def load_trained_weights(evaluated, trained) -> None:
+    """Overwrite the evaluation model's weights with the trained model's, cast as `.to(dtype)` casts them.
+
+    Under LoRA only the adapted layers train, and each gets its base weight plus its adapters' deltas, the sum
+    that peft's merge forms for plain LoRA (as configured here: no DoRA, no bias), so the numbers are those of
+    `merge_and_unload` on a copy; the trained model itself stays unmerged.
+    """
+    if not hasattr(trained, "merge_and_unload"):
+        for target, source in zip(evaluated.parameters(), trained.parameters(), strict=True):
+            target.copy_(source)
+        return
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, layer in trained.get_base_model().named_modules():
+        if isinstance(layer, BaseTunerLayer):
+            merged = layer.get_base_layer().weight.clone()
+            for adapter in layer.active_adapters:
+                merged += layer.get_delta_weight(adapter)
+            evaluated.get_submodule(name).weight.copy_(merged)

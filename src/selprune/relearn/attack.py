@@ -33,7 +33,7 @@ from ..console import Console
 from ..data import make_splits, read_documents, run_splits
 from ..errors import UserError
 from ..evaluate import evaluate_causal
-from ..finetune import fine_tuning, require_one_batch
+from ..finetune import fine_tuning, load_trained_weights, require_one_batch
 from ..models import cpu_has_bf16, load_model, model_fingerprint, resolve_device
 from ..pruning import pruned_parts, still_zero
 from ..ranks import Head
@@ -288,28 +288,6 @@ class Relearn(Console):
             return trained.eval()
         load_trained_weights(evaluated, trained)
         return evaluated
-
-
-@torch.no_grad()
-def load_trained_weights(evaluated, trained) -> None:
-    """Overwrite the evaluation model's weights with the trained model's, cast as `.to(dtype)` casts them.
-
-    Under LoRA only the adapted layers train, and each gets its base weight plus its adapters' deltas, the sum
-    that peft's merge forms for plain LoRA (as configured here: no DoRA, no bias), so the numbers are those of
-    `merge_and_unload` on a copy; the trained model itself stays unmerged.
-    """
-    if not hasattr(trained, "merge_and_unload"):
-        for target, source in zip(evaluated.parameters(), trained.parameters(), strict=True):
-            target.copy_(source)
-        return
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    for name, layer in trained.get_base_model().named_modules():
-        if isinstance(layer, BaseTunerLayer):
-            merged = layer.get_base_layer().weight.clone()
-            for adapter in layer.active_adapters:
-                merged += layer.get_delta_weight(adapter)
-            evaluated.get_submodule(name).weight.copy_(merged)
 
 
 @torch.no_grad()

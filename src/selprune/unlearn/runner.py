@@ -24,7 +24,7 @@ from ..console import Console
 from ..data import run_splits
 from ..errors import UserError
 from ..evaluate import evaluate_causal, frequent_tokens
-from ..finetune import batches, hold_at_zero, require_one_batch
+from ..finetune import batches, hold_at_zero, load_trained_weights, require_one_batch
 from ..models import load_model, model_fingerprint, resolve_device, resolve_dtype
 from ..ranks import Head
 from ..rundir import COLUMNS, RunFolder
@@ -81,6 +81,7 @@ class Unlearning(Console):
         self.device = resolve_device(c.device)
         self.eval_dtype = resolve_dtype(c.dtype, self.device)  # what a pruning run with these settings evaluates in
         self.bf16 = self.eval_dtype == torch.bfloat16
+        self.evaluation_model = None  # the model in eval_dtype, made at the first evaluation (_evaluation_copy)
         self.eval_batch = auto_batch_size(self.base, c.chunk_len, self.device)
         self.data = {role: run_splits(c, self.tokenizer, spec, role=role)
                      for role, spec in (("forget", c.forget), ("retain", c.retain))}
@@ -110,7 +111,7 @@ class Unlearning(Console):
 
     def evaluate(self, model, step: int, base: dict[str, float] | None) -> list[dict]:
         """The forget and retain rows of one checkpoint, measured as a pruning run measures its steps."""
-        evaluated = model if self.eval_dtype == torch.float32 else copy.deepcopy(model).to(self.eval_dtype)
+        evaluated = model if self.eval_dtype == torch.float32 else self._evaluation_copy(model)
         evaluated.eval()
         head, rows = Head(evaluated), []
         for role, splits in self.data.items():
@@ -126,6 +127,13 @@ class Unlearning(Console):
                    "top1_drop_abs": 100 * (start - m.top1)}
             rows.append({k: row[k] for k in COLUMNS})
         return rows
+
+    def _evaluation_copy(self, model):
+        """The model in the evaluation dtype: one copy made once, its weights overwritten at each checkpoint."""
+        if self.evaluation_model is None:
+            self.evaluation_model = copy.deepcopy(model).to(self.eval_dtype).requires_grad_(False)
+        load_trained_weights(self.evaluation_model, model)
+        return self.evaluation_model
 
     def base_rows(self) -> list[dict]:
         """Step 0: the starting model (the original, or --from's pruned one), evaluated once for every learning
