@@ -236,3 +236,20 @@ def crash_in_step_2(monkeypatch, config: RunConfig) -> None:
         run_module.run(config, quiet=True)
     monkeypatch.undo()
     assert RunFolder(config.output_dir).completed_step() == 1
+
+
+def crashed_before(monkeypatch, config: RunConfig, *columns: str) -> None:
+    """Run `config` into a crash after step 1 (crash_in_step_2), then take `columns` out of its metrics.csv,
+    checksum included: the folder as a selprune from before those columns would have left it."""
+    import hashlib
+    import json
+
+    crash_in_step_2(monkeypatch, config)
+    folder = RunFolder(config.output_dir)
+    lines = [line.split(",") for line in folder.metrics_path.read_text().splitlines()]
+    newer = [lines[0].index(column) for column in columns]
+    older = "".join(",".join(v for i, v in enumerate(line) if i not in newer) + "\n" for line in lines)
+    folder.metrics_path.write_text(older)
+    progress = json.loads(folder.progress_path.read_text())
+    progress["sha256"]["metrics.csv"] = hashlib.sha256(older.encode()).hexdigest()
+    folder.progress_path.write_text(json.dumps(progress))

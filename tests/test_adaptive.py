@@ -2,12 +2,9 @@
 metrics.csv's score_tokens says what each step read, a resumed run equals an uninterrupted one, a folder made
 before score_tokens stays readable and resumable, and bad settings are refused with one line."""
 
-import hashlib
-import json
-
 import pytest
 import torch
-from conftest import crash_in_step_2, one_error_line, read_metrics
+from conftest import crash_in_step_2, crashed_before, one_error_line, read_metrics
 from transformers import AutoTokenizer
 
 from selprune import adaptive
@@ -112,13 +109,7 @@ def test_a_folder_made_before_score_tokens_resumes_in_its_own_columns(finished_r
                                                                       monkeypatch):
     out = tmp_path / "older"
     config = tiny_config(out)
-    crash_in_step_2(monkeypatch, config)
-    lines = (out / "metrics.csv").read_text().splitlines(keepends=True)
-    older = "".join(line.rsplit(",", 1)[0] + "\n" for line in lines)  # score_tokens is the last column
-    (out / "metrics.csv").write_text(older)
-    progress = json.loads((out / "state" / "progress.json").read_text())
-    progress["sha256"]["metrics.csv"] = hashlib.sha256(older.encode()).hexdigest()
-    (out / "state" / "progress.json").write_text(json.dumps(progress))
+    crashed_before(monkeypatch, config, "top1_se", "score_tokens")  # neither existed then
     run_module.run(config, resume=True, quiet=True)
     assert (out / "metrics.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
     assert read_metrics(out) == [{k: r[k] for k in COLUMNS} for r in read_metrics(finished_run)]

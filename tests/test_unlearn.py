@@ -15,7 +15,7 @@ from selprune.errors import UserError
 from selprune.relearn import COLUMNS as RELEARN_COLUMNS
 from selprune.relearn import RelearnConfig, relearn, summarize_relearn
 from selprune.csvfiles import read_csv
-from selprune.rundir import COLUMNS, RunFolder
+from selprune.rundir import COLUMNS, EVAL_COLUMNS, RunFolder
 from selprune.unlearn import METHODS, UnlearnConfig, unlearn
 from selprune.unlearn import runner as runner_module
 from selprune.unlearn.methods import Context, steering_vector
@@ -289,7 +289,7 @@ def scripted(monkeypatch, retain_drops: dict[int, float]):
         drops = {"forget": 2 * retain_drops.get(step, 0.0), "retain": retain_drops.get(step, 0.0)}
         return [{k: {"step": step, "fraction_pruned": 0.0, "units_pruned": 0, "role": role,
                      "dataset": getattr(self.config, role), "top1": 0.5 * (1 - drops[role] / 100),
-                     "top1_drop_rel": drops[role]}.get(k, 1.0) for k in COLUMNS} for role in ("forget", "retain")]
+                     "top1_drop_rel": drops[role]}.get(k, 1.0) for k in EVAL_COLUMNS} for role in ("forget", "retain")]
     monkeypatch.setattr(runner_module.Unlearning, "evaluate", evaluate)
 
 

@@ -125,7 +125,11 @@ class RunConfig(Settings):
                                      "needs: collect the statistics in blocks and stop once the selection has "
                                      "settled (docs/METHOD.md, \"Adaptive scoring\"); metrics.csv's score_tokens "
                                      "says how many each step read")
-    eval_tokens: int = setting(100_000, "evaluation tokens per dataset")
+    eval_tokens: int = setting(100_000, "evaluation tokens per dataset; with --eval-precision, the most one reads")
+    eval_precision: float = setting(0.0, "evaluate each dataset only until its top-1 is known to this standard error, "
+                                    "in points (e.g. 0.5), estimated across chunks: the unpruned model decides how "
+                                    "many chunks, and every step reads as many (docs/METHOD.md, \"Evaluation to a "
+                                    "stated precision\"); 0: all --eval-tokens")
     chunk_len: int = setting(512, "tokens per chunk")
     watch: tuple[str, ...] = setting((), "more datasets to evaluate at every step, neither forgotten nor "
                                      "retained, to see what else the pruning damages")
@@ -221,6 +225,9 @@ class RunConfig(Settings):
         if self.adaptive_scoring and not SCORER_TABLE[self.scorer].sums:
             raise UserError(f"--adaptive-scoring reads the statistics in blocks until the selection settles, and the "
                             f"{self.scorer} scorer reads none: drop --adaptive-scoring, or use another --scorer")
+        if self.eval_precision < 0:
+            raise UserError(f"--eval-precision {self.eval_precision:g} is negative: give the standard error of top-1 "
+                            "to evaluate to, in points (e.g. 0.5), or 0 to read all --eval-tokens")
         if self.steps * self.fraction > 1 + 1e-9:
             raise UserError(f"{self.steps} steps x {self.fraction} = {self.steps * self.fraction:g} > 1: "
                             "there are not that many neurons; lower --steps or --fraction")

@@ -4,6 +4,11 @@ Both objectives score only the positions they predict, through head.score_predic
 rounded logits tie often and a plain argmax under-counts top-1, so ranks are those of float32 logits (a
 tie does not help the target; NaN or infinite logits end the evaluation with one line that names `what`).
 The "skip" variants ignore targets among the dataset's most frequent tokens.
+
+Tokens within a chunk are not independent, so the precision of top-1 is measured across chunks: top1_se
+is the ratio estimator's standard error over the chunks read. With a stated `precision` (points), the
+chunks are read in order only until top1_se is within it (docs/METHOD.md, "Evaluation to a stated
+precision").
 """
 
 from __future__ import annotations
@@ -19,11 +24,14 @@ from .arch import decoder
 from .batching import for_each_batch
 from .ranks import Head, score_predictions
 
+MIN_CHUNKS = 8  # the fewest chunks (that predict anything) whose spread a stated precision may stop on
+
 
 @dataclass
 class Metrics:
     tokens: int
     top1: float
+    top1_se: float  # standard error of top1 across the chunks read (a fraction, like top1); NaN under 2 chunks
     top10: float
     loss: float
     perplexity: float
@@ -31,27 +39,72 @@ class Metrics:
     top10_skip: float
     loss_skip: float
     perplexity_skip: float
+    chunks: int  # how many of the chunks given were read: all, or the first ones a stated precision needed
 
     def as_dict(self) -> dict:
         return asdict(self)
 
 
+def top1_standard_error(counts: torch.Tensor) -> float:
+    """The standard error of top-1 = sum(hits) / sum(positions) over chunks, counts [chunks, (positions, hits)].
+
+    The ratio estimator's (first-order) variance: with k chunks that predict something, their mean size n̄
+    and top-1 r, SE^2 = sum_i (hits_i - r positions_i)^2 / (k (k - 1) n̄^2). NaN with fewer than 2 chunks.
+    """
+    positions, hits = counts[counts[:, 0] > 0].double().unbind(1)
+    k, total = len(positions), positions.sum()
+    if k < 2:
+        return float("nan")
+    spread = ((hits - hits.sum() / total * positions) ** 2).sum()
+    return float((k / (k - 1) * spread).sqrt() / total)
+
+
+def precise_prefix(counts: torch.Tensor, start: int, precision: float) -> int | None:
+    """The fewest chunks, more than `start`, whose top-1 standard error is within `precision` points, from at
+    least MIN_CHUNKS chunks that predict something; None if no prefix of `counts` is."""
+    for k in range(start + 1, len(counts) + 1):
+        if (counts[:k, 0] > 0).sum() >= MIN_CHUNKS and 100 * top1_standard_error(counts[:k]) <= precision:
+            return k
+    return None
+
+
 class _Totals:
-    """Running sums for the plain and the skip variants."""
+    """Running sums for the plain and the skip variants, and the positions and top-1 hits of each chunk."""
 
-    def __init__(self):
+    def __init__(self, chunks: int):
         self.sums = torch.zeros(2, 4, dtype=torch.float64)  # [all, skip] x [n, top1, top10, loss]
+        self.per_chunk = torch.zeros(chunks, 2, dtype=torch.long)  # this process's chunks: [positions, hits]
 
-    def add(self, top1, top10, loss, skip):
+    def add(self, top1, top10, loss, skip, chunks: slice, positions):
+        """One batch: per-position results, and `positions` [B]: how many of them each of its chunks has."""
         for row, sel in enumerate((torch.ones_like(skip), ~skip)):
             self.sums[row] += torch.stack([sel.sum(), top1[sel].sum(), top10[sel].sum(),
                                            loss[sel].sum()]).double().cpu()
+        owner = torch.repeat_interleave(torch.arange(len(positions), device=positions.device), positions)
+        hits = torch.zeros_like(positions).index_add_(0, owner, top1.long().to(positions.device))
+        self.per_chunk[chunks] = torch.stack([positions, hits], 1).cpu()
 
-    def metrics(self) -> Metrics:
-        """The means over every position, of every process under data parallelism."""
+    def counts(self, chunks: int) -> torch.Tensor:
+        """[chunks, (positions, hits)] of the first `chunks` chunks of every process (process r reads every
+        world-th chunk from the r-th: distributed.shard)."""
+        counts = torch.zeros(chunks, 2, dtype=torch.long)
+        mine = counts[distributed.rank()::distributed.world()]
+        mine.copy_(self.per_chunk[:len(mine)])
+        return distributed.sum_(counts)
+
+    def metrics(self, chunks: int) -> Metrics:
+        """The means over every position of the first `chunks` chunks (those read), of every process."""
         (n, t1, t10, loss), (ns, t1s, t10s, losss) = distributed.sum_(self.sums).tolist()
-        return Metrics(int(n), _mean(t1, n), _mean(t10, n), _mean(loss, n), _perplexity(loss, n),
-                       _mean(t1s, ns), _mean(t10s, ns), _mean(losss, ns), _perplexity(losss, ns))
+        return Metrics(int(n), _mean(t1, n), top1_standard_error(self.counts(chunks)), _mean(t10, n),
+                       _mean(loss, n), _perplexity(loss, n), _mean(t1s, ns), _mean(t10s, ns), _mean(losss, ns),
+                       _perplexity(losss, ns), chunks)
+
+
+def top1_text(row: dict) -> str:
+    """A metrics row's top-1, with its standard error in points where it has one, as console lines give it:
+    "0.626 ±0.8"."""
+    se = 100 * row["top1_se"]
+    return f"{row['top1']:.3f}" + (f" ±{se:.1f}" if math.isfinite(se) else "")
 
 
 def _mean(total: float, n: float) -> float:
@@ -72,47 +125,88 @@ def frequent_tokens(input_ids: torch.Tensor, attention_mask: torch.Tensor, k: in
     return torch.sort(counts, descending=True, stable=True).indices[:k]
 
 
-def _evaluate(model, tensors, batch_size, skip_ids, progress, fused, head, predict, what) -> tuple[Metrics, int]:
-    """Shared by both objectives: shard, batch, back off on OOM, score and sum.
+def _share(chunks: int) -> int:
+    """How many of the first `chunks` chunks of all processes this process reads (distributed.shard)."""
+    return len(range(distributed.rank(), chunks, distributed.world()))
+
+
+def _block(batch_size: int) -> int:
+    """Chunks of all processes read between two looks at the precision: a batch each, as many on every process
+    (the mean of their batch sizes), so that all of them stop after the same block."""
+    total = distributed.sum_(torch.tensor([batch_size], dtype=torch.long))
+    return max(1, int(total) // distributed.world()) * distributed.world()
+
+
+def _evaluate(model, tensors, batch_size, skip_ids, progress, fused, head, predict, positions, what,
+              precision) -> tuple[Metrics, int]:
+    """Shared by both objectives: shard, batch, back off on OOM, score and sum; with a stated `precision`
+    (points), only the first chunks that precise_prefix says are enough.
 
     predict(*batch) -> (hidden states entering the output layer [N, D], targets [N]) of the predicted
-    positions; tensors[-1] is the attention mask.
+    positions, positions(*batch) -> [B, ...] bool: which positions those are, chunk by chunk; tensors[-1] is
+    the attention mask.
     """
-    tensors = distributed.shard(*tensors)
+    chunks, mine = len(tensors[0]), distributed.shard(*tensors)
     device = next(model.parameters()).device
     head = head or Head(model)
     at_head = head.linear.weight.device  # differs from the input's device when the model is sharded
-    totals = _Totals()
+    totals = _Totals(len(mine[0]))
 
     def one_batch(start, stop):
-        batch = [t[start:stop].to(device) for t in tensors]
+        batch = [t[start:stop].to(device) for t in mine]
         hidden, targets = predict(*batch)
         targets = targets.to(at_head)
         top1, top10, loss = score_predictions(hidden.to(at_head), head, targets, fused=fused, what=what)
-        totals.add(top1, top10, loss, torch.isin(targets, skip_ids.to(at_head)))
+        totals.add(top1, top10, loss, torch.isin(targets, skip_ids.to(at_head)), slice(start, stop),
+                   positions(*batch).sum(1))
         if progress is not None:
             progress.update(int(batch[-1].sum()))
 
-    batch_size = for_each_batch(len(tensors[0]), batch_size, one_batch)
-    return totals.metrics(), batch_size
+    def read(start, stop):
+        """Chunks [start, stop) of all processes: this process's share of them, in batches."""
+        nonlocal batch_size
+        first = _share(start)
+        batch_size = for_each_batch(_share(stop) - first, batch_size, lambda a, b: one_batch(first + a, first + b))
+
+    if not precision:
+        read(0, chunks)
+        return totals.metrics(chunks), batch_size
+    block = _block(batch_size)
+    for start in range(0, chunks, block):
+        stop = min(chunks, start + block)
+        before = totals.sums.clone()
+        read(start, stop)
+        enough = precise_prefix(totals.counts(stop), start, precision)
+        if enough is not None:
+            if enough < stop:  # the sums of exactly that prefix, batched as a later evaluation of it batches
+                totals.sums = before
+                read(start, enough)
+            return totals.metrics(enough), batch_size
+    return totals.metrics(chunks), batch_size
 
 
 @torch.no_grad()
-def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None,
-                    fused: bool = False, head: Head | None = None, what: str = "the model") -> tuple[Metrics, int]:
+def evaluate_causal(model, input_ids, attention_mask, batch_size, skip_ids, progress=None, fused: bool = False,
+                    head: Head | None = None, what: str = "the model", precision: float = 0.0) -> tuple[Metrics, int]:
     """Next-token prediction at every position whose next token is real.
 
     `fused` compiles the rank counts; `head` saves building the Head (its band constants) on every call;
-    `what` names the model and data in the error if the logits are not finite.
+    `what` names the model and data in the error if the logits are not finite; `precision` > 0 (points of
+    top-1) reads the chunks only until top1_se is within it (Metrics.chunks says how many).
     """
     return _evaluate(model, (input_ids, attention_mask), batch_size, skip_ids, progress, fused, head,
-                     partial(causal_predictions, model), what)
+                     partial(causal_predictions, model), causal_positions, what, precision)
+
+
+def causal_positions(ids, mask) -> torch.Tensor:
+    """[B, L - 1]: the positions whose next token is real, which causal evaluation predicts."""
+    return (mask[:, :-1] * mask[:, 1:]).bool()
 
 
 def causal_predictions(model, ids, mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden states entering the output layer [N, D], targets [N]) at every position whose next token is real."""
     hidden = decoder(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    valid = (mask[:, :-1] * mask[:, 1:]).bool()
+    valid = causal_positions(ids, mask)
     return hidden[:, :-1][valid.to(hidden.device)], ids[:, 1:][valid]
 
 
@@ -138,17 +232,22 @@ def _output_layer_input(model, ids, mask, selected) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate_masked(model, input_ids, labels, attention_mask, batch_size, skip_ids, progress=None,
-                    fused: bool = False, head: Head | None = None, what: str = "the model") -> tuple[Metrics, int]:
+def evaluate_masked(model, input_ids, labels, attention_mask, batch_size, skip_ids, progress=None, fused: bool = False,
+                    head: Head | None = None, what: str = "the model", precision: float = 0.0) -> tuple[Metrics, int]:
     """Masked-LM prediction of the (seeded) masked positions, labels -100 elsewhere.
 
-    `fused`, `head` and `what` as in evaluate_causal; only the masked positions ever get logits.
+    `fused`, `head`, `what` and `precision` as in evaluate_causal; only the masked positions ever get logits.
     """
     return _evaluate(model, (input_ids, labels, attention_mask), batch_size, skip_ids, progress, fused, head,
-                     partial(masked_predictions, model), what)
+                     partial(masked_predictions, model), masked_positions, what, precision)
+
+
+def masked_positions(ids, labels, mask) -> torch.Tensor:
+    """[B, L]: the masked positions (labels != -100), which masked-LM evaluation predicts."""
+    return labels != -100
 
 
 def masked_predictions(model, ids, labels, mask) -> tuple[torch.Tensor, torch.Tensor]:
     """(hidden states entering the output layer [N, D], targets [N]) at the masked positions (labels != -100)."""
-    selected = labels != -100
+    selected = masked_positions(ids, labels, mask)
     return _output_layer_input(model, ids, mask, selected), labels[selected]

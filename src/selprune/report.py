@@ -160,8 +160,8 @@ def _table(runs: list[dict]) -> str:
             html.escape(s["forget_dataset"]),
             html.escape(s["retain_dataset"]),
             f'{s["last_step"]} ({number(100 * s["fraction_pruned"], ".1f", "%")})',
-            number(100 * s["base_top1_forget"], ".1f", "%"),
-            number(100 * s["base_top1_retain"], ".1f", "%"),
+            *(number(100 * s[f"base_top1_{role}"], ".1f", "%") + _precision(s[f"base_top1_{role}_se"])
+              for role in ("forget", "retain")),
             f'<b>{number(s["max_rel_diff"], ".1f", "%")}</b> <small>step {s["max_rel_diff_step"]}</small>',
             f'{number(s["max_abs_diff"], ".1f", " pts")} <small>step {s["max_abs_diff_step"]}</small>',
             f'<b>{number(s["forget_drop_at_retain_budget"], ".1f", "%")}</b> <small>at retain drop '
@@ -176,6 +176,11 @@ def _table(runs: list[dict]) -> str:
         row = "".join(f"<td>{c}</td>" for c in cells)
         rows.append(f'<tr title="{html.escape(str(run["dir"]))}">{row}</tr>')
     return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _precision(se: float | None) -> str:
+    """A top-1's standard error across chunks (a fraction), in points beside it; nothing where it is unknown."""
+    return "" if se is None else f" <small>±{100 * se:.1f}</small>"
 
 
 CSS = """
@@ -261,7 +266,8 @@ def write_report(run_dirs: list, out_dir) -> Path:
 <p class="note">Drops are relative to the unpruned model (step 0), in percent of its top-1 accuracy; the headline
 is the largest (forget drop &minus; retain drop) over the steps. Absolute drops in percentage points are shown beside
 it but are not comparable when the two base accuracies differ. The area integrates (forget &minus; retain) relative
-drop over the fraction of neurons pruned.</p>
+drop over the fraction of neurons pruned. &plusmn; gives a base top-1's standard error across its evaluation chunks,
+in points.</p>
 <h2>Summary</h2>
 {_table(runs)}
 <h2>Forget vs retain</h2>

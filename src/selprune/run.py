@@ -23,7 +23,7 @@ from .config import RunConfig
 from .console import Console
 from .data import Chunks, mask_for_mlm, run_documents, run_splits
 from .errors import UserError
-from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens
+from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens, top1_text
 from .finetune import require_one_batch, train_steps
 from .heal import Healer
 from .models import absolute_spec, context_length, load_model, model_fingerprint
@@ -169,15 +169,23 @@ class Run(Console):
     # -- one step's parts ----------------------------------------------------------------------
 
     def evaluate(self, d: Dataset) -> Metrics:
-        what = f"{self.config.model} on {d.spec}"
-        with self._bar(int(d.eval_mask.sum()), f"eval {d.role}") as bar:
+        """The metrics of d's evaluation chunks. With --eval-precision, the unpruned model reads them until its
+        top-1 is known to that precision, and every later step, resumed or not, reads as many
+        (RunFolder.eval_chunks): each drop compares the same tokens."""
+        c, decided = self.config, self.folder.eval_chunks.get(d.spec)
+        chunks, precision = slice(decided), 0.0 if decided else c.eval_precision  # slice(None): all of them
+        what = f"{c.model} on {d.spec}"
+        with self._bar(int(d.eval_mask[chunks].sum()), f"eval {d.role}") as bar:
             if self.masked_lm:
-                m, self.batch_size = evaluate_masked(self.model, d.eval_ids, d.eval_labels, d.eval_mask,
-                                                     self.batch_size, d.skip_ids, bar, self.config.compile,
-                                                     self.head, what)
+                m, self.batch_size = evaluate_masked(self.model, d.eval_ids[chunks], d.eval_labels[chunks],
+                                                     d.eval_mask[chunks], self.batch_size, d.skip_ids, bar,
+                                                     c.compile, self.head, what, precision=precision)
             else:
-                m, self.batch_size = evaluate_causal(self.model, d.eval_ids, d.eval_mask, self.batch_size,
-                                                     d.skip_ids, bar, self.config.compile, self.head, what)
+                m, self.batch_size = evaluate_causal(self.model, d.eval_ids[chunks], d.eval_mask[chunks],
+                                                     self.batch_size, d.skip_ids, bar, c.compile, self.head, what,
+                                                     precision=precision)
+        if precision:
+            self.folder.eval_chunks[d.spec] = m.chunks
         return m
 
     def statistics(self, d: Dataset, neurons: NeuronGroup, chunks: slice = slice(None)) -> Stats:
@@ -359,11 +367,11 @@ class Run(Console):
 
     def _print_step(self, step: int, rows: list[dict], seconds: float) -> None:
         f, r, *watched = rows
-        others = "".join(f"  {w['dataset']} {w['top1']:.3f} (drop {w['top1_drop_rel']:5.1f}%)" for w in watched)
+        others = "".join(f"  {w['dataset']} {top1_text(w)} (drop {w['top1_drop_rel']:5.1f}%)" for w in watched)
         scored = f"scored {f['score_tokens']:,}/{r['score_tokens']:,} tokens, " if step else ""
         self.log(f"step {step:3d}/{self.config.steps}  pruned {100 * f['fraction_pruned']:5.1f}%  "
-                 f"forget top1 {f['top1']:.3f} (drop {f['top1_drop_rel']:5.1f}%)  "
-                 f"retain top1 {r['top1']:.3f} (drop {r['top1_drop_rel']:5.1f}%)  "
+                 f"forget top1 {top1_text(f)} (drop {f['top1_drop_rel']:5.1f}%)  "
+                 f"retain top1 {top1_text(r)} (drop {r['top1_drop_rel']:5.1f}%)  "
                  f"ppl {f['perplexity']:.1f}/{r['perplexity']:.1f}{others}  [{scored}{seconds:.1f} s]")
 
     def finish(self) -> None:

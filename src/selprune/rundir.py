@@ -2,11 +2,12 @@
 
     RUN/config.toml            every setting (RunConfig); `selprune run --config` repeats the run
     RUN/metrics.csv            one row per step and dataset, the columns in RUN_COLUMNS (a folder made before
-                               score_tokens keeps COLUMNS, also when resumed)
+                               score_tokens or top1_se keeps the columns it has, also when resumed)
     RUN/pruned.json            per step and layer, the units that step pruned
     RUN/state/progress.json    the commit point: the last completed step and checksums of what it committed,
                                and the model's fingerprint (models.model_fingerprint), checked by every
-                               command that loads the model again
+                               command that loads the model again; with --eval-precision, the evaluation
+                               chunks of each dataset that step 0 decided on, which every later step reads
     RUN/report.html, *.png, summary.json    the report (report.py)
     RUN/model/                 the pruned model, with --save-model
     RUN/healed/step-K/         with --heal: the healed weights after step K, part of its commit: healed.py
@@ -45,9 +46,11 @@ from .unlearn.settings import UnlearnConfig
 
 COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens", "top1", "top10", "loss",
            "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip", "top1_drop_rel",
-           "top1_drop_abs")
+           "top1_drop_abs")  # every metrics.csv has these: reading one requires them
+# an evaluation's row adds, beside top1, its standard error across the chunks read (evaluate.top1_standard_error)
+EVAL_COLUMNS = (*COLUMNS[:COLUMNS.index("top1") + 1], "top1_se", *COLUMNS[COLUMNS.index("top1") + 1:])
 # a pruning run's metrics.csv adds the scoring tokens per dataset that each step's statistics read (0: none)
-RUN_COLUMNS = (*COLUMNS, "score_tokens")
+RUN_COLUMNS = (*EVAL_COLUMNS, "score_tokens")
 RELEARN = "relearn"  # the kind of analysis that selprune relearn writes: RUN/relearn/, RUN/relearn-NAME/
 FORMAT = 2  # of progress.json; a folder made by another format is refused on resume
 # Settings that may change between a run and its resumption without changing its result.
@@ -77,9 +80,10 @@ def _settings_digest(settings: dict) -> str:
 
 
 def metrics_text(rows: list[dict]) -> str:
-    """A metrics.csv's bytes, in the columns its first row has: RUN_COLUMNS, or COLUMNS for an unlearning's rows
-    and for a run folder made before score_tokens, whose resumed steps then keep its columns."""
-    columns = RUN_COLUMNS if rows and "score_tokens" in rows[0] else COLUMNS
+    """A metrics.csv's bytes, in the columns its first row has, in RUN_COLUMNS' order: all of them for a run,
+    EVAL_COLUMNS for an unlearning, and for a folder made before score_tokens or top1_se the columns it was made
+    with, which its resumed steps then keep."""
+    columns = [c for c in RUN_COLUMNS if c in rows[0]] if rows else COLUMNS
     return csv_text([{k: row[k] for k in columns} for row in rows], columns)
 
 
@@ -94,6 +98,9 @@ class RunFolder:
         self.path = Path(path)
         self._lock = FolderLock(self.path)
         self.model_record = None  # the fingerprint that commit() records, once check_model has one
+        # {dataset: evaluation chunks} that step 0 of an --eval-precision run decided on; commit() records it,
+        # committed() reads it back
+        self.eval_chunks: dict[str, int] = {}
         self.healed = HealedWeights(self.path)  # RUN/healed/ of a --heal run
 
     config_path = property(lambda self: self.path / "config.toml")
@@ -217,6 +224,8 @@ class RunFolder:
             progress["stopped"] = stop
         if self.model_record is not None:
             progress["model"] = self.model_record
+        if self.eval_chunks:
+            progress["eval_chunks"] = self.eval_chunks
         if healed is not None:
             kept = step if stop is None else stop["kept_step"]
             progress["sha256"].update(self.healed.write(step, healed, kept, self._committed_sums))
@@ -294,6 +303,7 @@ class RunFolder:
             record = self._verified_record(done, progress["sha256"]["pruned.json"], empty, units_per_step)
             rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
             self._verify_healed(progress, config)
+            self.eval_chunks = self._verified_eval_chunks(progress, config)
         except UserError as exc:
             raise self._cannot_resume(exc) from None
         return done, record, rows
@@ -308,6 +318,7 @@ class RunFolder:
             record = self.committed_record(config)
             self._verified_rows(progress["completed_step"], progress["sha256"]["metrics.csv"], record, config,
                                 ROLES + ("watch",) * len(config.watch))
+            self._verified_eval_chunks(progress, config)
         except UserError as exc:
             raise self._cannot_resume(exc) from None
 
@@ -327,6 +338,17 @@ class RunFolder:
         written = read_toml(self.config_path, "config file", "such as a run folder's config.toml")
         if _settings_digest(written) != progress["sha256"]["config.toml"]:
             raise self._damaged(self.config_path, "has other settings than the ones its steps were made with")
+
+    def _verified_eval_chunks(self, progress: dict, config: RunConfig) -> dict[str, int]:
+        """The evaluation chunks per dataset that step 0 decided on: one count for each with --eval-precision,
+        none without."""
+        chunks = progress.get("eval_chunks", {})
+        datasets = {config.forget, config.retain, *config.watch} if config.eval_precision else set()
+        if not (isinstance(chunks, dict) and set(chunks) == datasets
+                and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in chunks.values())):
+            raise self._damaged(self.progress_path, "does not record the evaluation chunks of each dataset that step 0 "
+                                f"decided on with --eval-precision {config.eval_precision:g}")
+        return chunks
 
     def _cannot_resume(self, exc: UserError) -> UserError:
         return UserError(f"cannot resume: {exc}; nothing was changed. Runs are deterministic: redo this one "
@@ -387,8 +409,8 @@ class RunFolder:
         return path
 
     def rows(self) -> list[dict[str, str]]:
-        """metrics.csv's rows as strings, in file order, with every column present (score_tokens only in a folder
-        made since it was added)."""
+        """metrics.csv's rows as strings, in file order, with every column of COLUMNS present (score_tokens and
+        top1_se only in a folder made since each was added)."""
         return read_csv(self._require(self.metrics_path), COLUMNS)
 
     def record(self) -> PrunedRecord:

@@ -17,16 +17,18 @@ def metric_series(rows: list[dict[str, str]], path) -> dict:
     step 0 first.
 
     {"step", "fraction_pruned", "forget": {...}, "retain": {...}, "watch": {dataset: {...}}}: each dataset
-    holds "dataset", "top1", "perplexity" and the drops recomputed from top1: "drop_rel" (% of base) and
-    "drop_abs" (points). "watch" has the watched datasets (selprune run --watch), maybe none.
+    holds "dataset", "top1", "top1_se" (NaN where unknown: a folder made before it), "perplexity" and the drops
+    recomputed from top1: "drop_rel" (% of base) and "drop_abs" (points). "watch" has the watched datasets
+    (selprune run --watch), maybe none.
     """
     series: dict[tuple[str, str], dict[int, dict]] = {}
     for line, row in enumerate(rows, start=2):
         try:
             step = int(row["step"])
             values = {c: float(row[c]) for c in ("fraction_pruned", "top1", "perplexity")}
+            values["top1_se"] = float(row.get("top1_se") or "nan")
         except ValueError:
-            raise UserError(f"{path} line {line}: step, fraction_pruned, top1 and perplexity must be "
+            raise UserError(f"{path} line {line}: step, fraction_pruned, top1, top1_se and perplexity must be "
                             "numbers") from None
         key = (row["role"], row["dataset"] if row["role"] == "watch" else "")
         if step in series.setdefault(key, {}):
@@ -43,10 +45,11 @@ def metric_series(rows: list[dict[str, str]], path) -> dict:
     metrics = {"step": np.array(steps), "watch": {},
                "fraction_pruned": np.array([series["forget", ""][s]["fraction_pruned"] for s in steps])}
     for (role, dataset), by_step in series.items():
-        top1 = np.array([by_step[s]["top1"] if s in by_step else np.nan for s in steps])
+        top1, top1_se = (np.array([by_step[s][c] if s in by_step else np.nan for s in steps])
+                         for c in ("top1", "top1_se"))
         with np.errstate(divide="ignore", invalid="ignore"):  # a base of 0 has no relative drop: NaN
             drop_rel = np.where(top1[0] > 0, 100 * (top1[0] - top1) / top1[0], np.nan)
-        entry = {"dataset": by_step[min(by_step)]["dataset"], "top1": top1, "drop_rel": drop_rel,
+        entry = {"dataset": by_step[min(by_step)]["dataset"], "top1": top1, "top1_se": top1_se, "drop_rel": drop_rel,
                  "perplexity": np.array([by_step[s]["perplexity"] if s in by_step else np.nan for s in steps]),
                  "drop_abs": 100 * (top1[0] - top1)}
         if role == "watch":
@@ -91,7 +94,9 @@ def summary_of(metrics: dict) -> dict:
     retain_drop_at_forget_50/80 = retain relative drop at the first step where the forget relative drop
     reaches 50% / 80% (None if it never does); forget_drop_at_retain_budget = the forget relative drop where
     the retain relative drop reaches retain_budget (10%), interpolated between the steps in
-    retain_budget_crossing (None: never reached, the last step's), with fraction_at_retain_budget there.
+    retain_budget_crossing (None: never reached, the last step's), with fraction_at_retain_budget there;
+    base_top1_forget_se / _retain_se = the standard error of the base top-1 across its chunks (None where
+    metrics.csv has none).
     """
     forget, retain = metrics["forget"], metrics["retain"]
     rel_gap = forget["drop_rel"] - retain["drop_rel"]
@@ -110,6 +115,8 @@ def summary_of(metrics: dict) -> dict:
         "fraction_pruned": float(fraction[-1]),
         "base_top1_forget": float(forget["top1"][0]),
         "base_top1_retain": float(retain["top1"][0]),
+        **{f"base_top1_{role}_se": None if np.isnan(se) else float(se)
+           for role, se in (("forget", forget["top1_se"][0]), ("retain", retain["top1_se"][0]))},
         "max_rel_diff": float(rel_gap[best_rel]),
         "max_rel_diff_step": int(metrics["step"][best_rel]),
         "max_abs_diff": float(abs_gap[best_abs]),

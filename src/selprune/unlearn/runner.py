@@ -23,11 +23,11 @@ from ..batching import auto_batch_size
 from ..console import Console
 from ..data import run_splits
 from ..errors import UserError
-from ..evaluate import evaluate_causal, frequent_tokens
+from ..evaluate import evaluate_causal, frequent_tokens, top1_text
 from ..finetune import batches, hold_at_zero, load_trained_weights, require_one_batch
 from ..models import load_model, model_fingerprint, resolve_device, resolve_dtype
 from ..ranks import Head
-from ..rundir import COLUMNS, RunFolder
+from ..rundir import EVAL_COLUMNS, RunFolder
 from ..selection import step_seed
 from .budget import Budget, budget_of
 from .checkpoints import Checkpoints, Committed, read_result, write_result
@@ -125,7 +125,7 @@ class Unlearning(Console):
                    "dataset": getattr(self.config, role), **m.as_dict(),
                    "top1_drop_rel": 100 * (start - m.top1) / start if start else float("nan"),
                    "top1_drop_abs": 100 * (start - m.top1)}
-            rows.append({k: row[k] for k in COLUMNS})
+            rows.append({k: row[k] for k in EVAL_COLUMNS})
         return rows
 
     def _evaluation_copy(self, model):
@@ -238,8 +238,8 @@ class Unlearning(Console):
 
     def _print(self, lr: float, step: int, rows: list[dict], loss: float, seconds: float) -> None:
         f, r = rows
-        self.log(f"lr {lr:g} step {step:4d}/{self.config.total_steps}  loss {loss:.4f}  forget top1 {f['top1']:.3f} (drop "
-                 f"{f['top1_drop_rel']:5.1f}%)  retain top1 {r['top1']:.3f} (drop {r['top1_drop_rel']:5.1f}%)  "
+        self.log(f"lr {lr:g} step {step:4d}/{self.config.total_steps}  loss {loss:.4f}  forget top1 {top1_text(f)} "
+                 f"(drop {f['top1_drop_rel']:5.1f}%)  retain top1 {top1_text(r)} (drop {r['top1_drop_rel']:5.1f}%)  "
                  f"[{seconds:.1f} s]")
 
     # -- the loop ------------------------------------------------------------------------------

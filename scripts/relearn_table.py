@@ -1,0 +1,91 @@
+"""Print one relearning analysis as the Markdown table docs/RESULTS.md shows for a comparison of methods.
+
+Per attacked model (the run's own, its controls, the unpruned and random controls): its forget and retain drop
+before the attack (from the folder's own metrics.csv, the numbers a --match was made on), the learning rate the
+attacker kept, the recovered share of the forget gap after the chosen steps, the anamnesis index, the retain
+top-1 before and after, and the greedy checks `selprune inspect` wrote for that model (run it first on each
+folder). Usage:
+
+    .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from selprune.analysisdir import AnalysisFolder
+from selprune.csvfiles import read_csv
+from selprune.inspectdir import InspectFolder
+from selprune.relearn.results import anamnesis_text, settings_of, summarize_relearn
+from selprune.relearn.settings import COLUMNS
+from selprune.rundir import RELEARN, RunFolder
+from selprune.unlearn.checkpoints import read_result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("results", type=Path, help="a relearning analysis: RUN/relearn or RUN/relearn-NAME")
+    parser.add_argument("--attack", default="forget")
+    parser.add_argument("--at", type=int, nargs="+", default=[1, 4, 16, 64], help="steps of the recovered share")
+    args = parser.parse_args()
+    run = RunFolder(args.results.resolve().parent)
+    name = args.results.name[len(RELEARN) + 1:] or None
+    results = AnalysisFolder(run, RELEARN, COLUMNS, name)
+    settings = settings_of(results)
+    summaries = [s for s in summarize_relearn(read_csv(results.csv_path, COLUMNS)) if s["attack"] == args.attack]
+    folders = {"pruned": (run, settings.step), "unlearned": (run, settings.step)}
+    for spec in settings.control:
+        path, _, step = spec.partition(":")
+        folder = RunFolder(Path(path) if Path(path).is_absolute() else run.path / path)
+        config = folder.read_config()
+        kept = read_result(folder.path)["kept_step"] if hasattr(config, "method") else int(step or folder.kept_step())
+        folders[f"{config.name or folder.path.name}@{kept}"] = (folder, kept)
+    checks = sorted({(r["check"], r["dataset"]) for folder, _ in folders.values()
+                     for r in InspectFolder(folder).table("checks.csv") if r["decoding"] == "greedy"})
+    head = (["model", "forget / retain drop before", "attacker's lr", f"{args.attack} top-1 before -> after"]
+            + [f"recovered after {' / '.join(map(str, args.at))} steps", "anamnesis index", "retain top-1 before -> after"]
+            + [f"{check} ({dataset})" for check, dataset in checks])
+    print("| " + " | ".join(head) + " |")
+    print("|" + "---|" * len(head))
+    base = next((s for s in summaries if s["model"] == "base"), None)
+    inspected_base = next(iter(folders.values()))
+    for s in sorted(summaries, key=lambda s: (s["model"] != "base", s["model"])):
+        folder, step = folders.get(s["model"], (None, None))
+        if s["model"] == "base":
+            folder, step = inspected_base[0], 0
+        cells = [s["model"], _drops(folder, step, s, base), f"{s['lr']:g}",
+                 f"{100 * s['forget_top1'][0]:.1f} -> {100 * s['forget_top1'][-1]:.1f}",
+                 " / ".join(_share_at(s, t) for t in args.at), anamnesis_text(s) if s["model"] != "base" else "—",
+                 f"{100 * s['retain_top1'][0]:.1f} -> {100 * s['retain_top1'][-1]:.1f}"]
+        cells += [_check(folder, step, check, dataset) for check, dataset in checks]
+        print("| " + " | ".join(cells) + " |")
+
+
+def _drops(folder: RunFolder | None, step: int | None, summary: dict, base: dict | None) -> str:
+    """The folder's drops at the attacked step; for the random control, the attack's own step-0 evaluation."""
+    if summary["model"] == "base":
+        return "—"
+    if folder is None:
+        forget = 1 - summary["forget_top1"][0] / base["forget_top1"][0]
+        retain = 1 - summary["retain_top1"][0] / base["retain_top1"][0]
+        return f"{100 * forget:.1f}% / {100 * retain:.1f}% (attack's evaluation)"
+    rows = {r["role"]: r for r in read_csv(folder.metrics_path, ("step", "role", "top1_drop_rel")) if int(r["step"]) == step}
+    return f"{float(rows['forget']['top1_drop_rel']):.1f}% / {float(rows['retain']['top1_drop_rel']):.1f}%"
+
+
+def _share_at(summary: dict, step: int) -> str:
+    share = dict(zip(summary["steps"], summary["recovered"])).get(step)
+    return "—" if share is None else f"{100 * share:.0f}%"
+
+
+def _check(folder: RunFolder | None, step: int | None, check: str, dataset: str) -> str:
+    if folder is None:
+        return "—"
+    values = [float(r["value"]) for r in InspectFolder(folder).table("checks.csv")
+              if r["check"] == check and r["dataset"] == dataset and r["decoding"] == "greedy" and int(r["step"]) == step]
+    return f"{100 * values[0]:.0f}%" if values else "—"
+
+
+if __name__ == "__main__":
+    main()
