@@ -283,19 +283,25 @@ def test_a_damaged_checkpoint_is_refused_on_resume(unlearned, tmp_path):
         unlearn(dataclasses.replace(RunFolder(copy).read_config(), output=str(copy)), resume=True, quiet=True)
 
 
-def scripted(monkeypatch, retain_drops: dict[int, float]):
-    """Evaluations that report the given retain drop at each step, and a forget drop of 2x it."""
+def scripted(monkeypatch, retain_drops: dict[int, float], forget_drops: dict[int, float] | None = None):
+    """Evaluations that report the given retain drop at each step, and the given forget drop (default 2x it)."""
     def evaluate(self, model, step, base):
-        drops = {"forget": 2 * retain_drops.get(step, 0.0), "retain": retain_drops.get(step, 0.0)}
+        retain = retain_drops.get(step, 0.0)
+        drops = {"forget": (forget_drops or {}).get(step, 2 * retain), "retain": retain}
         return [{k: {"step": step, "fraction_pruned": 0.0, "units_pruned": 0, "role": role,
                      "dataset": getattr(self.config, role), "top1": 0.5 * (1 - drops[role] / 100),
                      "top1_drop_rel": drops[role]}.get(k, 1.0) for k in EVAL_COLUMNS} for role in ("forget", "retain")]
     monkeypatch.setattr(runner_module.Unlearning, "evaluate", evaluate)
 
 
-@pytest.mark.parametrize("budget, kept", [({"max_retain_drop": 5.0}, 4), ({"match": "RUN"}, 2)])
-def test_the_budget_keeps_the_last_or_the_closest_checkpoint_within_it(budget, kept, tiny_unlearn, tiny_config,
-                                                                      tmp_path, monkeypatch, write_run):
+FLAT = {2: 1.9, 4: 1.5, 6: 12.0, 8: 1.0}, {2: 12.8, 4: 20.0, 6: 50.0, 8: 30.0}  # retain held flat, as NPO's can
+
+
+@pytest.mark.parametrize("budget, drops, kept", [({"max_retain_drop": 5.0}, None, 4), ({"match": "RUN"}, None, 2),
+                                                 ({"match": "RUN"}, FLAT, 4)])
+def test_the_budget_keeps_the_last_or_the_most_forgetting_checkpoint_within_it(budget, drops, kept, tiny_unlearn,
+                                                                               tiny_config, tmp_path, monkeypatch,
+                                                                               write_run):
     from selprune.pruning import PrunedRecord
 
     if "match" in budget:  # a pruning run of the same model and data, with a retain drop of 5% at its last step
@@ -306,7 +312,7 @@ def test_the_budget_keeps_the_last_or_the_closest_checkpoint_within_it(budget, k
                 for s in (0, 1) for role in ("forget", "retain")]
         record = PrunedRecord("ff", 2, 24, [{"step": 1, "pruned": {"0": [1]}}])
         budget = {"match": str(write_run(tmp_path / "run", run_config, rows, record))}
-    scripted(monkeypatch, {2: 4.0, 4: 3.0, 6: 12.0, 8: 1.0})
+    scripted(monkeypatch, *(drops or ({2: 4.0, 4: 3.0, 6: 12.0, 8: 1.0},)))
     out = unlearn(tiny_unlearn(tmp_path / "u", steps=8, lr=(1e-3,), **budget), quiet=True)
     steps = sorted({int(r["step"]) for r in RunFolder(out).rows()})
     assert steps == [0, 2, 4, 6]  # stopped after the first checkpoint past the budget

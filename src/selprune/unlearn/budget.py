@@ -2,7 +2,10 @@
 
 Comparisons need matched damage: an unlearning that forgets more by also breaking more of the retain data
 has not done better. `--max-retain-drop P` keeps the last checkpoint within P; `--match RUN[:STEP]` takes P
-from a pruning run of the same model and data, and keeps the checkpoint closest to it from below.
+from a pruning run of the same model and data, and keeps the checkpoint within it that forgets most. Where the
+retain drop rises with training that is the one closest to P from below; where it stays flat (NPO's retain term
+can hold it within noise of 0 for the whole training) the closest would be whichever checkpoint the noise put
+highest, however little it forgot.
 """
 
 from __future__ import annotations
@@ -20,12 +23,12 @@ SAME_DATA = ("model", "forget", "retain", "chunk_len", "score_tokens", "eval_tok
 @dataclass(frozen=True)
 class Budget:
     limit: float  # the largest retain top-1 drop allowed, in percent of the original accuracy
-    closest: bool  # keep the checkpoint whose drop is closest to the limit (--match), else the last within it
+    most_forgetting: bool  # keep the checkpoint within the limit that forgets most (--match), else the last one
     source: str  # where the limit comes from, for the console
 
-    def keeps(self, drop: float, kept_drop: float) -> bool:
-        """Whether a checkpoint within the budget, with this retain drop, replaces the one kept so far."""
-        return drop >= kept_drop if self.closest else True
+    def keeps(self, forget_drop: float, kept_forget_drop: float) -> bool:
+        """Whether a checkpoint within the budget, with this forget drop, replaces the one kept so far."""
+        return forget_drop >= kept_forget_drop if self.most_forgetting else True
 
 
 def budget_of(config: UnlearnConfig) -> Budget | None:

@@ -234,7 +234,8 @@ class Unlearning(Console):
         if retain > self.budget.limit:
             return kept, (f"retain drop {retain:.2f}% > {self.budget.limit:.2f}% ({self.budget.source}), so it keeps "
                           f"step {kept}")
-        return (step if self.budget.keeps(retain, so_far.drop("retain")) else kept), None
+        forget = float(rows[0]["top1_drop_rel"])
+        return (step if self.budget.keeps(forget, so_far.drop("forget")) else kept), None
 
     def _print(self, lr: float, step: int, rows: list[dict], loss: float, seconds: float) -> None:
         f, r = rows

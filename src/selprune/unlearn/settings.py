@@ -36,8 +36,8 @@ class UnlearnConfig(Settings):
                                             "the original accuracy) is within this, and stop after the first "
                                             "past it")
     match: str = setting("", "RUN[:STEP]: a pruning run of the same model and data; the retain budget is its retain "
-                         "drop at STEP (default its kept step), and the kept checkpoint is the one closest to it "
-                         "without exceeding it")
+                         "drop at STEP (default its kept step), and the kept checkpoint is the one within it that "
+                         "forgets most")
     from_run: str = setting("", "RUN[:STEP] (also --from): start from a finished pruning run's model after STEP "
                             "(default its kept step) instead of the original; its pruned units stay exactly zero, "
                             "and drops stay relative to the original model's accuracy")
