@@ -8,8 +8,7 @@
 #
 #   bash sweeps/unlearning.sh code prose "--steps 3 --fraction 0.02"
 #   bash sweeps/unlearning.sh python code "--steps 4 --fraction 0.01"
-#   .venv/bin/python scripts/relearn_table.py runs/compare/code-vs-prose/prune/relearn-compare   # the tables
-#   .venv/bin/python scripts/relearn_table.py runs/compare/code-vs-prose/rmu/relearn-compare
+#   .venv/bin/python scripts/relearn_table.py runs/compare/code-vs-prose/prune/relearn-compare   # the table
 set -euo pipefail
 forget=$1 retain=$2 pruning=${3:-"--steps 3 --fraction 0.02"}
 selprune=${SELPRUNE:-.venv/bin/selprune}
@@ -28,13 +27,10 @@ unlearn() {  # method, its learning rates and steps
 unlearn ga 80 1e-4 3e-5
 unlearn graddiff 80 5e-5
 unlearn npo 40 1e-4
-attack="--attack forget --lr 1e-4 3e-4 --max-steps 64 --relearn-tokens 65536 --eval-tokens 2048 --name compare"
-$selprune relearn $P/prune $attack --control $P/graddiff $P/npo $P/ga $(again $P/prune/relearn-compare)
-for folder in prune graddiff npo ga; do
+unlearn rmu 40 2e-4 5e-5
+for folder in prune graddiff ga npo rmu; do
   [ -f $P/$folder/inspect/checks.csv ] || $selprune inspect $P/$folder --no-lens
 done
-# RMU came last in the session that measured code vs prose, so it is attacked in a call of its own (beside its own
-# run of the unpruned control, which repeats the one above: the attacks are seeded alike)
-unlearn rmu 40 2e-4 5e-5
-[ -f $P/rmu/inspect/checks.csv ] || $selprune inspect $P/rmu --no-lens
-$selprune relearn $P/rmu $attack $(again $P/rmu/relearn-compare)
+# --resume attacks only what is missing, controls added after the saved ones included
+$selprune relearn $P/prune --attack forget --lr 1e-4 3e-4 --max-steps 64 --relearn-tokens 65536 --eval-tokens 2048 \
+  --control $P/graddiff $P/ga $P/npo $P/rmu --name compare $(again $P/prune/relearn-compare)

@@ -218,6 +218,31 @@ def test_other_data_and_another_run_as_control(pruned_runs, tmp_path, make_datas
     assert final["attn-value@1"]["pruned_zero"] == "False" and final["pruned"]["pruned_zero"] == "True"
 
 
+def test_resume_may_add_controls_after_the_saved_ones(pruned_runs, tmp_path):
+    """A control added on --resume is attacked and the others are not redone: the CSV is one call's."""
+    control, small = f"{pruned_runs['attn-value']}:1", dict(random_control=False, **SMALL)
+    whole = shutil.copytree(pruned_runs["ff"], tmp_path / "whole")
+    relearn(RelearnConfig(run=str(whole), control=(control,), **small), quiet=True)
+    grown = shutil.copytree(pruned_runs["ff"], tmp_path / "grown")
+    relearn(RelearnConfig(run=str(grown), **small), quiet=True)
+    attacked = []
+    real = Relearn.attack
+
+    def counted(self, attack, contender, lr):
+        attacked.append(contender.label)
+        return real(self, attack, contender, lr)
+
+    Relearn.attack = counted
+    try:
+        assert main(["relearn", str(grown), "--resume", "--control", control, "--quiet"]) == 0
+    finally:
+        Relearn.attack = real
+    assert attacked == ["attn-value@1"]
+    assert (grown / "relearn" / "relearn.csv").read_text() == (whole / "relearn" / "relearn.csv").read_text()
+    with pytest.raises(UserError, match="different settings.*control"):  # a saved control cannot be dropped
+        relearn(RelearnConfig(run=str(grown), step=2, **small), resume=True, quiet=True)
+
+
 def test_resume_accepts_the_run_path_spelled_differently(pruned_runs, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     shutil.copytree(pruned_runs["ff"], tmp_path / "runs" / "x")

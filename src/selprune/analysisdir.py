@@ -52,7 +52,9 @@ class AnalysisFolder:
             raise UserError(f"nothing to resume in {self.path}: start it without --resume")
         if exists:
             saved, given = type(settings).from_toml(self.settings_path).to_dict(), settings.to_dict()
-            changed = sorted(k for k in set(saved) | set(given) if k != "run" and saved.get(k) != given.get(k))
+            growing = getattr(settings, "EXTENDABLE", ())  # lists a resume may add to: each entry is its own work
+            changed = sorted(k for k in set(saved) | set(given) if k != "run" and saved.get(k) != given.get(k)
+                             and not (k in growing and _extends(given.get(k), saved.get(k))))
             if changed:
                 raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): resume "
                                 "with the same settings, or give --name to start another")
@@ -82,3 +84,8 @@ class AnalysisFolder:
         text = csv_text(rows, self.columns)
         atomic.write_text(self.csv_path, text)
         atomic.write_text(self.progress_path, json.dumps({"done": done, "sha256": sha256_text(text)}))
+
+
+def _extends(given, saved) -> bool:
+    """Whether the list given on resume is the saved one with entries added at its end."""
+    return saved is not None and given is not None and tuple(given[:len(saved)]) == tuple(saved)

@@ -36,7 +36,8 @@ class RelearnConfig(Settings):
     eval_tokens: int = setting(4_096, "evaluation tokens per dataset at each point (the start of the run's "
                                "evaluation chunks)")
     control: tuple[str, ...] = setting((), "other run folders to attack the same way: RUN or RUN:STEP, or "
-                                       "unlearning folders (selprune unlearn), attacked at the checkpoint they kept")
+                                       "unlearning folders (selprune unlearn), attacked at the checkpoint they "
+                                       "kept; --resume may add more after the saved ones")
     random_control: bool = setting(True, "also attack a random pruning of as many units of the same group (a "
                                    "pruning run only: an unlearning folder pruned no units)")
     reinit_pruned: bool = setting(False, "a stronger attack: give the pruned weights small random values first, "
@@ -50,6 +51,9 @@ class RelearnConfig(Settings):
     device: str = setting("auto", "auto, cpu, cuda or cuda:N")
     seed: int = setting(0, "seed for the data order, the random control and re-initialisation")
     name: str = setting("", "results go to RUN/relearn, or RUN/relearn-NAME to keep several")
+
+    # --resume may add controls after the saved ones: each model's attack is seeded alike and stands on its own
+    EXTENDABLE = ("control",)
 
     @property
     def learning_rates(self) -> tuple[float, ...]:
