@@ -7,6 +7,8 @@ top-1 before and after, and the greedy checks `selprune inspect` wrote for that 
 folder). Usage:
 
     .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64]
+
+from the folder relearn ran in (its --control paths are read as they were given).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def main() -> None:
     folders = {"pruned": (run, settings.step), "unlearned": (run, settings.step)}
     for spec in settings.control:
         path, _, step = spec.partition(":")
-        folder = RunFolder(Path(path) if Path(path).is_absolute() else run.path / path)
+        folder = RunFolder(Path(path))  # as given to relearn: relative to where it ran
         config = folder.read_config()
         kept = read_result(folder.path)["kept_step"] if hasattr(config, "method") else int(step or folder.kept_step())
         folders[f"{config.name or folder.path.name}@{kept}"] = (folder, kept)
