@@ -3,8 +3,8 @@
 Per attacked model (the run's own, its controls, the unpruned and random controls): its forget and retain drop
 before the attack (from the folder's own metrics.csv, the numbers a --match was made on), the learning rate the
 attacker kept, the recovered share of the forget gap after the chosen steps, the anamnesis index, the retain
-top-1 before and after, and the greedy checks `selprune inspect` wrote for that model (run it first on each
-folder). Usage:
+top-1 before and after, and the share that passes each chosen greedy check of `selprune inspect` (run it first
+on each folder). Usage:
 
     .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64]
 
@@ -30,6 +30,8 @@ def main() -> None:
     parser.add_argument("results", type=Path, help="a relearning analysis: RUN/relearn or RUN/relearn-NAME")
     parser.add_argument("--attack", default="forget")
     parser.add_argument("--at", type=int, nargs="+", default=[1, 4, 16, 64], help="steps of the recovered share")
+    parser.add_argument("--checks", nargs="+", default=["python body", "same language"],
+                        help="the inspect checks shown, each a share (see RUN/inspect/checks.csv)")
     args = parser.parse_args()
     run = RunFolder(args.results.resolve().parent)
     name = args.results.name[len(RELEARN) + 1:] or None
@@ -44,7 +46,8 @@ def main() -> None:
         kept = read_result(folder.path)["kept_step"] if hasattr(config, "method") else int(step or folder.kept_step())
         folders[f"{config.name or folder.path.name}@{kept}"] = (folder, kept)
     checks = sorted({(r["check"], r["dataset"]) for folder, _ in folders.values()
-                     for r in InspectFolder(folder).table("checks.csv") if r["decoding"] == "greedy"})
+                     for r in InspectFolder(folder).table("checks.csv")
+                     if r["decoding"] == "greedy" and r["check"] in args.checks})
     head = (["model", "forget / retain drop before", "attacker's lr", f"{args.attack} top-1 before -> after"]
             + [f"recovered after {' / '.join(map(str, args.at))} steps", "anamnesis index", "retain top-1 before -> after"]
             + [f"{check} ({dataset})" for check, dataset in checks])

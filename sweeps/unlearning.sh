@@ -26,7 +26,7 @@ unlearn() {  # method, its learning rates and steps
 }
 unlearn ga 80 1e-4 3e-5
 unlearn graddiff 80 5e-5
-unlearn npo 40 3e-4 1e-4
+unlearn npo 40 3e-4  # 1e-4 forgot 24.7% in 40 steps on code vs prose (docs/RESULTS.md)
 unlearn rmu 40 2e-4 5e-5
 for folder in prune graddiff ga npo rmu; do
   [ -f $P/$folder/inspect/checks.csv ] || $selprune inspect $P/$folder --no-lens
