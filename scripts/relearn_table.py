@@ -1,8 +1,8 @@
 """Print one relearning analysis as the Markdown table docs/RESULTS.md shows for a comparison of methods.
 
 Per attacked model (the run's own, its controls, the unpruned and random controls): its forget and retain drop
-before the attack (from the folder's own metrics.csv, the numbers a --match was made on), the learning rate the
-attacker kept, the recovered share of the forget gap after the chosen steps, the anamnesis index, the retain
+before the attack (from the folder's own metrics.csv, the numbers a --match was made on), the learning rates the
+attacker found best (at each step the better one), the recovered share of the forget gap after the chosen steps, the anamnesis index, the retain
 top-1 before and after, and the share that passes each chosen greedy check of `selprune inspect` (run it first
 on each folder). Usage:
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from selprune.analysisdir import AnalysisFolder
 from selprune.csvfiles import read_csv
 from selprune.inspectdir import InspectFolder
-from selprune.relearn.results import anamnesis_text, settings_of, summarize_relearn
+from selprune.relearn.results import anamnesis_text, lr_text, settings_of, summarize_relearn
 from selprune.relearn.settings import COLUMNS
 from selprune.rundir import RELEARN, RunFolder
 from selprune.unlearn.checkpoints import read_result
@@ -59,7 +59,7 @@ def main() -> None:
         folder, step = folders.get(s["model"], (None, None))
         if s["model"] == "base":
             folder, step = inspected_base[0], 0
-        cells = [s["model"], _drops(folder, step, s, base), f"{s['lr']:g}",
+        cells = [s["model"], _drops(folder, step, s, base), lr_text(s),
                  f"{100 * s['forget_top1'][0]:.1f} -> {100 * s['forget_top1'][-1]:.1f}",
                  " / ".join(_share_at(s, t) for t in args.at), anamnesis_text(s) if s["model"] != "base" else "—",
                  f"{100 * s['retain_top1'][0]:.1f} -> {100 * s['retain_top1'][-1]:.1f}"]

@@ -22,7 +22,7 @@ from selprune.relearn import (
     relearn,
     summarize_relearn,
 )
-from selprune.relearn.results import relearn_folders
+from selprune.relearn.results import lr_text, relearn_folders
 from selprune.csvfiles import read_csv
 from selprune.rundir import RunFolder
 
@@ -183,10 +183,16 @@ def test_summary_numbers_by_hand():
 
     rows = [row("base", 0, 0.6), row("base", 2, 0.62),
             row("pruned", 0, 0.2), row("pruned", 1, 0.3), row("pruned", 2, 0.45, zero="True"),
-            row("pruned", 0, 0.2, lr=1e-3), row("pruned", 1, 0.25, lr=1e-3), row("pruned", 2, 0.3, lr=1e-3, zero="True")]
+            row("pruned", 0, 0.2, lr=1e-3), row("pruned", 1, 0.25, lr=1e-3), row("pruned", 2, 0.3, lr=1e-3, zero="True"),
+            row("crossing", 0, 0.2), row("crossing", 1, 0.3), row("crossing", 2, 0.5),
+            row("crossing", 0, 0.2, lr=1e-3), row("crossing", 1, 0.4, lr=1e-3), row("crossing", 2, 0.42, lr=1e-3)]
     summary = {s["model"]: s for s in summarize_relearn(rows)}
     pruned = summary["pruned"]
-    assert pruned["lr"] == 1e-4  # the learning rate that recovers most
+    assert pruned["lrs"] == [1e-4, 1e-4, 1e-4] and lr_text(pruned) == "0.0001"  # the rate that recovers most
+    crossing = summary["crossing"]  # the high rate is the attacker's best after 1 step, the low one after 2
+    assert crossing["recovered"] == pytest.approx([0.0, 0.5, 0.75])
+    assert crossing["lrs"][1:] == [1e-3, 1e-4] and lr_text(crossing) == "0.001 then 0.0001"
+    assert crossing["steps_to_50"] == 1
     assert pruned["gap"] == pytest.approx(0.4)
     assert pruned["recovered"] == pytest.approx([0.0, 0.25, 0.625])
     assert (pruned["steps_to_50"], pruned["steps_to_90"], pruned["pruned_zero"]) == (2, None, True)

@@ -3,8 +3,9 @@
 Fine-tune a run's pruned model (or an unlearning folder's model) on a little data that scoring and evaluation
 never saw, and measure how much of the lost forget accuracy comes back, next to the same attack on controls:
 the unpruned model (its forget accuracy is the ceiling), a random pruning of as many units of the same group
-(the paper's baseline), and any other runs or unlearnings. Each model keeps the learning rate that recovers
-the most for it: the attacker's best. Every model is rebuilt from the original one by its recipe (recipe.py).
+(the paper's baseline), and any other runs or unlearnings. At each evaluation point a model keeps the learning
+rate that recovered most by then: the attacker's best. Every model is rebuilt from the original one by its
+recipe (recipe.py).
 
 Plain fine-tuning cannot revive a pruned ff unit: pruning zeroes all of its in- and out-weights, so its
 activation is 0 and so is the gradient that reaches it, and every gradient of its weights is a product

@@ -1,5 +1,6 @@
-"""Reading a relearning attack's results: per attack and model, the curve of its best learning rate, how much
-of the forget gap came back and how fast (the anamnesis index among them), and the console's headline."""
+"""Reading a relearning attack's results: per attack and model, the attacker's best curve over the learning
+rates, how much of the forget gap came back and how fast (the anamnesis index among them), and the console's
+headline."""
 
 from __future__ import annotations
 
@@ -14,8 +15,9 @@ ANAMNESIS = 0.1  # the anamnesis index: steps until the forget top-1 is within t
 
 
 def summarize_relearn(rows: list[dict]) -> list[dict]:
-    """Per attack and model, with its best learning rate (the highest forget top-1 at any point): the forget
-    top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0), the
+    """Per attack and model, the attacker's best at each point (the learning rate whose forget top-1 is highest
+    there: an attacker with that many steps picks the rate that recovers most by then, and `lrs` names it):
+    the forget top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0), the
     steps to recover 50% and 90% of it (None: not within the attack), the anamnesis index (Chundawat et al.
     2023: the first step whose forget top-1 is within ANAMNESIS of the unpruned model's before the attack,
     None: not within the attack), the retain top-1, and whether the pruned weights stayed exactly zero."""
@@ -24,15 +26,16 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
     summaries = []
     for (attack, model), group in itertools.groupby(sorted(table, key=lambda r: (r["attack"], r["model"])),
                                                     key=lambda r: (r["attack"], r["model"])):
-        group = list(group)
-        best = max(sorted({r["lr"] for r in group}),
-                   key=lambda lr: max(r["forget_top1"] for r in group if r["lr"] == lr))
-        curve = sorted((r for r in group if r["lr"] == best), key=lambda r: r["step"])
+        best = {}
+        for r in sorted(group, key=lambda r: (r["step"], r["lr"])):  # ties: the smaller rate
+            if r["step"] not in best or r["forget_top1"] > best[r["step"]]["forget_top1"]:
+                best[r["step"]] = r
+        curve = [best[step] for step in sorted(best)]
         start, ceiling = curve[0]["forget_top1"], base0.get(attack)
         gap = None if ceiling is None or model == "base" else ceiling - start
         share = [None if not gap or gap <= 0 else (r["forget_top1"] - start) / gap for r in curve]
         summaries.append({
-            "attack": attack, "model": model, "lr": best, "steps": [r["step"] for r in curve],
+            "attack": attack, "model": model, "lrs": [r["lr"] for r in curve], "steps": [r["step"] for r in curve],
             "forget_top1": [r["forget_top1"] for r in curve], "retain_top1": [r["retain_top1"] for r in curve],
             "gap": gap, "recovered": share,
             "steps_to_50": _first_step(curve, share, 0.5), "steps_to_90": _first_step(curve, share, 0.9),
@@ -53,10 +56,17 @@ def headline(summaries: list[dict]) -> list[str]:
         zero = ("" if s["pruned_zero"] is None
                 else f"; pruned weights still zero: {'yes' if s['pruned_zero'] else 'no'}")
         recovered += f"; anamnesis index {anamnesis_text(s)} steps"
-        lines.append(f"attack {s['attack']}, {s['model']} (lr {s['lr']:g}): forget top1 "
+        lines.append(f"attack {s['attack']}, {s['model']} (lr {lr_text(s)}): forget top1 "
                      f"{s['forget_top1'][0]:.3f} -> {s['forget_top1'][-1]:.3f}, retain {s['retain_top1'][0]:.3f} "
                      f"-> {s['retain_top1'][-1]:.3f}{recovered}{zero}")
     return lines
+
+
+def lr_text(summary: dict) -> str:
+    """The learning rates that were the attacker's best after some step, in the order they first were:
+    "3e-4", or "3e-4 then 1e-4" when the better rate changes as the attack goes on."""
+    winners = list(dict.fromkeys(lr for step, lr in zip(summary["steps"], summary["lrs"]) if step))
+    return " then ".join(f"{lr:g}" for lr in winners or summary["lrs"][:1])
 
 
 def anamnesis_text(summary: dict) -> str:

@@ -10,7 +10,7 @@ from .. import atomic
 from ..config import safe_name
 from ..plots import figure, figure_html, number, png
 from ..csvfiles import read_csv
-from .results import ANAMNESIS, anamnesis_text, relearn_folders, settings_of, summarize_relearn
+from .results import ANAMNESIS, anamnesis_text, lr_text, relearn_folders, settings_of, summarize_relearn
 from .settings import COLUMNS
 
 
@@ -28,7 +28,7 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
                 for s in (s for s in summaries if s["attack"] == attack):
                     style = dict(color="black", linestyle="--") if s["model"] == "base" else {}
                     ax.plot(s["steps"], [100 * v for v in s["forget_top1"]], marker="o", markersize=3,
-                            label=f"{s['model']} (lr {s['lr']:g})", **style)
+                            label=f"{s['model']} (lr {lr_text(s)})", **style)
                 ax.set_xscale("symlog", linthresh=1)
                 ax.set_title(f"attack: {attack}")
                 ax.set_xlabel("fine-tuning steps")
@@ -56,15 +56,15 @@ def _percent_change(values: list[float]) -> str:
 
 
 def _relearn_table(summaries: list[dict]) -> str:
-    head = ("<tr><th>Attack</th><th>Model</th><th>lr</th><th>Forget top-1</th><th>Recovered share "
-            "(steps: share)</th><th>Steps to 50% / 90%</th><th>Anamnesis index<br>(steps to forget top-1 within "
-            f"{100 * ANAMNESIS:g}%<br>of the unpruned model's)</th><th>Retain top-1</th>"
+    head = ("<tr><th>Attack</th><th>Model</th><th>lr (the best at each step)</th><th>Forget top-1</th>"
+            "<th>Recovered share (steps: share)</th><th>Steps to 50% / 90%</th><th>Anamnesis index<br>(steps to "
+            f"forget top-1 within {100 * ANAMNESIS:g}%<br>of the unpruned model's)</th><th>Retain top-1</th>"
             "<th>Pruned weights still 0</th></tr>")
     rows = []
     for s in summaries:
         shares = ", ".join(f"{step}: {number(100 * v, '.0f', '%')}" for step, v in zip(s["steps"], s["recovered"])
                            if v is not None and step)
-        cells = [html.escape(s["attack"]), html.escape(s["model"]), f"{s['lr']:g}", _percent_change(s["forget_top1"]),
+        cells = [html.escape(s["attack"]), html.escape(s["model"]), lr_text(s), _percent_change(s["forget_top1"]),
                  shares or "&mdash;",
                  " / ".join("&mdash;" if n is None else str(n) for n in (s["steps_to_50"], s["steps_to_90"])),
                  html.escape(anamnesis_text(s)), _percent_change(s["retain_top1"]),

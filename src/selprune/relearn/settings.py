@@ -26,8 +26,8 @@ class RelearnConfig(Settings):
     attack: tuple[str, ...] = setting(("forget",), "what to fine-tune on: forget (the forget dataset's relearn "
                                       "split), retain (the retain dataset's), other:SPEC (any dataset)")
     optimizer: str = setting("adamw", "adamw: full fine-tuning; lora: low-rank adapters (needs peft)", OPTIMIZERS)
-    lr: tuple[float, ...] = setting((), "learning rates to try; each model keeps the one that recovers most "
-                                    "(default 1e-4 for adamw, 5e-5 for lora)")
+    lr: tuple[float, ...] = setting((), "learning rates to try; at each evaluation point a model keeps the "
+                                    "one that recovered most by then (default 1e-4 for adamw, 5e-5 for lora)")
     max_steps: int = setting(64, "fine-tuning steps; evaluated at 0, 1, 2, 4, 8, ... and the last")
     batch_size: int = setting(BATCH_SIZE, "chunks per fine-tuning step")
     chunk_len: int = setting(CHUNK_LEN, "tokens per fine-tuning chunk")
