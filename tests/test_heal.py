@@ -146,6 +146,19 @@ def test_heal_says_what_it_costs_before_it_starts(capsys, tiny_config, tmp_path)
     assert run_module.healing_cost(config) == pytest.approx((3400 + 3 * 3 * 3 * 64) / 3400)
 
 
+def test_a_sweep_counts_the_tokens_heal_and_harden_fine_tune_on(tiny_config, tmp_path):
+    """--dry-run's tokens left: a healed or hardened run reads more than the plain one, by what it trains on."""
+    from selprune.sweep import tokens_left
+
+    healed = tiny_config(tmp_path / "run", **HEAL)  # 3 steps, chunks of 32
+    plain = dataclasses.replace(healed, heal=0)
+    assert tokens_left(healed, -1) - tokens_left(plain, -1) == 3 * 3 * 2 * 32  # after steps 1, 2 and 3
+    assert tokens_left(healed, 1) - tokens_left(plain, 1) == 2 * 3 * 2 * 32  # after steps 2 and 3
+    hardened = dataclasses.replace(plain, harden=5, harden_batch_size=2, harden_chunk_len=16)
+    assert tokens_left(hardened, -1) - tokens_left(plain, -1) == 2 * 5 * 2 * 16  # before steps 2 and 3
+    assert tokens_left(hardened, 2) - tokens_left(plain, 2) == 5 * 2 * 16  # before step 3
+
+
 def test_bad_input_is_one_line_exit_2(capsys, tiny_llama, tiny_data, save_tiny, tmp_path, monkeypatch):
     outputs = (tmp_path / f"run{i}" for i in itertools.count())
     roberta = save_tiny("roberta", tmp_path / "roberta")

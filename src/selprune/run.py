@@ -418,24 +418,22 @@ def _headline(s: dict) -> str:
 
 
 def hardening_cost(c: RunConfig) -> float:
-    """The tokens a hardened run passes through the model, over the plain run's: --harden fine-tunes before
-    steps 2 to S."""
-    return _over_plain(c, (c.steps - 1) * c.harden * c.harden_batch_size * c.harden_chunk_len)
+    """The forward passes of a hardened run over the plain run's: --harden fine-tunes before steps 2 to S."""
+    return _over_plain(replace(c, heal=0))
 
 
 def healing_cost(c: RunConfig) -> float:
-    """The tokens a healed run passes through the model, over the plain run's: --heal fine-tunes after every
-    step."""
-    return _over_plain(c, c.steps * c.heal * c.heal_batch_size * c.chunk_len)
+    """The forward passes of a healed run over the plain run's: --heal fine-tunes after every step."""
+    return _over_plain(replace(c, harden=0))
 
 
-def _over_plain(c: RunConfig, trained_tokens: int) -> float:
-    """The plain run's tokens (sweep.tokens_left) plus `trained_tokens`, each of which costs about 3 forward
-    passes (forward and backward), over the plain run's."""
-    from .sweep import tokens_left
+def _over_plain(c: RunConfig) -> float:
+    """The run's forward passes over those of the same run without fine-tuning (sweep.tokens_left): each token
+    fine-tuned on costs about 3 (forward and backward)."""
+    from .sweep.kinds import tokens_left, trained_tokens
 
-    plain = tokens_left(c, -1)
-    return (plain + 3 * trained_tokens) / plain
+    plain = tokens_left(replace(c, harden=0, heal=0), -1)
+    return (plain + 3 * trained_tokens(c, -1)) / plain
 
 
 def run(config: RunConfig, resume: bool = False, quiet: bool = False) -> Path:

@@ -98,12 +98,21 @@ def timed_as(run: Planned) -> str:
 
 def tokens_left(config: RunConfig, done: int) -> int:
     """Tokens the run still reads: every step from 0 on evaluates each dataset (forget, retain, watched); every
-    step from 1 on scores forget and retain, unless the scorer reads no activations (random). A stop criterion
-    can end the run sooner."""
+    step from 1 on scores forget and retain, unless the scorer reads no activations (random); and the tokens
+    --harden and --heal fine-tune on. A stop criterion (or --eval-precision) can end the run sooner."""
     steps = config.steps - max(done, 0)
     evaluations = steps + (1 if done < 0 else 0)
     scoring = 2 * config.score_tokens * steps if SCORERS[config.scorer].sums else 0
-    return evaluations * (2 + len(config.watch)) * config.eval_tokens + scoring
+    return evaluations * (2 + len(config.watch)) * config.eval_tokens + scoring + trained_tokens(config, done)
+
+
+def trained_tokens(config: RunConfig, done: int) -> int:
+    """The tokens a run still fine-tunes on after step `done`: --harden before each step from the second,
+    --heal after every step."""
+    later = range(max(done, 0) + 1, config.steps + 1)
+    hardened = sum(step >= 2 for step in later)
+    return (hardened * config.harden * config.harden_batch_size * config.harden_chunk_len
+            + len(later) * config.heal * config.heal_batch_size * config.chunk_len)
 
 
 def unlearning_tokens_left(config: UnlearnConfig, done: dict[float, tuple[int, bool]]) -> int:
