@@ -13,7 +13,8 @@ from conftest import Crash, build_tiny_batch, build_tiny_model, one_error_line
 from selprune import run as run_module
 from selprune.errors import UserError
 from selprune.relearn import COLUMNS as RELEARN_COLUMNS
-from selprune.relearn import RelearnConfig, relearn, summarize_relearn
+from selprune.models import load_model
+from selprune.relearn import Relearn, RelearnConfig, relearn, summarize_relearn
 from selprune.csvfiles import read_csv
 from selprune.rundir import COLUMNS, EVAL_COLUMNS, RunFolder
 from selprune.unlearn import METHODS, UnlearnConfig, unlearn
@@ -323,6 +324,31 @@ def test_the_budget_keeps_the_last_or_the_most_forgetting_checkpoint_within_it(b
 
 SMALL = dict(max_steps=2, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu",
              random_control=False)
+
+
+def test_unlearn_and_relearn_evaluate_in_bf16_as_a_pruning_run_loads_the_model(unlearned, tiny_unlearn, tiny_llama,
+                                                                              tmp_path):
+    """Both train float32 weights and evaluate a bf16 model where the hardware has bf16; it must compute as the
+    pruning run's model, loaded in bf16, does. A `.to(bf16)` copy of the float32 model casts the rotary
+    embedding's frequencies too, and its logits differ (the real model's code top-1 moved by 7 of 8,176 tokens);
+    the error grows with the position, so the batch is long."""
+    ids, mask = build_tiny_batch(length=60)
+
+    def logits(model):
+        with torch.no_grad():
+            return model(input_ids=ids, attention_mask=mask).logits
+
+    expected = logits(load_model(str(tiny_llama), dtype="bfloat16", device="cpu")[0])
+    unlearning = runner_module.Unlearning(tiny_unlearn(tmp_path / "unlearn", device="cpu"), quiet=True)
+    unlearning.folder.unlock()
+    unlearning.load()
+    unlearning.eval_dtype = torch.bfloat16
+    assert torch.equal(logits(unlearning._evaluation_copy(unlearning.base)), expected)
+    analysis = Relearn(RelearnConfig(run=str(unlearned), name="bf16", **SMALL), quiet=True)
+    analysis.run.unlock()
+    analysis.load()
+    analysis.bf16 = True
+    assert torch.equal(logits(analysis._evaluation_model(analysis.base)), expected)
 
 
 def test_relearn_attacks_an_unlearning_folder_beside_a_pruning_run(unlearned, tiny_config, tiny_unlearn, tmp_path):

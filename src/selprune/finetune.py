@@ -82,7 +82,7 @@ def require_one_batch(what: str, chunks, batch_size: int, tokens_flag: str, batc
 
 @torch.no_grad()
 def load_trained_weights(evaluated, trained) -> None:
-    """Overwrite the evaluation model's weights with the trained model's, cast as `.to(dtype)` casts them.
+    """Overwrite the evaluation model's weights with the trained model's, cast to the evaluation model's dtype.
 
     Under LoRA only the adapted layers train, and each gets its base weight plus its adapters' deltas, the sum
     that peft's merge forms for plain LoRA (as configured here: no DoRA, no bias), so the numbers are those of

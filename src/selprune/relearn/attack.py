@@ -16,7 +16,6 @@ their weights do get gradients and can come back. `reinit_pruned` gives the capa
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import itertools
 import math
@@ -104,6 +103,7 @@ class Relearn(Console):
         self.bf16 = c.dtype == "auto" and (cpu_has_bf16() if self.device.type == "cpu"
                                            else torch.cuda.is_bf16_supported())
         self.eval_batch = auto_batch_size(self.base, rc.chunk_len, self.device)
+        self.eval_model = None  # made at the first point that needs it (_evaluation_model)
         forget, retain = (self._splits(spec) for spec in (rc.forget, rc.retain))
         self.evaluation = {"forget": self._first_tokens(forget.eval), "retain": self._first_tokens(retain.eval)}
         self.attacks = {}
@@ -274,13 +274,18 @@ class Relearn(Console):
 
     def _evaluation_model(self, model):
         """Where the attack's points are evaluated: None for the float32 model itself, when it computes in
-        float32 and trains every weight; else one copy of it for the whole attack, in bf16 where training
-        computes in bf16 (fast, and the run itself was evaluated so), which each point overwrites in place
-        instead of copying the model again."""
+        float32 and trains every weight; else one model for every attack, in bf16 where training computes in
+        bf16 (fast, and the run itself was evaluated so), loaded once as the run loaded it (a cast copy would
+        differ: `.to(bf16)` casts a rotary embedding's float32 frequencies too). It takes the attacked model's
+        weights now (LoRA's points overwrite only the adapted layers) and the trained ones at each point."""
         if not (self.bf16 or self.config.optimizer == "lora"):
             return None
-        dtype = torch.bfloat16 if self.bf16 else torch.float32
-        return copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+        if self.eval_model is None:
+            rc = self.run_config
+            self.eval_model = load_model(rc.model, dtype="bfloat16" if self.bf16 else "float32",
+                                         device=self.config.device, trust_remote_code=rc.trust_remote_code)[0]
+        load_trained_weights(self.eval_model, model)
+        return self.eval_model
 
     def _evaluable(self, trained, evaluated):
         """The model as evaluated now: the evaluation model holding the trained weights (LoRA adapters merged),

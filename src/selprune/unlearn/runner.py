@@ -129,9 +129,13 @@ class Unlearning(Console):
         return rows
 
     def _evaluation_copy(self, model):
-        """The model in the evaluation dtype: one copy made once, its weights overwritten at each checkpoint."""
+        """The model in the evaluation dtype, loaded once as a pruning run loads it (a cast copy would differ:
+        `.to(bf16)` casts a rotary embedding's float32 frequencies too), its weights overwritten at each
+        checkpoint."""
         if self.evaluation_model is None:
-            self.evaluation_model = copy.deepcopy(model).to(self.eval_dtype).requires_grad_(False)
+            c = self.config
+            self.evaluation_model = load_model(c.model, dtype=str(self.eval_dtype).removeprefix("torch."),
+                                               device=c.device, trust_remote_code=c.trust_remote_code)[0]
         load_trained_weights(self.evaluation_model, model)
         return self.evaluation_model
 
