@@ -320,6 +320,17 @@ def test_the_budget_keeps_the_last_or_the_most_forgetting_checkpoint_within_it(b
     assert json.loads((out / "state" / "result.json").read_text())["kept_step"] == kept
 
 
+def test_a_method_that_repairs_trains_on_past_the_budget_and_keeps_a_checkpoint_within_it(tiny_unlearn, tmp_path,
+                                                                                        monkeypatch):
+    """distill's noised student starts far past the retain budget and comes back within it: a checkpoint past
+    the budget must not stop its training, as it stops a method that damages as it goes."""
+    scripted(monkeypatch, {2: 30.0, 4: 12.0, 6: 8.0, 8: 4.0}, {2: 90.0, 4: 80.0, 6: 70.0, 8: 60.0})
+    out = unlearn(tiny_unlearn(tmp_path / "u", method="distill", steps=8, lr=(1e-3,), max_retain_drop=10.0),
+                  quiet=True)
+    assert sorted({int(r["step"]) for r in RunFolder(out).rows()}) == [0, 2, 4, 6, 8]
+    assert json.loads((out / "state" / "result.json").read_text())["kept_step"] == 8
+
+
 # -- relearn attacks it ---------------------------------------------------------------------------------------
 
 SMALL = dict(max_steps=2, batch_size=2, chunk_len=16, relearn_tokens=96, eval_tokens=64, lr=(3e-3,), device="cpu",

@@ -64,6 +64,9 @@ class Method:
     trained: Callable[[nn.Module, object], list[tuple[str, nn.Parameter]]]  # (name, parameter) it updates
     # how the trained model starts, from a copy of the starting model (None: as that copy); seeded
     init: Callable[[nn.Module, object], None] | None = None
+    # it starts damaged (distill's noised student) and training repairs it: a checkpoint past the retain budget
+    # does not stop the training, which goes on until a later one is within it
+    repairs: bool = False
 
 
 # -- the pieces of the losses -------------------------------------------------------------------------------
@@ -214,5 +217,5 @@ METHODS: dict[str, Method] = {m.name: m for m in (
            reference=True, retain=True, trained=rmu_weights),
     Method("distill", "UNDO: a noised copy of the starting model (--noise) distilled from it on retain data "
            "(and --distill-data)", distill_loss, UNDO_LR, reference=True, retain=True, trained=every_weight,
-           init=noised),
+           init=noised, repairs=True),
 )}

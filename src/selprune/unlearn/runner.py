@@ -236,6 +236,8 @@ class Unlearning(Console):
         if self.budget is None:
             return step, None
         if retain > self.budget.limit:
+            if self.method.repairs:
+                return kept, None
             return kept, (f"retain drop {retain:.2f}% > {self.budget.limit:.2f}% ({self.budget.source}), so it keeps "
                           f"step {kept}")
         forget = float(rows[0]["top1_drop_rel"])
@@ -259,6 +261,9 @@ class Unlearning(Console):
             self.load()
             outcomes = [self.train(lr) for lr in self.config.learning_rates]
             best = max(outcomes, key=lambda o: o.drop("forget"))  # the first of equals: the order given
+            if self.method.repairs and self.budget and best.kept == 0:
+                self.log(f"no {self.config.method} checkpoint came within the retain budget, so the folder keeps step 0, "
+                         "the starting model: train longer (--steps, --distill-tokens) or at another --lr")
             self.save_model(best)
             write_result(self.folder.path, best.lr, best.kept, best.rows, best.stopped)
             self.log(f"report: {self.write_report()}")
