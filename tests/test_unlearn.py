@@ -546,6 +546,23 @@ def test_distill_from_a_pruned_run_keeps_its_units_at_zero(pruned_run, tiny_unle
     assert json.loads((out / "state" / "result.json").read_text())["kept_step"] == 2
 
 
+def test_distill_from_a_healed_run_starts_from_its_weights_noised(tiny_config, tiny_unlearn, tmp_path):
+    """A healed run's model is its mask over saved weights: rebuilding it after the noise would undo the noise and
+    make the student the teacher. Only the mask is applied again."""
+    from selprune.arch import neuron_group
+    from selprune.pruning import still_zero
+
+    healed = run_module.run(tiny_config(tmp_path / "healed", group="attn-preout", steps=2, heal=3, heal_lr=1e-2,
+                                        heal_batch_size=2), quiet=True)
+    distill = runner_module.Unlearning(tiny_unlearn(tmp_path / "d", method="distill", noise=0.5, from_run=str(healed)),
+                                       quiet=True)
+    distill.load()
+    student, teacher = distill.trainable_copy(), dict(distill.base.named_parameters())
+    assert all(not torch.equal(p, teacher[name]) for name, p in student.named_parameters())
+    assert still_zero(neuron_group(student, "attn-preout"), RunFolder(healed).record().mask())
+    distill.folder.unlock()
+
+
 @pytest.mark.parametrize("spec, phrase", [
     ("MISSING", "not a selprune run folder"),
     ("UNLEARNED", "is an unlearning folder"),

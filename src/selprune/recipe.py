@@ -54,6 +54,10 @@ class Recipe:
         or the same folder's model at an earlier step (pruning only adds units, saved weights replace all)."""
         if self.weights is not None:
             load_unlearned(model, self.weights)
+        return self.prune(model)
+
+    def prune(self, model):
+        """Zero this recipe's pruned units in `model`, in place, and leave every other weight as it is."""
         if self.mask is not None:
             apply(self.neurons(model), self.mask)
         return model

@@ -196,12 +196,13 @@ class Unlearning(Console):
 
     def trainable_copy(self):
         """The model a learning rate trains: a copy of the starting model, started as the method says (distill's
-        noised student), with --from's pruned units zero again."""
+        noised student), with --from's pruned units zero again (only the mask: a healed run's saved weights would
+        undo the noise)."""
         model = copy.deepcopy(self.base).train()
         if self.method.init:
             self.method.init(model, self.config)
             if self.start:
-                self.start.recipe.apply(model)
+                self.start.recipe.prune(model)
         return model
 
     def trainer(self, lr: float):
