@@ -4,11 +4,10 @@
 # 64-step forget attack at two learning rates as in that comparison, added to its relearn folder:
 #   heal4      selprune run --heal 4: 4 retain fine-tuning steps after each pruning step, pruned units at zero
 #   prune-npo  NPO started from the pruning run one step before its kept one, matched to its retain drop
-#   distill-A  UNDO: the healed model's noised copy (--noise A, each of $NOISES, default 0.1 0.3) distilled from
-#              it on 98,304 tokens of retain data
-# About 1 h 15 min on 2 CPU cores for each pair. Every command resumes, or is skipped when finished.
+#   distill-A  UNDO: the healed model's noised copy (--noise A) distilled from it on retain data
+# About 1 h 30 min on 2 CPU cores for each pair. Every command resumes, or is skipped when finished.
 #
-#   bash sweeps/holds.sh code prose "--fraction 0.02" 2 1e-4 2
+#   bash sweeps/holds.sh code prose "--fraction 0.02" 2 1e-4 4
 #   bash sweeps/holds.sh python code "--fraction 0.01" 2 3e-5 2
 #   .venv/bin/python scripts/relearn_table.py runs/compare/code-vs-prose/prune/relearn-compare   # the table
 set -euo pipefail
@@ -22,16 +21,18 @@ again() { if [ -d "$1" ]; then echo --resume; fi; }
 
 finished $P/heal4 || $selprune run $data --steps 8 $heal_fraction --max-retain-drop 10 --heal 4 -o $P/heal4 $(again $P/heal4)
 # NPO from the pruned model crosses the budget far sooner than from the original (code vs prose at 3e-4: 22.7%
-# retain drop after 5 steps), so it runs at a third of the rate that suited the original, checkpointed every 2
+# retain drop after 5 steps), so it runs at a third of the rate that suited the original, checkpointed often
 finished $P/prune-npo || $selprune unlearn --from $P/prune:$npo_from_step --method npo --lr $npo_lr --steps 20 \
   --eval-every $npo_every $data --match $P/prune -o $P/prune-npo $(again $P/prune-npo)
-# the student must come back within the budget: from the plain pruned model (9.8% retain drop on code vs prose)
-# it stayed at 13% after 12 steps, so the teacher is the healed model, which has room below 10%
-NOISES=${NOISES:-0.1 0.3}
-for noise in $NOISES; do
+# UNDO's student must come back within the budget: from the plain pruned model (9.8% retain drop on code vs
+# prose) a 0.1-noised student stayed at 13% after 12 steps, so the teacher is the healed model, which has room
+# below 10%; the noisier student gets more tokens. DISTILL lists NOISE:TOKENS pairs.
+DISTILL=${DISTILL:-0.1:98304 0.3:131072}
+students=""
+for pair in $DISTILL; do
+  noise=${pair%:*} tokens=${pair#*:} students="$students $P/distill-${pair%:*}"
   finished $P/distill-$noise || $selprune unlearn --from $P/heal4 --method distill --noise $noise --lr 3e-4 \
-    --distill-tokens 98304 --eval-every 8 $data --max-retain-drop 10 -o $P/distill-$noise $(again $P/distill-$noise)
+    --distill-tokens $tokens --eval-every 8 $data --max-retain-drop 10 -o $P/distill-$noise $(again $P/distill-$noise)
 done
-controls=$(for f in heal4 prune-npo distill-${NOISES// / distill-}; do echo $P/$f; done)
 $selprune relearn $P/prune --attack forget --lr 1e-4 3e-4 --max-steps 64 --relearn-tokens 65536 --eval-tokens 2048 \
-  --control $P/graddiff $P/ga $P/npo $P/rmu $controls --name compare $(again $P/prune/relearn-compare)
+  --control $P/graddiff $P/ga $P/npo $P/rmu $students $P/heal4 $P/prune-npo --name compare $(again $P/prune/relearn-compare)
