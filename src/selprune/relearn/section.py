@@ -22,11 +22,16 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
             summaries = summarize_relearn(read_csv(results.csv_path, COLUMNS))
             settings = settings_of(results)
             attacks = sorted({s["attack"] for s in summaries})
-            fig = figure(5.0 * len(attacks), 4.2)
+            crowded = len(summaries) > 8 * len(attacks)  # then the legend goes beside the curves, not over them
+            fig = figure((7.5 if crowded else 5.0) * len(attacks), 4.2)
             for i, attack in enumerate(attacks):
                 ax = fig.add_subplot(1, len(attacks), i + 1)
+                others = 0  # past the 10 colours of the cycle, the curves are dotted
                 for s in (s for s in summaries if s["attack"] == attack):
-                    style = dict(color="black", linestyle="--") if s["model"] == "base" else {}
+                    if s["model"] == "base":
+                        style = dict(color="black", linestyle="--")
+                    else:
+                        style, others = dict(linestyle="-" if others < 10 else ":"), others + 1
                     ax.plot(s["steps"], [100 * v for v in s["forget_top1"]], marker="o", markersize=3,
                             label=f"{s['model']} (lr {lr_text(s)})", **style)
                 ax.set_xscale("symlog", linthresh=1)
@@ -34,7 +39,7 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
                 ax.set_xlabel("fine-tuning steps")
                 ax.set_ylabel("forget top-1 (%)")
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=8)
+                ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5)) if crowded else ax.legend(fontsize=8)
             image = png(fig)
             atomic.write_bytes(out_dir / safe_name(f"relearn-{run['label']}-{results.path.name}.png"), image)
             attacked = (f"the unlearned model (the checkpoint it kept, step {settings.step})" if run["unlearning"]
