@@ -24,6 +24,7 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
             attacks = sorted({s["attack"] for s in summaries})
             crowded = len(summaries) > 8 * len(attacks)  # then the legend goes beside the curves, not over them
             fig = figure((7.5 if crowded else 5.0) * len(attacks), 4.2)
+            legend = dict(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5)) if crowded else dict(fontsize=8)
             for i, attack in enumerate(attacks):
                 ax = fig.add_subplot(1, len(attacks), i + 1)
                 others = 0  # past the 10 colours of the cycle, the curves are dotted
@@ -39,7 +40,7 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
                 ax.set_xlabel("fine-tuning steps")
                 ax.set_ylabel("forget top-1 (%)")
                 ax.grid(alpha=0.3)
-                ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5)) if crowded else ax.legend(fontsize=8)
+                ax.legend(**legend)
             image = png(fig)
             atomic.write_bytes(out_dir / safe_name(f"relearn-{run['label']}-{results.path.name}.png"), image)
             attacked = (f"the unlearned model (the checkpoint it kept, step {settings.step})" if run["unlearning"]
