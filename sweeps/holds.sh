@@ -4,8 +4,8 @@
 # 64-step forget attack at two learning rates as in that comparison, added to its relearn folder:
 #   heal4      selprune run --heal 4: 4 retain fine-tuning steps after each pruning step, pruned units at zero
 #   prune-npo  NPO started from the pruning run one step before its kept one, matched to its retain drop
-#   distill-A  UNDO: the healed model's noised copy (--noise A) distilled from it on retain data
-# About 1 h 30 min on 2 CPU cores for each pair. Every command resumes, or is skipped when finished.
+#   distill-A  UNDO: the healed model's noised copy (--noise A) distilled from it on retain data, A = 0.1, 0.05
+# About 1 h 45 min on 2 CPU cores for each pair. Every command resumes, or is skipped when finished.
 #
 #   bash sweeps/holds.sh code prose "--fraction 0.02" 2 1e-4 4
 #   bash sweeps/holds.sh python code "--fraction 0.01" 2 3e-5 2
@@ -27,13 +27,15 @@ finished $P/prune-npo || $selprune unlearn --from $P/prune:$npo_from_step --meth
 # UNDO's student must come back within the budget: from the plain pruned model (9.8% retain drop on code vs
 # prose) a 0.1-noised student stayed at 13% after 12 steps, so the teacher is the healed model, which has room
 # below 10%. DISTILL lists NOISE:TOKENS pairs; noisier students did not come back within the budget (code vs
-# prose, 131,072 tokens: 0.2 ended at 17% retain drop, 0.3 stayed at 86%), so the default is 0.1 alone.
-DISTILL=${DISTILL:-0.1:98304}
-students=""
+# prose, 131,072 tokens: 0.2 ended at 17% retain drop, 0.3 stayed at 86%), so the second level is below 0.1.
+DISTILL=${DISTILL:-"0.1:98304 0.05:98304"}
+students=()
 for pair in $DISTILL; do
-  noise=${pair%:*} tokens=${pair#*:} students="$students $P/distill-${pair%:*}"
+  noise=${pair%:*} tokens=${pair#*:} students+=($P/distill-$noise)
   finished $P/distill-$noise || $selprune unlearn --from $P/heal4 --method distill --noise $noise --lr 3e-4 \
     --distill-tokens $tokens --eval-every 8 $data --max-retain-drop 10 -o $P/distill-$noise $(again $P/distill-$noise)
 done
+# --resume attacks the controls added after the saved ones, which must come after them, in the order they were added
 $selprune relearn $P/prune --attack forget --lr 1e-4 3e-4 --max-steps 64 --relearn-tokens 65536 --eval-tokens 2048 \
-  --control $P/graddiff $P/ga $P/npo $P/rmu $students $P/heal4 $P/prune-npo --name compare $(again $P/prune/relearn-compare)
+  --control $P/graddiff $P/ga $P/npo $P/rmu ${students[0]} $P/heal4 $P/prune-npo "${students[@]:1}" --name compare \
+  $(again $P/prune/relearn-compare)
