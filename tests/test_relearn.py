@@ -1,6 +1,7 @@
 """The relearning attack on tiny models: it trains, it keeps pruned ff weights at zero, it resumes, it refuses."""
 
 import copy
+import re
 import shutil
 
 import pytest
@@ -247,6 +248,10 @@ def test_resume_may_add_controls_after_the_saved_ones(pruned_runs, tmp_path):
     assert (grown / "relearn" / "relearn.csv").read_text() == (whole / "relearn" / "relearn.csv").read_text()
     with pytest.raises(UserError, match="different settings.*control"):  # a saved control cannot be dropped
         relearn(RelearnConfig(run=str(grown), step=2, **small), resume=True, quiet=True)
+    new = f"{pruned_runs['attn-value']}:2"
+    saved_first = re.escape(f"add control entries after the saved ones, in their order: {control})")
+    with pytest.raises(UserError, match=saved_first):
+        relearn(RelearnConfig(run=str(grown), control=(new, control), **small), resume=True, quiet=True)
 
 
 def test_resume_accepts_the_run_path_spelled_differently(pruned_runs, tmp_path, monkeypatch):

@@ -56,8 +56,10 @@ class AnalysisFolder:
             changed = sorted(k for k in set(saved) | set(given) if k != "run" and saved.get(k) != given.get(k)
                              and not (k in growing and _extends(given.get(k), saved.get(k))))
             if changed:
+                kept = "".join(f" (a resume may add {key} entries after the saved ones, in their order: "
+                               f"{', '.join(map(str, saved[key]))})" for key in changed if key in growing and saved.get(key))
                 raise UserError(f"cannot resume {self.path} with different settings ({', '.join(changed)}): resume "
-                                "with the same settings, or give --name to start another")
+                                f"with the same settings{kept}, or give --name to start another")
         self.settings = settings
 
     def committed(self) -> tuple[list[dict], list[str]]:
