@@ -4,9 +4,10 @@ Per attacked model (the run's own, its controls, the unpruned and random control
 before the attack (from the folder's own metrics.csv, the numbers a --match was made on), the learning rates the
 attacker found best (at each step the better one), the recovered share of the forget gap after the chosen steps, the anamnesis index, the retain
 top-1 before and after, and the share that passes each chosen greedy check of `selprune inspect` (run it first
-on each folder). Usage:
+on each folder). With --curves, a second table follows: each model's attacked top-1 at those steps, one column per
+learning rate. Usage:
 
-    .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64]
+    .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64] [--curves 0 1 4 64]
 
 from the folder relearn ran in (its --control paths are read as they were given).
 """
@@ -32,6 +33,8 @@ def main() -> None:
     parser.add_argument("--at", type=int, nargs="+", default=[1, 4, 16, 64], help="steps of the recovered share")
     parser.add_argument("--checks", nargs="+", default=["python body", "same language"],
                         help="the inspect checks shown, each a share (see RUN/inspect/checks.csv)")
+    parser.add_argument("--curves", type=int, nargs="+", metavar="STEP",
+                        help="also print each model's forget top-1 (%%) at these attack steps, per learning rate")
     args = parser.parse_args()
     run = RunFolder(args.results.resolve().parent)
     name = args.results.name[len(RELEARN) + 1:] or None
@@ -65,6 +68,22 @@ def main() -> None:
                  f"{100 * s['retain_top1'][0]:.1f} -> {100 * s['retain_top1'][-1]:.1f}"]
         cells += [_check(folder, step, check, dataset) for check, dataset in checks]
         print("| " + " | ".join(cells) + " |")
+    if args.curves:
+        _print_curves(read_csv(results.csv_path, COLUMNS), args.attack, args.curves)
+
+
+def _print_curves(rows: list[dict], attack: str, steps: list[int]) -> None:
+    """One row per model under `attack`, one column per learning rate: its forget top-1 at `steps`."""
+    top1 = {(r["model"], float(r["lr"]), int(r["step"])): 100 * float(r["forget_top1"])
+            for r in rows if r["attack"] == attack}
+    models = sorted({model for model, _, _ in top1}, key=lambda m: (m != "base", m))
+    lrs = sorted({lr for _, lr, _ in top1})
+    print(f"\nforget top-1 (%) under the {attack} attack, at steps {' / '.join(map(str, steps))}:\n")
+    print("| model | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |")
+    print("|---|" + "---|" * len(lrs))
+    for model in models:
+        cells = [" / ".join(f"{top1[model, lr, t]:.1f}" if (model, lr, t) in top1 else "—" for t in steps) for lr in lrs]
+        print(f"| {model} | " + " | ".join(cells) + " |")
 
 
 def _drops(folder: RunFolder | None, step: int | None, summary: dict, base: dict | None) -> str:
