@@ -152,6 +152,23 @@ def test_constant_logits_score_no_hits(arch, dtype, fused, tiny_model, tiny_batc
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("cap", [None, 30.0], ids=["uncapped", "soft-capped"])
+def test_every_kind_of_non_finite_logit_is_flagged(cap, fused):
+    """Finiteness is read from the row's minimum and its loss (or maximum, under a soft-cap, whose tanh makes
+    +inf finite): each of NaN, +inf and -inf, at the target or elsewhere, flags exactly its own row."""
+    logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    targets = torch.arange(8) * 3
+    bad = {1: (5, "nan"), 2: (targets[2], "nan"), 3: (7, "inf"), 4: (targets[4], "inf"), 5: (9, "-inf"),
+           6: (targets[6], "-inf")}
+    for row, (column, value) in bad.items():
+        logits[row, column] = float(value)
+    count = ranks.fused_count_bounds if fused else ranks._count_bounds
+    below, above = torch.full((8,), -0.1), torch.full((8,), 0.1)
+    finite = count(logits, targets, below, above, cap)[3]
+    assert finite.logical_not().nonzero().flatten().tolist() == sorted(bad)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("bad", [float("nan"), float("inf")])
 @pytest.mark.parametrize("arch", ["llama", "roberta"])
 def test_non_finite_logits_end_the_evaluation(arch, bad, fused, tiny_model, tiny_batch):
