@@ -40,7 +40,8 @@ def main() -> None:
     name = args.results.name[len(RELEARN) + 1:] or None
     results = AnalysisFolder(run, RELEARN, COLUMNS, name)
     settings = settings_of(results)
-    summaries = [s for s in summarize_relearn(read_csv(results.csv_path, COLUMNS)) if s["attack"] == args.attack]
+    rows = read_csv(results.csv_path, COLUMNS)
+    summaries = [s for s in summarize_relearn(rows) if s["attack"] == args.attack]
     folders = {"pruned": (run, settings.step), "unlearned": (run, settings.step)}
     for spec in settings.control:
         path, _, step = spec.partition(":")
@@ -69,7 +70,7 @@ def main() -> None:
         cells += [_check(folder, step, check, dataset) for check, dataset in checks]
         print("| " + " | ".join(cells) + " |")
     if args.curves:
-        _print_curves(read_csv(results.csv_path, COLUMNS), args.attack, args.curves)
+        _print_curves(rows, args.attack, args.curves)
 
 
 def _print_curves(rows: list[dict], attack: str, steps: list[int]) -> None:
