@@ -74,7 +74,7 @@ def test_bf16_ranks_equal_exact_ranks(arch, scale, fused, tiny_model, tiny_batch
     ref = torch.logsumexp(capped, 1) - capped.gather(1, targets[:, None])[:, 0]
     torch.testing.assert_close(loss.double().mean(), ref.mean(), rtol=2e-2, atol=1e-2)
     if fused:
-        assert not ranks.fused_count_bounds.failed, "fell back to eager: nothing was compiled"
+        assert not ranks.fused_reductions.failed, "fell back to eager: nothing was compiled"
 
 
 def _masked_batch(tiny_batch, batch=3, length=12):
@@ -153,6 +153,25 @@ def test_constant_logits_score_no_hits(arch, dtype, fused, tiny_model, tiny_batc
 
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("cap", [None, 30.0], ids=["uncapped", "soft-capped"])
+def test_the_loss_is_the_cross_entropy_even_where_a_logit_is_far_above_the_target(cap, fused):
+    """The loss is summed relative to the target's own logit: rows where another logit is 100 or 1,000 above it
+    (beyond float32's exp) or the target is far on top must still give the cross-entropy, not inf or 0."""
+    logits = (torch.randn(6, 300, generator=torch.Generator().manual_seed(1)) * 4).to(torch.bfloat16)
+    targets = torch.arange(6) * 7
+    logits[1, 3], logits[2, 5], logits[3, targets[3]], logits[4, targets[4]] = 100, 1000, 200, -200
+    below, above = torch.full((6,), -0.1), torch.full((6,), 0.1)
+    surely, maybe, loss, finite = ranks.count_bounds(logits, targets, below, above, cap, fused)
+    capped = torch.tanh(logits.double() / cap) * cap if cap else logits.double()
+    ref = torch.nn.functional.cross_entropy(capped, targets, reduction="none")
+    torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
+    assert finite.all()
+    assert torch.equal(surely.long(), (logits > above[:, None]).sum(1))
+    at_or_above = (logits >= below[:, None]).sum(1) - (logits.gather(1, targets[:, None])[:, 0] >= below).long()
+    assert torch.equal(maybe.long(), at_or_above)
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
+@pytest.mark.parametrize("cap", [None, 30.0], ids=["uncapped", "soft-capped"])
 def test_every_kind_of_non_finite_logit_is_flagged(cap, fused):
     """Finiteness is read from the row's minimum and its loss (or maximum, under a soft-cap, whose tanh makes
     +inf finite): each of NaN, +inf and -inf, at the target or elsewhere, flags exactly its own row."""
@@ -162,9 +181,8 @@ def test_every_kind_of_non_finite_logit_is_flagged(cap, fused):
            6: (targets[6], "-inf")}
     for row, (column, value) in bad.items():
         logits[row, column] = float(value)
-    count = ranks.fused_count_bounds if fused else ranks._count_bounds
     below, above = torch.full((8,), -0.1), torch.full((8,), 0.1)
-    finite = count(logits, targets, below, above, cap)[3]
+    finite = ranks.count_bounds(logits, targets, below, above, cap, fused)[3]
     assert finite.logical_not().nonzero().flatten().tolist() == sorted(bad)
 
 

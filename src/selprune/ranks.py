@@ -61,29 +61,48 @@ class Head:
         return (self.eps * (exact.abs() + self.b_max) + slack) / (1 - self.eps)
 
 
+def _capped(logits, cap):
+    """The logits as the loss sees them: float32 or wider, soft-capped where the model caps."""
+    logits = logits.to(torch.promote_types(logits.dtype, torch.float32))
+    return torch.tanh(logits / cap) * cap if cap else logits
+
+
 def _loss(logits, targets, cap):
-    if cap:
-        logits = torch.tanh(logits.float() / cap) * cap
-    return torch.nn.functional.cross_entropy(logits, targets, reduction="none").float()
+    return torch.nn.functional.cross_entropy(_capped(logits, cap), targets, reduction="none").float()
 
 
-def _count_bounds(logits, targets, below, above, cap):
+def _reductions(logits, below, above, shift, cap):
+    """Per row, in one read of the block's logits: the logits surely above the target's, those that may be at or
+    above it (target included), the sum of exp(logit - shift) in float32, the minimum, and (soft-capped) the
+    maximum. Counts in int32 and the shift instead of the row's maximum: each a third less work, compiled."""
+    surely = (logits > above[:, None]).sum(-1, dtype=torch.int32)
+    maybe = (logits >= below[:, None]).sum(-1, dtype=torch.int32)
+    sum_exp = torch.exp(_capped(logits, cap) - shift[:, None]).sum(-1)
+    return surely, maybe, sum_exp, logits.amin(-1), logits.amax(-1) if cap else None
+
+
+fused_reductions = Fused(_reductions, "the rank counts")
+
+
+def count_bounds(logits, targets, below, above, cap, fused: bool = False):
     """Per row: logits surely above the target's, logits that may be at or above it (target excluded), the
     loss, and whether every logit is finite.
 
-    Compiled, this reads the block's logits once; eager, each comparison reads them again. Finiteness comes
-    from reductions already needed or cheap, not from testing every logit (which cost a third more, compiled):
-    a NaN or -inf logit makes the row's minimum non-finite, and a +inf one the loss, or the maximum where the
-    soft-cap's tanh would hide it from the loss.
+    The loss is log sum exp(logit - target logit), shifted by the target's own logit so that no pass for the
+    row's maximum is needed; the rare row where some logit exceeds the target's by more than float32's exp
+    allows (~88) is recomputed the usual way. Finiteness comes from reductions already made, not from testing
+    every logit: a NaN or -inf logit makes the row's minimum non-finite, and a +inf one the loss, or the maximum
+    where the soft-cap's tanh would hide it from the loss.
     """
-    surely = (logits > above[:, None]).sum(-1)
-    maybe = (logits >= below[:, None]).sum(-1) - (logits.gather(1, targets[:, None])[:, 0] >= below).long()
-    loss = _loss(logits, targets, cap)
-    top = logits.amax(-1) if cap else loss
-    return surely, maybe, loss, torch.isfinite(logits.amin(-1)) & torch.isfinite(top)
-
-
-fused_count_bounds = Fused(_count_bounds, "the rank counts")
+    target = logits.gather(1, targets[:, None])[:, 0]
+    surely, maybe, sum_exp, low, high = (fused_reductions if fused else _reductions)(
+        logits, below, above, _capped(target, cap), cap)
+    loss = sum_exp.log()
+    overflow = torch.isinf(sum_exp).nonzero()[:, 0]
+    if len(overflow):
+        loss[overflow] = _loss(logits[overflow], targets[overflow], cap)
+    maybe = maybe.long() - (target >= below).long()
+    return surely.long(), maybe, loss, torch.isfinite(low) & torch.isfinite(loss if high is None else high)
 
 
 @contextmanager
@@ -111,7 +130,6 @@ def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool 
     their in-band candidates re-scored in float32. `fused` compiles the counts. Rows go in blocks so that a
     block's logits stay in cache. Raises NonFiniteLogits, naming `what`, if any logit is NaN or infinite.
     """
-    bounds = fused_count_bounds if fused else _count_bounds
     top1, top10, loss, finite = [], [], [], []
     for start in range(0, len(targets), rows):
         h, t = hidden[start:start + rows], targets[start:start + rows]
@@ -120,7 +138,7 @@ def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool 
         exact = head.exact(h, t[:, None])[:, 0]
         band = head.band(h, exact)
         below, above = exact - band, exact + band
-        better, maybe, block_loss, block_finite = bounds(logits, t, below, above, head.cap)
+        better, maybe, block_loss, block_finite = count_bounds(logits, t, below, above, head.cap, fused)
         unsure = ((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))
         if unsure.any():  # the logits at or above the band's floor are the row's best: re-score them exactly
             r = unsure.nonzero()[:, 0]
