@@ -129,6 +129,28 @@ def test_frequent_tokens_ignores_padding():
     assert frequent_tokens(ids, mask, 2).tolist() == [5, 6]
 
 
+@pytest.mark.parametrize("arch", ["opt", "phi"])  # plain head, head with bias
+def test_exact_logits_of_pairs_are_the_same_in_any_chunking(arch, tiny_model):
+    """Re-scoring goes pair by pair in bounded chunks: a chunk boundary must not change a logit, and tokens with
+    equal weights (one in each chunk) must get bitwise equal logits, or a tie could rank the target above."""
+    model = tiny_model(arch).to(torch.bfloat16)
+    head = Head(model)
+    head.linear.weight[9] = head.linear.weight[3]
+    if head.linear.bias is not None:
+        head.linear.bias[9] = head.linear.bias[3]
+    hidden = torch.randn(4, head.linear.in_features, generator=torch.Generator().manual_seed(2)).to(torch.bfloat16)
+    rows = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3, 2])
+    ids = torch.tensor([3, 3, 5, 3, 9, 9, 7, 9, 3])
+    whole = head.exact(hidden, ids, rows)
+    for size in (1, 2, 3, 4):
+        assert torch.equal(head.exact(hidden, ids, rows, pairs=size), whole)
+    assert torch.equal(whole[[0, 1, 3]], whole[[4, 5, 7]])
+    reference = hidden[rows].double() @ head.linear.weight.double().T
+    if head.linear.bias is not None:
+        reference += head.linear.bias.double()
+    torch.testing.assert_close(whole.double(), reference.gather(1, ids[:, None])[:, 0], rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("arch", ["llama", "roberta"])

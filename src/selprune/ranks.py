@@ -43,11 +43,21 @@ class Head:
         self.w_norm = torch.linalg.vector_norm(w, dim=1, dtype=torch.float32).max()
         self.b_max = 0.0 if self.linear.bias is None else self.linear.bias.abs().max().float()
 
-    def exact(self, hidden: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """float32 logits (before any soft-capping) of token ids [N, K] from hidden states [N, D]."""
-        out = torch.einsum("nd,nkd->nk", hidden.float(), self.linear.weight[ids].float())
+    def exact(self, hidden: torch.Tensor, ids: torch.Tensor, rows: torch.Tensor | None = None,
+              pairs: int = 2 ** 15) -> torch.Tensor:
+        """float32 logits (before any soft-capping) of token ids [P] from hidden states [N, D]: of hidden[rows[p]]
+        (hidden[p] without rows), pair by pair.
+
+        Every pair is summed by the same code in the same order, so two tokens with equal weights get equal
+        logits. `pairs` at a time bound the memory, however many candidates a row has.
+        """
+        out = torch.empty(len(ids), dtype=torch.float32, device=hidden.device)
+        for start in range(0, len(ids), pairs):
+            part = slice(start, start + pairs)
+            h = hidden[part] if rows is None else hidden[rows[part]]
+            out[part] = (h.float() * self.linear.weight[ids[part]].float()).sum(-1)
         if self.linear.bias is not None:
-            out = out + self.linear.bias[ids].float()
+            out += self.linear.bias[ids].float()
         return out
 
     def band(self, hidden: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
@@ -135,18 +145,19 @@ def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool 
         h, t = hidden[start:start + rows], targets[start:start + rows]
         with _float32_sums(h.device):
             logits = head.linear(h)
-        exact = head.exact(h, t[:, None])[:, 0]
+        exact = head.exact(h, t)
         band = head.band(h, exact)
         below, above = exact - band, exact + band
         better, maybe, block_loss, block_finite = count_bounds(logits, t, below, above, head.cap, fused)
-        unsure = ((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))
-        if unsure.any():  # the logits at or above the band's floor are the row's best: re-score them exactly
-            r = unsure.nonzero()[:, 0]
-            near = logits[r]
-            cand = near.topk(int((near >= below[r, None]).sum(-1).max()), dim=-1).indices
-            # the target is re-scored in the same call, so that a token equal to it compares equal
-            rescored = head.exact(h[r], torch.cat([t[r, None], cand], dim=1))
-            better[r] = ((rescored[:, 1:] >= rescored[:, :1]) & (cand != t[r, None])).sum(-1)
+        unsure = (((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))).nonzero()[:, 0]
+        if len(unsure):  # re-score exactly the logits at or above the band's floor: the only ones that may beat t
+            row, token = (logits[unsure] >= below[unsure, None]).nonzero().unbind(1)
+            # the targets are re-scored in the same call, so that a token equal to its target compares equal
+            whose = torch.cat([torch.arange(len(unsure), device=row.device), row])
+            rescored = head.exact(h[unsure], torch.cat([t[unsure], token]), whose)
+            target, candidate = rescored[:len(unsure)], rescored[len(unsure):]
+            beats = (candidate >= target[row]) & (token != t[unsure][row])
+            better[unsure] = torch.zeros_like(better[unsure]).index_add_(0, row, beats.long())
         top1.append(better == 0)
         top10.append(better < 10)
         loss.append(block_loss)
