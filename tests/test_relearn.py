@@ -288,12 +288,15 @@ def test_an_unlearning_folder_is_attacked_at_its_kept_checkpoint(make_unlearning
 
 def fresh_copy_per_point(self, trained, evaluated):
     """How each point was evaluated before issue 24: a new copy of the trained model, its LoRA adapters
-    merged by peft, cast to the evaluation dtype (where the model itself was evaluated, a float32 copy is
-    the same numbers)."""
+    merged by peft, its weights cast to the evaluation dtype (where the model itself was evaluated, a float32
+    copy is the same numbers). Only the weights: a model loaded in bf16, as the evaluation model is, keeps its
+    rotary frequencies in float32, and logits a bf16 ulp apart show in a float32 loss."""
     copied = copy.deepcopy(trained)
     if hasattr(copied, "merge_and_unload"):
         copied = copied.merge_and_unload()
-    return copied.to(torch.bfloat16 if self.bf16 else torch.float32).eval().requires_grad_(False)
+    for weight in copied.parameters():
+        weight.data = weight.data.to(torch.bfloat16 if self.bf16 else torch.float32)
+    return copied.eval().requires_grad_(False)
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "lora"])
