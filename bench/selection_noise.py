@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from selprune.adaptive import Settled, overlap, settled_rule
+from selprune.adaptive import Settled, overlap
 from selprune.config import RunConfig
 from selprune.run import Run
 from selprune.scorers import SCORERS, importance
@@ -125,8 +125,6 @@ def main() -> None:
 
 RULES = {f"overlap >= {t:g} x{times}, floor 1/3": (lambda t=t, times=times: Settled(t, times, 1 / 3))
          for t in (0.0, 0.8, 0.85, 0.9) for times in (1, 2) if t or times == 1}
-RULES["overlap >= 0.8 x2, 1/3 to 1/2 (the run's)"] = settled_rule
-RULES["half alone"] = lambda: Settled(0.0, 1, 1 / 2)
 
 if __name__ == "__main__":
     main()

@@ -1,8 +1,6 @@
-"""--adaptive-scoring on tiny runs: it stops once the selection settles and after half the blocks when it does not,
+"""--adaptive-scoring on tiny runs: it stops once the selection settles and reads every block when it does not,
 metrics.csv's score_tokens says what each step read, a resumed run equals an uninterrupted one, a folder made
 before score_tokens stays readable and resumable, and bad settings are refused with one line."""
-
-import math
 
 import pytest
 import torch
@@ -23,15 +21,12 @@ def one_chunk_blocks(monkeypatch):
     monkeypatch.setattr(adaptive, "BLOCK_TOKENS", CHUNK_LEN)
 
 
-def scoring_tokens(out, share: float = 1.0) -> dict[str, int]:
-    """The scoring tokens per dataset of a run's data (what a fixed-budget step reads), or of the first `share`
-    of the blocks (one-chunk blocks, counted over the dataset with the most, as the rule counts them)."""
+def scoring_tokens(out) -> dict[str, int]:
+    """The scoring tokens per dataset of a run's data (what a fixed-budget step reads)."""
     config = RunFolder(out).read_config()
     tokenizer = AutoTokenizer.from_pretrained(config.model)
-    masks = {role: run_splits(config, tokenizer, spec, role=role).score.attention_mask
-             for role, spec in (("forget", config.forget), ("retain", config.retain))}
-    blocks = math.ceil(share * max(len(mask) for mask in masks.values()))
-    return {role: int(mask[:blocks].sum()) for role, mask in masks.items()}
+    return {role: int(run_splits(config, tokenizer, spec, role=role).score.attention_mask.sum())
+            for role, spec in (("forget", config.forget), ("retain", config.retain))}
 
 
 def spy_on_statistics(monkeypatch, out) -> dict[tuple[int, str], int]:
@@ -57,7 +52,7 @@ def test_blocks_cover_the_chunks_in_order():
     assert block_slices(mask, 100) == [slice(i, i + 1) for i in range(10)]  # at least one chunk a block
 
 
-def test_the_rule_waits_for_its_streak_and_its_floor_and_stops_at_its_ceiling_or_the_last_block():
+def test_the_rule_waits_for_its_streak_and_its_floor_and_always_stops_at_the_last_block():
     a, b = torch.zeros(20, dtype=torch.bool), torch.zeros(20, dtype=torch.bool)
     a[:10], b[1:11] = True, True  # b shares 9 of a's 10
     assert overlap(a, b) == 0.9
@@ -65,8 +60,6 @@ def test_the_rule_waits_for_its_streak_and_its_floor_and_stops_at_its_ceiling_or
     assert [rule.after(sel, k, 8) for k, sel in enumerate([a, a, a, a, a], start=1)] == [False] * 3 + [True] * 2
     rule = Settled(0.95, times=1)
     assert [rule.after(sel, k, 4) for k, sel in enumerate([a, b, a, b], start=1)] == [False] * 3 + [True]
-    rule = Settled(0.95, times=1, ceiling=0.5)  # never settled, but half of the blocks are enough
-    assert [rule.after(sel, k, 8) for k, sel in enumerate([a, b, a, b], start=1)] == [False] * 3 + [True]
 
 
 def test_a_settled_selection_stops_before_the_ceiling(tiny_config, tmp_path, monkeypatch, one_chunk_blocks):
@@ -84,17 +77,15 @@ def test_a_settled_selection_stops_before_the_ceiling(tiny_config, tmp_path, mon
             assert tokens[step, role] == read[step, role] < full[role]
 
 
-def test_a_selection_that_keeps_changing_reads_half_of_the_blocks(tiny_config, tmp_path, monkeypatch,
-                                                                  one_chunk_blocks):
+def test_a_selection_that_keeps_changing_reads_every_block(tiny_config, tmp_path, monkeypatch, one_chunk_blocks):
     generator = torch.Generator().manual_seed(0)
     monkeypatch.setattr(run_module.Run, "importance",
                         lambda self, stats, neurons: torch.rand(2, 24, generator=generator, dtype=torch.float64))
     out = tmp_path / "unsettled"
     read = spy_on_statistics(monkeypatch, out)
     run_module.run(tiny_config(out, adaptive_scoring=True), quiet=True)
-    half, tokens = scoring_tokens(out, 0.5), recorded(out)
-    assert all(half[role] < scoring_tokens(out)[role] for role in half)
-    assert all(tokens[step, role] == read[step, role] == half[role] for step in (1, 2, 3) for role in half)
+    full, tokens = scoring_tokens(out), recorded(out)
+    assert all(tokens[step, role] == read[step, role] == full[role] for step in (1, 2, 3) for role in full)
 
 
 def test_a_fixed_budget_records_its_whole_scoring_split(finished_run):

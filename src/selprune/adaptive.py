@@ -28,14 +28,12 @@ def overlap(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @dataclass
 class Settled:
-    """The stopping rule: after block k of n, stop once at least `floor` of the n blocks are in and the selection
-    overlaps the one after the block before by at least `threshold`, `times` blocks in a row; and once `ceiling`
-    of them are in, whatever the selection does."""
+    """The stopping rule: after block k of n, stop once the selection overlaps the one after the block before
+    by at least `threshold`, `times` blocks in a row, and at least `floor` of the n blocks are in."""
 
     threshold: float
     times: int = 1
     floor: float = 0.0
-    ceiling: float = 1.0
     previous: torch.Tensor | None = None
     streak: int = 0
 
@@ -44,14 +42,12 @@ class Settled:
         same = self.previous is not None and overlap(selection, self.previous) >= self.threshold
         self.streak = self.streak + 1 if same else 0
         self.previous = selection
-        return k >= self.ceiling * n or (self.streak >= self.times and k >= self.floor * n)
+        return k >= n or (self.streak >= self.times and k >= self.floor * n)
 
 
 def settled_rule() -> Settled:
-    """The rule a run uses (docs/METHOD.md, "Adaptive scoring"). A third of the blocks at least, since a selection
-    from a nested third of a sample lies about as far from the whole sample's as another whole sample's does when
-    tokens are independent; then two blocks in a row that change less than a fifth of the selection, which the
-    measured samples of code vs prose meet after 45% of 16,384 tokens on average; and half of the blocks at most,
-    since a nested half lies, in expectation, only half as far from the whole as another sample does, however
-    much the selection still changes from block to block (python vs code)."""
-    return Settled(0.8, times=2, floor=1 / 3, ceiling=1 / 2)
+    """The rule a run uses (docs/METHOD.md, "Adaptive scoring"): a third of the blocks at least, since a selection
+    from a third of a sample lies about as far from the whole sample's as another whole sample's does when tokens
+    are independent; and then two blocks in a row that change less than a fifth of the selection, which the
+    measured samples of code vs prose meet after 45% of 16,384 tokens on average."""
+    return Settled(0.8, times=2, floor=1 / 3)
