@@ -1,7 +1,8 @@
 """--adaptive-scoring (and --eval-precision) against the fixed budgets, side by side, on the demo's settings.
 
     .venv/bin/python bench/adaptive.py [--forget code --retain prose] [--steps 10] [--fraction 0.02]
-                                      [--score-tokens 16384] [--eval-tokens 16384] [--eval-precision P] [--keep DIR]
+                                      [--score-tokens 16384] [--eval-tokens 16384] [--eval-precision P]
+                                      [--repeats 1] [--keep DIR]
 
 Makes each run with `selprune run` in its own process (so each pays its own start and compilation): the fixed
 budgets with --seed 0 and --seed 1, --adaptive-scoring with --seed 0, and with --eval-precision P also
@@ -9,17 +10,22 @@ budgets with --seed 0 and --seed 1, --adaptive-scoring with --seed 0, and with -
 dataset of each run, the overlap of each run's pruned set so far with the fixed run's (seed 0), and the largest
 difference of their top-1 drops (forget or retain, points). Seed 1 shows how far the fixed budget is from itself
 on another sample of documents (the seed shuffles the scoring and the evaluation documents alike), which is the
-bar the others are held to. Ends with each run's wall time over the fixed run's.
+bar the others are held to. Ends with each run's wall time over the fixed run's; with --repeats R, every run is
+made R times, in turns, and the time is the median of the ratios within a round (a single run's time drifts
+by about a tenth on a shared machine). The later rounds must prune the same units as the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import torch
 
 from selprune.adaptive import overlap
 from selprune.rundir import RunFolder
@@ -64,16 +70,28 @@ def main() -> None:
     p.add_argument("--score-tokens", type=int, default=16_384)
     p.add_argument("--eval-tokens", type=int, default=16_384)
     p.add_argument("--eval-precision", type=float, help="add a run with --adaptive-scoring and this precision")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="rounds of all the runs, in turns (reversed every other round): times are medians")
     p.add_argument("--keep", help="make the run folders here, and keep them")
     args = p.parse_args()
     runs = dict(RUNS)
     if args.eval_precision:
         runs[f"adaptive ±{args.eval_precision:g}"] = (*RUNS["adaptive"], "--eval-precision", str(args.eval_precision))
+    rounds = []  # seconds of each run, per round
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
-        folders = {name: root / name.replace(" ", "-").replace("±", "precision-") for name in runs}
-        seconds = {name: selprune_run(args, folders[name], extra) for name, extra in runs.items()}
-        steps = {name: by_step(folder) for name, folder in folders.items()}
+        for r in range(args.repeats):
+            names = list(runs) if r % 2 == 0 else list(reversed(runs))
+            folders = {name: root / f"{name.replace(' ', '-').replace('±', 'precision-')}{f'-{r}' if r else ''}"
+                       for name in names}
+            rounds.append({name: selprune_run(args, folders[name], runs[name]) for name in names})
+            again = {name: by_step(folder) for name, folder in folders.items()}
+            if r == 0:
+                steps = {name: again[name] for name in runs}
+            elif any(not torch.equal(again[n][k]["pruned"], steps[n][k]["pruned"]) for n in runs for k in steps[n]):
+                raise SystemExit(f"round {r + 1} pruned other units than round 1: the runs are not deterministic")
+    seconds = {name: statistics.median(times[name] for times in rounds) for name in runs}
+    ratios = {name: sorted(times[name] / times["fixed"] for times in rounds) for name in runs}
     print(f"{args.forget} vs {args.retain}, {args.steps} x {args.fraction:g}, {args.score_tokens} scoring and "
           f"{args.eval_tokens} evaluation tokens per dataset; each run against the fixed run (seed 0)")
     fixed = steps["fixed"]
@@ -85,14 +103,16 @@ def main() -> None:
                   f"{entry['evaluated']['forget']:6d}/{entry['evaluated']['retain']:<6d}  "
                   f"{overlap(entry['pruned'], base['pruned']):7.3f}  {largest_gap(entry, base):9.2f}")
     print(f"{'run':16s} {'scoring tokens':>14s}  {'eval tokens':>11s}  {'largest gap':>11s}  {'last overlap':>12s}  "
-          f"{'seconds':>7s}  {'time':>5s}  (tokens and time over the fixed run's)")
+          f"{'seconds':>7s}  {'time':>5s}  (tokens and time over the fixed run's; time: the median over "
+          f"{args.repeats} round(s) of the ratio within a round, and its range)")
     for name, run in steps.items():
         tokens = {key: sum(sum(entry[key].values()) for entry in run.values()) /
                   sum(sum(entry[key].values()) for entry in fixed.values()) for key in ("tokens", "evaluated")}
         gap = max(largest_gap(run[step], fixed[step]) for step in range(1, len(fixed)))
         print(f"{name:16s} {tokens['tokens']:14.3f}  {tokens['evaluated']:11.3f}  {gap:11.2f}  "
               f"{overlap(run[len(fixed) - 1]['pruned'], fixed[len(fixed) - 1]['pruned']):12.3f}  "
-              f"{seconds[name]:7.0f}  {seconds[name] / seconds['fixed']:5.2f}")
+              f"{seconds[name]:7.0f}  {statistics.median(ratios[name]):5.2f}  "
+              f"({ratios[name][0]:.2f} to {ratios[name][-1]:.2f})")
 
 
 if __name__ == "__main__":
