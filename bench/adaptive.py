@@ -74,6 +74,8 @@ def main() -> None:
                    help="rounds of all the runs, in turns (reversed every other round): times are medians")
     p.add_argument("--keep", help="make the run folders here, and keep them")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error(f"--repeats must be at least 1, got {args.repeats}")
     runs = dict(RUNS)
     if args.eval_precision:
         runs[f"adaptive ±{args.eval_precision:g}"] = (*RUNS["adaptive"], "--eval-precision", str(args.eval_precision))

@@ -153,12 +153,13 @@ def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool 
         unsure = (((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))).nonzero()[:, 0]
         if len(unsure):  # re-score exactly the logits at or above the band's floor: the only ones that may beat t
             row, token = (logits[unsure] >= below[unsure, None]).nonzero().unbind(1)
+            mine = t[unsure]
             # the targets are re-scored in the same call, so that a token equal to its target compares equal
             whose = torch.cat([torch.arange(len(unsure), device=row.device), row])
-            rescored = head.exact(h[unsure], torch.cat([t[unsure], token]), whose)
+            rescored = head.exact(h[unsure], torch.cat([mine, token]), whose)
             target, candidate = rescored[:len(unsure)], rescored[len(unsure):]
-            beats = (candidate >= target[row]) & (token != t[unsure][row])
-            better[unsure] = torch.zeros_like(better[unsure]).index_add_(0, row, beats.long())
+            beats = (candidate >= target[row]) & (token != mine[row])
+            better[unsure] = torch.zeros_like(mine).index_add_(0, row, beats.long())
         top1.append(better == 0)
         top10.append(better < 10)
         loss.append(block_loss)
