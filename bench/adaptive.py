@@ -1,11 +1,11 @@
 """--adaptive-scoring (and --eval-precision) against the fixed budgets, side by side, on the demo's settings.
 
     .venv/bin/python bench/adaptive.py [--forget code --retain prose] [--steps 10] [--fraction 0.02]
-                                      [--score-tokens 16384] [--eval-tokens 16384] [--eval-precision P]
+                                      [--score-tokens 16384] [--eval-tokens 16384] [--eval-precision P ...]
                                       [--repeats 1] [--keep DIR]
 
 Makes each run with `selprune run` in its own process (so each pays its own start and compilation): the fixed
-budgets with --seed 0 and --seed 1, --adaptive-scoring with --seed 0, and with --eval-precision P also
+budgets with --seed 0 and --seed 1, --adaptive-scoring with --seed 0, and for each P of --eval-precision also
 --adaptive-scoring --eval-precision P with --seed 0. Prints per step the scoring and evaluation tokens per
 dataset of each run, the overlap of each run's pruned set so far with the fixed run's (seed 0), and the largest
 difference of their top-1 drops (forget or retain, points). Seed 1 shows how far the fixed budget is from itself
@@ -69,16 +69,19 @@ def main() -> None:
     p.add_argument("--fraction", type=float, default=0.02)
     p.add_argument("--score-tokens", type=int, default=16_384)
     p.add_argument("--eval-tokens", type=int, default=16_384)
-    p.add_argument("--eval-precision", type=float, help="add a run with --adaptive-scoring and this precision")
+    p.add_argument("--eval-precision", type=float, nargs="+", default=[],
+                   help="add a run with --adaptive-scoring and each of these precisions (points)")
     p.add_argument("--repeats", type=int, default=1,
                    help="rounds of all the runs, in turns (reversed every other round): times are medians")
     p.add_argument("--keep", help="make the run folders here, and keep them")
     args = p.parse_args()
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
+    if any(precision <= 0 for precision in args.eval_precision):
+        p.error(f"--eval-precision takes standard errors above 0, got {args.eval_precision}")
     runs = dict(RUNS)
-    if args.eval_precision:
-        runs[f"adaptive ±{args.eval_precision:g}"] = (*RUNS["adaptive"], "--eval-precision", str(args.eval_precision))
+    for precision in args.eval_precision:
+        runs[f"adaptive ±{precision:g}"] = (*RUNS["adaptive"], "--eval-precision", str(precision))
     rounds = []  # seconds of each run, per round
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(args.keep or tmp)
