@@ -240,7 +240,8 @@ def crash_in_step_2(monkeypatch, config: RunConfig) -> None:
 
 def crashed_before(monkeypatch, config: RunConfig, *columns: str) -> None:
     """Run `config` into a crash after step 1 (crash_in_step_2), then take `columns` out of its metrics.csv,
-    checksum included: the folder as a selprune from before those columns would have left it."""
+    checksum included (and progress.json's record of what they need): the folder as a selprune from before those
+    columns would have left it."""
     import hashlib
     import json
 
@@ -252,4 +253,6 @@ def crashed_before(monkeypatch, config: RunConfig, *columns: str) -> None:
     folder.metrics_path.write_text(older)
     progress = json.loads(folder.progress_path.read_text())
     progress["sha256"]["metrics.csv"] = hashlib.sha256(older.encode()).hexdigest()
+    if "top1_drop_abs_se" in columns:  # its record came with it
+        del progress["base_chunks"]
     folder.progress_path.write_text(json.dumps(progress))

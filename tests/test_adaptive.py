@@ -109,7 +109,7 @@ def test_a_folder_made_before_score_tokens_resumes_in_its_own_columns(finished_r
                                                                       monkeypatch):
     out = tmp_path / "older"
     config = tiny_config(out)
-    crashed_before(monkeypatch, config, "top1_se", "score_tokens")  # neither existed then
+    crashed_before(monkeypatch, config, "top1_se", "score_tokens", "top1_drop_abs_se")  # none existed then
     run_module.run(config, resume=True, quiet=True)
     assert (out / "metrics.csv").read_text().splitlines()[0] == ",".join(COLUMNS)
     assert read_metrics(out) == [{k: r[k] for k in COLUMNS} for r in read_metrics(finished_run)]

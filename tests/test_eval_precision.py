@@ -1,7 +1,8 @@
-"""--eval-precision and top1_se: the standard error of top-1 across chunks equals a naive ratio estimator's, a
-stated precision stops at the first chunk prefix that meets it (with the metrics of that prefix), step 0 decides
-how many chunks every later step and a resume read, 0 changes nothing, old folders without top1_se still resume
-and report, and bad values are refused with one line."""
+"""--eval-precision, top1_se and top1_drop_abs_se: the standard error of top-1 across chunks, and of a drop across
+the same chunks evaluated twice, equal a naive ratio estimator's, a stated precision stops at the first chunk
+prefix that meets it (with the metrics of that prefix), step 0 decides how many chunks every later step and a
+resume read, 0 changes nothing, old folders without top1_se or top1_drop_abs_se still resume and report, and bad
+values are refused with one line."""
 
 import inspect
 import json
@@ -9,11 +10,11 @@ import math
 
 import pytest
 import torch
-from conftest import VOCAB, crash_in_step_2, crashed_before, one_error_line, read_metrics
+from conftest import VOCAB, crash_in_step_2, crashed_before, one_error_line, read_metrics, save_tiny_model
 
 from selprune import run as run_module
 from selprune.errors import UserError
-from selprune.evaluate import MIN_CHUNKS, evaluate_causal, evaluate_masked
+from selprune.evaluate import MIN_CHUNKS, drop_standard_error, evaluate_causal, evaluate_masked
 from selprune.report import write_report
 from selprune.rundir import summarize
 
@@ -55,7 +56,7 @@ def causal_setup(tiny_model):
     model = tiny_model("llama")
     ids, mask = partly_greedy(model)
     evaluate = lambda *tensors, **kw: evaluate_causal(model, *tensors, **{"batch_size": 3, "skip_ids": ids[:0], **kw})
-    return evaluate, (ids, mask)
+    return evaluate, (ids, mask), model
 
 
 def masked_setup(tiny_model):
@@ -70,15 +71,15 @@ def masked_setup(tiny_model):
     right = torch.rand(ids.shape, generator=g) < torch.rand(len(ids), 1, generator=g)
     labels = torch.where(chosen, torch.where(right, predicted, torch.randint(5, VOCAB, ids.shape, generator=g)), -100)
     evaluate = lambda *tensors, **kw: evaluate_masked(model, *tensors, **{"batch_size": 3, "skip_ids": ids[:0], **kw})
-    return evaluate, (ids, labels, mask)
+    return evaluate, (ids, labels, mask), model
 
 
-SETUPS = {"causal": causal_setup, "masked": masked_setup}
+SETUPS = {"causal": causal_setup, "masked": masked_setup}  # each -> (evaluate, its tensors, the model)
 
 
 @pytest.mark.parametrize("objective", SETUPS)
 def test_the_standard_error_is_a_ratio_estimators_across_chunks(objective, tiny_model):
-    evaluate, tensors = SETUPS[objective](tiny_model)
+    evaluate, tensors, _ = SETUPS[objective](tiny_model)
     counts = per_chunk(evaluate, tensors)
     assert len({c / n for n, c in counts if n}) > 3, "the check needs hit rates that differ between chunks"
     m, _ = evaluate(*tensors)
@@ -90,10 +91,31 @@ def test_the_standard_error_is_a_ratio_estimators_across_chunks(objective, tiny_
 
 
 @pytest.mark.parametrize("objective", SETUPS)
+def test_a_drops_standard_error_pairs_the_chunks_of_two_evaluations(objective, tiny_model):
+    """Each chunk's hits before and after a change of the model, as the evaluation counts them, and the ratio
+    estimator's standard error over their differences; evaluations of other chunks are refused."""
+    evaluate, tensors, model = SETUPS[objective](tiny_model)
+    before, counts = evaluate(*tensors)[0], per_chunk(evaluate, tensors)
+    with torch.no_grad():
+        g = torch.Generator().manual_seed(1)
+        for p in model.parameters():
+            p.add_(0.3 * p.std() * torch.randn(p.shape, generator=g))
+    after, changed = evaluate(*tensors)[0], per_chunk(evaluate, tensors)
+    assert before.per_chunk.tolist() == [list(c) for c in counts] and after.per_chunk.tolist() == [list(c) for c in changed]
+    differences = [(n, h - h_after) for (n, h), (_, h_after) in zip(counts, changed)]
+    assert len({d for _, d in differences}) > 2, "the check needs a change that differs from chunk to chunk"
+    se = drop_standard_error(before.per_chunk, after.per_chunk)
+    assert se == pytest.approx(naive_se(differences), rel=1e-12) and se > 0
+    assert drop_standard_error(before.per_chunk, before.per_chunk) == 0
+    with pytest.raises(ValueError, match="same chunks"):
+        drop_standard_error(before.per_chunk[1:], after.per_chunk[:-1])
+
+
+@pytest.mark.parametrize("objective", SETUPS)
 def test_a_stated_precision_stops_at_the_first_prefix_that_meets_it(objective, tiny_model):
     """The chunks read are the fewest (at least MIN_CHUNKS) whose standard error is within the precision, and the
     metrics are those of evaluating exactly that prefix; a precision never met reads every chunk."""
-    evaluate, tensors = SETUPS[objective](tiny_model)
+    evaluate, tensors, _ = SETUPS[objective](tiny_model)
     counts = per_chunk(evaluate, tensors)
     se = {k: 100 * naive_se(counts[:k]) for k in range(MIN_CHUNKS, len(counts) + 1)}
     # a prefix inside a batch of 3, before the end, more precise than every shorter one: its precision stops there
@@ -185,6 +207,71 @@ def test_a_lost_chunk_record_is_refused_on_resume(tiny_config, more_data, tmp_pa
         run_module.run(config, resume=True, quiet=True)
 
 
+def spy_on_evaluations(monkeypatch, module) -> list:
+    """The Metrics of every evaluate_causal that `module` makes from here on, in order."""
+    seen, real = [], module.evaluate_causal
+
+    def spy(*args, **kwargs):
+        result = real(*args, **kwargs)
+        seen.append(result[0])
+        return result
+
+    monkeypatch.setattr(module, "evaluate_causal", spy)
+    return seen
+
+
+def check_drops_pair_with_step_0(rows: list[dict], seen: list) -> dict[str, list]:
+    """Each row's top1_drop_abs_se is the naive standard error of its chunks' hits taken from step 0's, given
+    the Metrics of the evaluations that made the rows, one each, in order; returns step 0's counts."""
+    assert len(seen) == len(rows)
+    base = {r["dataset"]: m.per_chunk.tolist() for r, m in zip(rows, seen) if r["step"] == "0"}
+    for r, m in zip(rows, seen):
+        differences = [(n, hits - now) for (n, hits), (_, now) in zip(base[r["dataset"]], m.per_chunk.tolist())]
+        assert float(r["top1_drop_abs_se"]) == pytest.approx(100 * naive_se(differences), rel=1e-9, abs=1e-12)
+    assert any(float(r["top1_drop_abs_se"]) > 0 for r in rows)
+    return base
+
+
+@pytest.fixture(scope="module")
+def ff_led_llama(tmp_path_factory):
+    """A tiny Llama whose feed-forward outputs outweigh the rest of its residual stream, so that pruning ff units
+    changes which tokens it hits (the plain tiny Llama's hits survive 90% of them pruned)."""
+    from transformers import AutoModelForCausalLM
+
+    folder = save_tiny_model("llama", tmp_path_factory.mktemp("ff-led") / "llama")
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    for layer in model.model.layers:
+        layer.mlp.down_proj.weight.data.mul_(30)
+    model.save_pretrained(folder)
+    return folder
+
+
+def test_every_drop_has_the_standard_error_of_its_chunks_paired_with_step_0s(ff_led_llama, tiny_config, more_data,
+                                                                          tmp_path, monkeypatch):
+    seen = spy_on_evaluations(monkeypatch, run_module)
+    out = run_module.run(many_chunks(tiny_config, more_data, tmp_path / "run", model=str(ff_led_llama)), quiet=True)
+    base = check_drops_pair_with_step_0(read_metrics(out), seen)
+    assert json.loads((out / "state" / "progress.json").read_text())["base_chunks"] == base
+    s = summarize(out)  # the report gives the largest difference with its error
+    assert s["max_abs_diff_se"] > 0
+    assert f"pts <small>±{s['max_abs_diff_se']:.1f}</small>" in write_report([out], tmp_path / "report").read_text()
+
+
+@pytest.mark.parametrize("damage", ["lost", "another count"])
+def test_a_damaged_base_chunk_record_is_refused_on_resume(tiny_config, tmp_path, monkeypatch, damage):
+    config = tiny_config(tmp_path / "crashed")
+    crash_in_step_2(monkeypatch, config)
+    path = config.output_dir / "state" / "progress.json"
+    progress = json.loads(path.read_text())
+    if damage == "lost":
+        del progress["base_chunks"]
+    else:
+        progress["base_chunks"][config.forget][0][0] += 1
+    path.write_text(json.dumps(progress))
+    with pytest.raises(UserError, match="top-1 hits in each evaluation chunk"):
+        run_module.run(config, resume=True, quiet=True)
+
+
 @pytest.mark.parametrize("value, phrase", [("-1", "is negative"), ("nan", "give a finite number"),
                                            ("inf", "give a finite number")])
 def test_bad_precisions_are_refused_in_one_line(capsys, tmp_path, value, phrase):
@@ -196,13 +283,26 @@ def test_a_folder_made_before_top1_se_resumes_in_its_columns_and_reports(finishe
                                                                         monkeypatch):
     out = tmp_path / "older"
     config = tiny_config(out)
-    crashed_before(monkeypatch, config, "top1_se")
+    crashed_before(monkeypatch, config, "top1_se", "top1_drop_abs_se")  # neither existed then
     run_module.run(config, resume=True, quiet=True)
     header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
-    assert "top1_se" not in header
+    assert "top1_se" not in header and "top1_drop_abs_se" not in header
     assert read_metrics(out) == [{k: r[k] for k in header} for r in read_metrics(finished_run)]
     assert summarize(out)["base_top1_forget_se"] is None
     write_report([out, finished_run], tmp_path / "compare")  # an old folder beside a new one
+
+
+def test_a_folder_made_before_top1_drop_abs_se_resumes_in_its_columns_and_reports(finished_run, tiny_config, tmp_path,
+                                                                                monkeypatch):
+    out = tmp_path / "older"
+    config = tiny_config(out)
+    crashed_before(monkeypatch, config, "top1_drop_abs_se")
+    run_module.run(config, resume=True, quiet=True)
+    header = (out / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert "top1_se" in header and "top1_drop_abs_se" not in header
+    assert read_metrics(out) == [{k: r[k] for k in header} for r in read_metrics(finished_run)]
+    assert summarize(out)["max_abs_diff_se"] is None
+    write_report([out, finished_run], tmp_path / "compare")
 
 
 def test_the_report_shows_the_base_accuracys_precision(finished_run, tmp_path):
@@ -216,3 +316,11 @@ def test_an_unlearning_records_top1s_standard_error(make_unlearning, tmp_path):
     out = make_unlearning(tmp_path / "unlearned")
     for folder in (out, out / "lr-0.03"):
         assert all(float(r["top1_se"]) > 0 for r in read_metrics(folder))
+
+
+def test_an_unlearnings_drops_pair_their_chunks_with_step_0s(make_unlearning, tmp_path, monkeypatch):
+    from selprune.unlearn import runner
+
+    seen = spy_on_evaluations(monkeypatch, runner)
+    out = make_unlearning(tmp_path / "unlearned", lr=(0.03,))
+    check_drops_pair_with_step_0(read_metrics(out / "lr-0.03"), seen)

@@ -8,13 +8,13 @@ The "skip" variants ignore targets among the dataset's most frequent tokens.
 Tokens within a chunk are not independent, so the precision of top-1 is measured across chunks: top1_se
 is the ratio estimator's standard error over the chunks read. With a stated `precision` (points), the
 chunks are read in order only until top1_se is within it (docs/METHOD.md, "Evaluation to a stated
-precision").
+precision"). A drop compares two evaluations of the same chunks: drop_standard_error pairs them chunk by chunk.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import partial
 
 import torch
@@ -40,9 +40,13 @@ class Metrics:
     loss_skip: float
     perplexity_skip: float
     chunks: int  # how many of the chunks given were read: all, or the first ones a stated precision needed
+    # [chunks read, (positions, top-1 hits)]: what pairs a later evaluation of the same chunks with this one
+    per_chunk: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.long), repr=False,
+                                    compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        """The numbers a metrics row holds (per_chunk is not one)."""
+        return {k: v for k, v in asdict(self).items() if k != "per_chunk"}
 
 
 def top1_standard_error(counts: torch.Tensor) -> float:
@@ -57,6 +61,16 @@ def top1_standard_error(counts: torch.Tensor) -> float:
         return float("nan")
     spread = ((hits - hits.sum() / total * positions) ** 2).sum()
     return float((k / (k - 1) * spread).sqrt() / total)
+
+
+def drop_standard_error(base: torch.Tensor, now: torch.Tensor) -> float:
+    """The standard error of a top-1 drop between two evaluations of the same chunks, each [chunks, (positions,
+    hits)]: the ratio estimator's over the chunks' differences of hits. Pairing cancels what both share (a chunk
+    that was hard stays hard), but not what pruning changes: once the forget top-1 has collapsed, the drop keeps
+    all of the base's spread, and its error can exceed either top-1's (docs/METHOD.md)."""
+    if not torch.equal(base[:, 0], now[:, 0]):
+        raise ValueError("a drop pairs evaluations of the same chunks: their positions differ")
+    return top1_standard_error(torch.stack([now[:, 0], base[:, 1] - now[:, 1]], 1))
 
 
 def precise_prefix(counts: torch.Tensor, start: int, precision: float) -> int | None:
@@ -95,9 +109,10 @@ class _Totals:
     def metrics(self, chunks: int) -> Metrics:
         """The means over every position of the first `chunks` chunks (those read), of every process."""
         (n, t1, t10, loss), (ns, t1s, t10s, losss) = distributed.sum_(self.sums).tolist()
-        return Metrics(int(n), _mean(t1, n), top1_standard_error(self.counts(chunks)), _mean(t10, n),
+        counts = self.counts(chunks)
+        return Metrics(int(n), _mean(t1, n), top1_standard_error(counts), _mean(t10, n),
                        _mean(loss, n), _perplexity(loss, n), _mean(t1s, ns), _mean(t10s, ns), _mean(losss, ns),
-                       _perplexity(losss, ns), chunks)
+                       _perplexity(losss, ns), chunks, counts)
 
 
 def top1_text(row: dict) -> str:

@@ -78,9 +78,12 @@ def _plot_accuracy(runs: list[dict]) -> bytes:
         series = [("forget", run["metrics"]["forget"], "-"), ("retain", run["metrics"]["retain"], "--"),
                   *((name, w, ":") for name, w in run["metrics"]["watch"].items())]
         for name, values, style in series:
-            ax.plot(x, 100 * values["top1"], linestyle=style, marker="o",
-                    markersize=3, color=run["color"], label=f"{run['label']}: {name}")
-    ax.set_title("Top-1 accuracy vs units pruned (solid: forget, dashed: retain, dotted: watched)")
+            top1, se = 100 * values["top1"], values["drop_abs_se"]
+            ax.plot(x, top1, linestyle=style, marker="o", markersize=3, color=run["color"],
+                    label=f"{run['label']}: {name}")
+            ax.fill_between(x, top1 - se, top1 + se, color=run["color"], alpha=0.15, linewidth=0)
+    ax.set_title("Top-1 accuracy vs units pruned (solid: forget, dashed: retain, dotted: watched;\n"
+                 "shaded: one standard error of the change since step 0)")
     kinds = {run["unlearning"] for run in runs}
     ax.set_xlabel({frozenset({False}): "neurons of the group pruned (%)", frozenset({True}): "unlearning step"}.get(
         frozenset(kinds), "neurons of the group pruned (%), or unlearning step"))
@@ -163,7 +166,8 @@ def _table(runs: list[dict]) -> str:
             *(number(100 * s[f"base_top1_{role}"], ".1f", "%") + _precision(s[f"base_top1_{role}_se"])
               for role in ("forget", "retain")),
             f'<b>{number(s["max_rel_diff"], ".1f", "%")}</b> <small>step {s["max_rel_diff_step"]}</small>',
-            f'{number(s["max_abs_diff"], ".1f", " pts")} <small>step {s["max_abs_diff_step"]}</small>',
+            f'{number(s["max_abs_diff"], ".1f", " pts")}{_precision(s["max_abs_diff_se"], 1)} '
+            f'<small>step {s["max_abs_diff_step"]}</small>',
             f'<b>{number(s["forget_drop_at_retain_budget"], ".1f", "%")}</b> <small>at retain drop '
             f'&le; {s["retain_budget"]:g}%, {where}, {number(100 * s["fraction_at_retain_budget"], ".1f", "%")} '
             "pruned</small>",
@@ -178,9 +182,10 @@ def _table(runs: list[dict]) -> str:
     return f"<table>{head}{''.join(rows)}</table>"
 
 
-def _precision(se: float | None) -> str:
-    """A top-1's standard error across chunks (a fraction), in points beside it; nothing where it is unknown."""
-    return "" if se is None else f" <small>±{100 * se:.1f}</small>"
+def _precision(se: float | None, points: float = 100) -> str:
+    """A standard error across chunks in points beside its number (`points` per unit of `se`: 100 for a top-1's
+    fraction); nothing where it is unknown."""
+    return "" if se is None else f" <small>±{points * se:.1f}</small>"
 
 
 CSS = """

@@ -2,12 +2,15 @@
 
     RUN/config.toml            every setting (RunConfig); `selprune run --config` repeats the run
     RUN/metrics.csv            one row per step and dataset, the columns in RUN_COLUMNS (a folder made before
-                               score_tokens or top1_se keeps the columns it has, also when resumed)
+                               score_tokens, top1_se or top1_drop_abs_se keeps the columns it has, also when
+                               resumed)
     RUN/pruned.json            per step and layer, the units that step pruned
     RUN/state/progress.json    the commit point: the last completed step and checksums of what it committed,
                                and the model's fingerprint (models.model_fingerprint), checked by every
                                command that loads the model again; with --eval-precision, the evaluation
-                               chunks of each dataset that step 0 decided on, which every later step reads
+                               chunks of each dataset that step 0 decided on, which every later step reads;
+                               step 0's positions and top-1 hits per chunk, which each later drop's
+                               standard error pairs with its own (base_chunks)
     RUN/report.html, *.png, summary.json    the report (report.py)
     RUN/model/                 the pruned model, with --save-model
     RUN/healed/step-K/         with --heal: the healed weights after step K, part of its commit: healed.py
@@ -47,8 +50,10 @@ from .unlearn.settings import UnlearnConfig
 COLUMNS = ("step", "fraction_pruned", "units_pruned", "role", "dataset", "tokens", "top1", "top10", "loss",
            "perplexity", "top1_skip", "top10_skip", "loss_skip", "perplexity_skip", "top1_drop_rel",
            "top1_drop_abs")  # every metrics.csv has these: reading one requires them
-# an evaluation's row adds, beside top1, its standard error across the chunks read (evaluate.top1_standard_error)
-EVAL_COLUMNS = (*COLUMNS[:COLUMNS.index("top1") + 1], "top1_se", *COLUMNS[COLUMNS.index("top1") + 1:])
+# an evaluation's row adds, beside top1, its standard error across the chunks read (evaluate.top1_standard_error),
+# and that of top1_drop_abs, in points, the chunks paired with the base's (evaluate.drop_standard_error)
+EVAL_COLUMNS = (*COLUMNS[:COLUMNS.index("top1") + 1], "top1_se", *COLUMNS[COLUMNS.index("top1") + 1:],
+                "top1_drop_abs_se")
 # a pruning run's metrics.csv adds the scoring tokens per dataset that each step's statistics read (0: none)
 RUN_COLUMNS = (*EVAL_COLUMNS, "score_tokens")
 RELEARN = "relearn"  # the kind of analysis that selprune relearn writes: RUN/relearn/, RUN/relearn-NAME/
@@ -79,10 +84,17 @@ def _settings_digest(settings: dict) -> str:
     return sha256_text(json.dumps(kept, sort_keys=True))
 
 
+def _positions(counts) -> int | None:
+    """The positions a recorded [[positions, hits] per chunk] covers; None where it is not such a record."""
+    pairs = isinstance(counts, list) and counts and all(
+        isinstance(c, list) and len(c) == 2 and all(type(n) is int for n in c) and 0 <= c[1] <= c[0] for c in counts)
+    return sum(n for n, _ in counts) if pairs else None
+
+
 def metrics_text(rows: list[dict]) -> str:
     """A metrics.csv's bytes, in the columns its first row has, in RUN_COLUMNS' order: all of them for a run,
-    EVAL_COLUMNS for an unlearning, and for a folder made before score_tokens or top1_se the columns it was made
-    with, which its resumed steps then keep."""
+    EVAL_COLUMNS for an unlearning, and for a folder made before score_tokens, top1_se or top1_drop_abs_se the
+    columns it was made with, which its resumed steps then keep."""
     columns = [c for c in RUN_COLUMNS if c in rows[0]] if rows else COLUMNS
     return csv_text([{k: row[k] for k in columns} for row in rows], columns)
 
@@ -101,6 +113,9 @@ class RunFolder:
         # {dataset: evaluation chunks} that step 0 of an --eval-precision run decided on; commit() records it,
         # committed() reads it back
         self.eval_chunks: dict[str, int] = {}
+        # {dataset: [[positions, top-1 hits] per chunk]} of step 0's evaluation, which each later drop's standard
+        # error pairs with (evaluate.drop_standard_error); commit() records it, committed() reads it back
+        self.base_chunks: dict[str, list[list[int]]] = {}
         self.healed = HealedWeights(self.path)  # RUN/healed/ of a --heal run
 
     config_path = property(lambda self: self.path / "config.toml")
@@ -226,6 +241,8 @@ class RunFolder:
             progress["model"] = self.model_record
         if self.eval_chunks:
             progress["eval_chunks"] = self.eval_chunks
+        if self.base_chunks:
+            progress["base_chunks"] = self.base_chunks
         if healed is not None:
             kept = step if stop is None else stop["kept_step"]
             progress["sha256"].update(self.healed.write(step, healed, kept, self._committed_sums))
@@ -304,6 +321,7 @@ class RunFolder:
             rows = self._verified_rows(done, progress["sha256"]["metrics.csv"], record, config, roles)
             self._verify_healed(progress, config)
             self.eval_chunks = self._verified_eval_chunks(progress, config)
+            self.base_chunks = self._verified_base_chunks(progress, rows)
         except UserError as exc:
             raise self._cannot_resume(exc) from None
         return done, record, rows
@@ -316,9 +334,10 @@ class RunFolder:
             progress = self._progress()
             self._verify_settings(progress)
             record = self.committed_record(config)
-            self._verified_rows(progress["completed_step"], progress["sha256"]["metrics.csv"], record, config,
-                                ROLES + ("watch",) * len(config.watch))
+            rows = self._verified_rows(progress["completed_step"], progress["sha256"]["metrics.csv"], record, config,
+                                       ROLES + ("watch",) * len(config.watch))
             self._verified_eval_chunks(progress, config)
+            self._verified_base_chunks(progress, rows)
         except UserError as exc:
             raise self._cannot_resume(exc) from None
 
@@ -348,6 +367,19 @@ class RunFolder:
                 and all(isinstance(n, int) and not isinstance(n, bool) and n > 0 for n in chunks.values())):
             raise self._damaged(self.progress_path, "does not record the evaluation chunks of each dataset that step 0 "
                                 f"decided on with --eval-precision {config.eval_precision:g}")
+        return chunks
+
+    def _verified_base_chunks(self, progress: dict, rows: list[dict]) -> dict[str, list[list[int]]]:
+        """Step 0's [positions, hits] per chunk of each dataset, as many positions as its step-0 row has tokens;
+        none in a folder made before top1_drop_abs_se (its resumed steps keep its columns)."""
+        if "top1_drop_abs_se" not in rows[0]:
+            return {}
+        chunks = progress.get("base_chunks")
+        tokens = {r["dataset"]: _int(r["tokens"]) for r in rows if r["step"] == "0"}
+        if not (isinstance(chunks, dict) and set(chunks) == set(tokens)
+                and all(_positions(counts) == tokens[dataset] for dataset, counts in chunks.items())):
+            raise self._damaged(self.progress_path, "does not record step 0's top-1 hits in each evaluation chunk, "
+                                "which the standard error of every later drop needs")
         return chunks
 
     def _cannot_resume(self, exc: UserError) -> UserError:
@@ -409,8 +441,8 @@ class RunFolder:
         return path
 
     def rows(self) -> list[dict[str, str]]:
-        """metrics.csv's rows as strings, in file order, with every column of COLUMNS present (score_tokens and
-        top1_se only in a folder made since each was added)."""
+        """metrics.csv's rows as strings, in file order, with every column of COLUMNS present (score_tokens,
+        top1_se and top1_drop_abs_se only in a folder made since each was added)."""
         return read_csv(self._require(self.metrics_path), COLUMNS)
 
     def record(self) -> PrunedRecord:

@@ -17,19 +17,19 @@ def metric_series(rows: list[dict[str, str]], path) -> dict:
     step 0 first.
 
     {"step", "fraction_pruned", "forget": {...}, "retain": {...}, "watch": {dataset: {...}}}: each dataset
-    holds "dataset", "top1", "top1_se" (NaN where unknown: a folder made before it), "perplexity" and the drops
-    recomputed from top1: "drop_rel" (% of base) and "drop_abs" (points). "watch" has the watched datasets
-    (selprune run --watch), maybe none.
+    holds "dataset", "top1", "top1_se" (NaN where unknown: a folder made before it), "perplexity", the drops
+    recomputed from top1: "drop_rel" (% of base) and "drop_abs" (points), and "drop_abs_se" (points, NaN where
+    unknown). "watch" has the watched datasets (selprune run --watch), maybe none.
     """
     series: dict[tuple[str, str], dict[int, dict]] = {}
     for line, row in enumerate(rows, start=2):
         try:
             step = int(row["step"])
             values = {c: float(row[c]) for c in ("fraction_pruned", "top1", "perplexity")}
-            values["top1_se"] = float(row.get("top1_se") or "nan")
+            values.update({c: float(row.get(c) or "nan") for c in ("top1_se", "top1_drop_abs_se")})
         except ValueError:
-            raise UserError(f"{path} line {line}: step, fraction_pruned, top1, top1_se and perplexity must be "
-                            "numbers") from None
+            raise UserError(f"{path} line {line}: step, fraction_pruned, top1, top1_se, top1_drop_abs_se and "
+                            "perplexity must be numbers") from None
         key = (row["role"], row["dataset"] if row["role"] == "watch" else "")
         if step in series.setdefault(key, {}):
             raise UserError(f"{path} line {line}: a second {row['role']} row for step {step}; "
@@ -45,13 +45,13 @@ def metric_series(rows: list[dict[str, str]], path) -> dict:
     metrics = {"step": np.array(steps), "watch": {},
                "fraction_pruned": np.array([series["forget", ""][s]["fraction_pruned"] for s in steps])}
     for (role, dataset), by_step in series.items():
-        top1, top1_se = (np.array([by_step[s][c] if s in by_step else np.nan for s in steps])
-                         for c in ("top1", "top1_se"))
+        top1, top1_se, drop_abs_se = (np.array([by_step[s][c] if s in by_step else np.nan for s in steps])
+                                      for c in ("top1", "top1_se", "top1_drop_abs_se"))
         with np.errstate(divide="ignore", invalid="ignore"):  # a base of 0 has no relative drop: NaN
             drop_rel = np.where(top1[0] > 0, 100 * (top1[0] - top1) / top1[0], np.nan)
         entry = {"dataset": by_step[min(by_step)]["dataset"], "top1": top1, "top1_se": top1_se, "drop_rel": drop_rel,
                  "perplexity": np.array([by_step[s]["perplexity"] if s in by_step else np.nan for s in steps]),
-                 "drop_abs": 100 * (top1[0] - top1)}
+                 "drop_abs": 100 * (top1[0] - top1), "drop_abs_se": drop_abs_se}
         if role == "watch":
             metrics["watch"][dataset] = entry
         else:
@@ -95,13 +95,14 @@ def summary_of(metrics: dict) -> dict:
     reaches 50% / 80% (None if it never does); forget_drop_at_retain_budget = the forget relative drop where
     the retain relative drop reaches retain_budget (10%), interpolated between the steps in
     retain_budget_crossing (None: never reached, the last step's), with fraction_at_retain_budget there;
-    base_top1_forget_se / _retain_se = the standard error of the base top-1 across its chunks (None where
-    metrics.csv has none).
+    base_top1_forget_se / _retain_se = the standard error of the base top-1 across its chunks, max_abs_diff_se
+    that of max_abs_diff from the two drops' (independent datasets), in points (None where metrics.csv has none).
     """
     forget, retain = metrics["forget"], metrics["retain"]
     rel_gap = forget["drop_rel"] - retain["drop_rel"]
     abs_gap = forget["drop_abs"] - retain["drop_abs"]
     best_rel, best_abs = int(np.argmax(rel_gap)), int(np.argmax(abs_gap))
+    abs_gap_se = float(np.hypot(forget["drop_abs_se"][best_abs], retain["drop_abs_se"][best_abs]))
     fraction = metrics["fraction_pruned"]
 
     def retain_drop_when_forget_drops(level: float) -> float | None:
@@ -121,6 +122,7 @@ def summary_of(metrics: dict) -> dict:
         "max_rel_diff_step": int(metrics["step"][best_rel]),
         "max_abs_diff": float(abs_gap[best_abs]),
         "max_abs_diff_step": int(metrics["step"][best_abs]),
+        "max_abs_diff_se": None if np.isnan(abs_gap_se) else abs_gap_se,
         **at_retain_budget(metrics),
         "area_rel": float(np.sum(np.diff(fraction) * (rel_gap[1:] + rel_gap[:-1]) / 2)),
         "retain_drop_at_forget_50": retain_drop_when_forget_drops(50),

@@ -23,7 +23,7 @@ from ..batching import auto_batch_size
 from ..console import Console
 from ..data import run_splits
 from ..errors import UserError
-from ..evaluate import evaluate_causal, frequent_tokens, top1_text
+from ..evaluate import drop_standard_error, evaluate_causal, frequent_tokens, top1_text
 from ..finetune import batches, hold_at_zero, load_trained_weights, require_one_batch
 from ..models import load_model, model_fingerprint, resolve_device, resolve_dtype
 from ..ranks import Head
@@ -93,6 +93,7 @@ class Unlearning(Console):
                               "--batch-size")
         self.skip = {role: frequent_tokens(s.score.input_ids, s.score.attention_mask, c.skip_top_tokens)
                      for role, s in self.data.items()}
+        self.paired: dict[str, torch.Tensor] = {}  # per role, the hits per chunk of the evaluation drops start from
         self.original = None  # the original model's top-1 per role, when the unlearning starts from a pruned one
         if self.start:
             self.original = {r["role"]: r["top1"] for r in self.evaluate(self.base, 0, None)}
@@ -110,7 +111,8 @@ class Unlearning(Console):
     # -- evaluation ----------------------------------------------------------------------------
 
     def evaluate(self, model, step: int, base: dict[str, float] | None) -> list[dict]:
-        """The forget and retain rows of one checkpoint, measured as a pruning run measures its steps."""
+        """The forget and retain rows of one checkpoint, measured as a pruning run measures its steps. Without a
+        `base`, this evaluation is the one that later drops are measured from, their chunks paired with its."""
         evaluated = model if self.eval_dtype == torch.float32 else self._evaluation_copy(model)
         evaluated.eval()
         head, rows = Head(evaluated), []
@@ -119,12 +121,15 @@ class Unlearning(Console):
                                                  self.eval_batch, self.skip[role], fused=self.config.compile,
                                                  head=head, what=f"the model after {step} {self.config.method} steps "
                                                  f"on {role} data")
+            if base is None:
+                self.paired[role] = m.per_chunk
             start = m.top1 if base is None else base[role]
             row = {"step": step, "fraction_pruned": self.start.fraction if self.start else 0.0,
                    "units_pruned": self.start.units if self.start else 0, "role": role,
                    "dataset": getattr(self.config, role), **m.as_dict(),
                    "top1_drop_rel": 100 * (start - m.top1) / start if start else float("nan"),
-                   "top1_drop_abs": 100 * (start - m.top1)}
+                   "top1_drop_abs": 100 * (start - m.top1),
+                   "top1_drop_abs_se": 100 * drop_standard_error(self.paired[role], m.per_chunk)}
             rows.append({k: row[k] for k in EVAL_COLUMNS})
         return rows
 
@@ -175,7 +180,8 @@ class Unlearning(Console):
         for _ in range(done.step):  # the batches that the committed steps drew
             for draws in order.values():
                 next(draws)
-        base = self.original or {r["role"]: float(r["top1"]) for r in done.rows if int(r["step"]) == 0}
+        # step 0 again when resuming: its hits per chunk pair every drop (self.paired); it is what was committed
+        base = self.original or {r["role"]: float(r["top1"]) for r in self.base_rows()}
         rows, kept, stopped, t0 = list(done.rows), done.kept, None, time.perf_counter()
         for step in range(done.step + 1, steps + 1):
             torch.manual_seed(step_seed(c.seed, step))  # dropout, in the models that have it
