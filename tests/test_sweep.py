@@ -79,9 +79,12 @@ def test_a_sweep_writes_every_run_the_summary_and_the_comparisons(finished):
     for run, row in zip(plan.runs, rows):
         assert run.folder.completed_step() == 3 and (run.folder.path / "report.html").is_file()
         assert run.folder.path.parent == out and run.name.endswith(f"-{row['scorer']}")
-        assert float(row["max_rel_diff"]) == summarize(run.folder.path)["max_rel_diff"]
+        s = summarize(run.folder.path)
+        assert float(row["max_rel_diff"]) == s["max_rel_diff"] and float(row["max_abs_diff_se"]) == s["max_abs_diff_se"]
         assert float(row["wall_s"]) > 0
     summary = (out / "summary.md").read_text()
+    assert all(f"| {s['max_abs_diff']:.1f} ±{s['max_abs_diff_se']:.1f} ({s['max_abs_diff_step']}) |" in summary
+               for s in map(summarize, (run.folder.path for run in plan.runs)))
     assert "| pair (forget / retain) | abs | random |" in summary
     links = re.findall(r"\]\((compare/[^)]+)\)", summary)
     assert len(links) > 2 and all((out / link).is_file() for link in links), links

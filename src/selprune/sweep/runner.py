@@ -35,7 +35,7 @@ from .tables import Document, cost_table, duration, overview_table, plots_table,
 TIMINGS = "timings.json"
 SUMMARY_COLUMNS = ("last_step", "fraction_pruned", "base_top1_forget", "base_top1_retain", "max_rel_diff",
                    "max_rel_diff_step", "forget_drop_at_retain_budget", "fraction_at_retain_budget", "max_abs_diff",
-                   "max_abs_diff_step", "area_rel", "final_drop_forget", "final_drop_retain",
+                   "max_abs_diff_step", "max_abs_diff_se", "area_rel", "final_drop_forget", "final_drop_retain",
                    "retain_drop_at_forget_50", "retain_drop_at_forget_80", "final_perplexity_forget",
                    "final_perplexity_retain", "wall_s")
 

@@ -45,6 +45,11 @@ def _pct(value) -> str:
     return number(value, ".1f", "%")
 
 
+def _plus_minus(se) -> str:
+    """A standard error in points after its number; nothing where it is unknown (a folder made before it)."""
+    return "" if se is None else f" ±{se:.1f}"
+
+
 def _share(fraction) -> str:
     """A share of units pruned, in percent; a dash for an unlearning, which prunes none."""
     return _pct(None if fraction is None else 100 * fraction)
@@ -109,13 +114,14 @@ def runs_table(plan: Sweep, summaries: dict, pair: str) -> list[str]:
             f"| {run.label} | {_pct(100 * x['base_top1_forget'])} / {_pct(100 * x['base_top1_retain'])} "
             f"| **{_pct(x['max_rel_diff'])}** ({x['max_rel_diff_step']}) "
             f"| {_pct(x['forget_drop_at_retain_budget'])} ({_share(x['fraction_at_retain_budget'])}) "
-            f"| {number(x['max_abs_diff'], '.1f')} ({x['max_abs_diff_step']}) | {number(x['area_rel'], '.2f')} "
+            f"| {number(x['max_abs_diff'], '.1f')}{_plus_minus(x['max_abs_diff_se'])} ({x['max_abs_diff_step']}) "
+            f"| {number(x['area_rel'], '.2f')} "
             f"| {_pct(x['final_drop_forget'])} / {_pct(x['final_drop_retain'])} "
             f"| {_pct(x['retain_drop_at_forget_50'])} / {_pct(x['retain_drop_at_forget_80'])} "
             f"| {_ppl(x['final_perplexity_forget'])} / {_ppl(x['final_perplexity_retain'])} "
             f"| {'—' if x['wall_s'] is None else duration(x['wall_s'])} |")
     note = ("Drops are relative to step 0 in % of the base accuracy; \"max abs. diff\" is the same difference in "
-            f"percentage points. The forget drop at retain drop ≤ {budget} is interpolated between the two steps "
+            f"percentage points, ± its standard error across the evaluation chunks. The forget drop at retain drop ≤ {budget} is interpolated between the two steps "
             f"around the crossing, with the share of units pruned there (the last step's if the retain drop stays "
             f"within {budget}). \"—\": the forget drop never reached that level; a maximum of 0.0% at step 0: the "
             "forget drop never exceeded the retain drop. Drops and perplexities \"at the last step\" are those of "
