@@ -101,7 +101,8 @@ def test_a_drops_standard_error_pairs_the_chunks_of_two_evaluations(objective, t
         for p in model.parameters():
             p.add_(0.3 * p.std() * torch.randn(p.shape, generator=g))
     after, changed = evaluate(*tensors)[0], per_chunk(evaluate, tensors)
-    assert before.per_chunk.tolist() == [list(c) for c in counts] and after.per_chunk.tolist() == [list(c) for c in changed]
+    assert before.per_chunk.tolist() == [list(c) for c in counts]
+    assert after.per_chunk.tolist() == [list(c) for c in changed]
     differences = [(n, h - h_after) for (n, h), (_, h_after) in zip(counts, changed)]
     assert len({d for _, d in differences}) > 2, "the check needs a change that differs from chunk to chunk"
     se = drop_standard_error(before.per_chunk, after.per_chunk)

@@ -121,11 +121,11 @@ def runs_table(plan: Sweep, summaries: dict, pair: str) -> list[str]:
             f"| {_ppl(x['final_perplexity_forget'])} / {_ppl(x['final_perplexity_retain'])} "
             f"| {'—' if x['wall_s'] is None else duration(x['wall_s'])} |")
     note = ("Drops are relative to step 0 in % of the base accuracy; \"max abs. diff\" is the same difference in "
-            f"percentage points, ± its standard error across the evaluation chunks. The forget drop at retain drop ≤ {budget} is interpolated between the two steps "
-            f"around the crossing, with the share of units pruned there (the last step's if the retain drop stays "
-            f"within {budget}). \"—\": the forget drop never reached that level; a maximum of 0.0% at step 0: the "
-            "forget drop never exceeded the retain drop. Drops and perplexities \"at the last step\" are those of "
-            "the last step evaluated.")
+            "percentage points, ± its standard error across the evaluation chunks. The forget drop at retain drop "
+            f"≤ {budget} is interpolated between the two steps around the crossing, with the share of units pruned "
+            f"there (the last step's if the retain drop stays within {budget}). \"—\": the forget drop never "
+            "reached that level; a maximum of 0.0% at step 0: the forget drop never exceeded the retain drop. "
+            "Drops and perplexities \"at the last step\" are those of the last step evaluated.")
     if any(run.unlearning for run in plan.pairs()[pair]):
         note += (" An unlearning's steps are its optimiser steps (selprune unlearn; the numbers are those of the "
                  "learning rate it kept), and it prunes no units: \"—\" for the share pruned and the area over it.")
