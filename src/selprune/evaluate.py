@@ -41,8 +41,7 @@ class Metrics:
     perplexity_skip: float
     chunks: int  # how many of the chunks given were read: all, or the first ones a stated precision needed
     # [chunks read, (positions, top-1 hits)]: what pairs a later evaluation of the same chunks with this one
-    per_chunk: torch.Tensor = field(default_factory=lambda: torch.zeros(0, 2, dtype=torch.long), repr=False,
-                                    compare=False)
+    per_chunk: torch.Tensor = field(repr=False, compare=False)
 
     def as_dict(self) -> dict:
         """The numbers a metrics row holds (per_chunk is not one)."""
