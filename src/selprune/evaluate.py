@@ -14,7 +14,7 @@ precision"). A drop compares two evaluations of the same chunks: drop_standard_e
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import partial
 
 import torch
@@ -45,7 +45,7 @@ class Metrics:
 
     def as_dict(self) -> dict:
         """The numbers a metrics row holds (per_chunk is not one)."""
-        return {k: v for k, v in asdict(self).items() if k != "per_chunk"}
+        return {f.name: getattr(self, f.name) for f in fields(self) if f.name != "per_chunk"}
 
 
 def top1_standard_error(counts: torch.Tensor) -> float:
