@@ -18,6 +18,7 @@ by about a tenth on a shared machine). The later rounds must prune the same unit
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import subprocess
 import sys
@@ -77,8 +78,8 @@ def main() -> None:
     args = p.parse_args()
     if args.repeats < 1:
         p.error(f"--repeats must be at least 1, got {args.repeats}")
-    if any(precision <= 0 for precision in args.eval_precision):
-        p.error(f"--eval-precision takes standard errors above 0, got {args.eval_precision}")
+    if not all(math.isfinite(precision) and precision > 0 for precision in args.eval_precision):
+        p.error(f"--eval-precision takes finite standard errors above 0, got {args.eval_precision}")
     runs = dict(RUNS)
     for precision in args.eval_precision:
         runs[f"adaptive ±{precision:g}"] = (*RUNS["adaptive"], "--eval-precision", str(precision))

@@ -258,19 +258,29 @@ def test_every_drop_has_the_standard_error_of_its_chunks_paired_with_step_0s(ff_
     assert f"pts <small>±{s['max_abs_diff_se']:.1f}</small>" in write_report([out], tmp_path / "report").read_text()
 
 
-@pytest.mark.parametrize("damage", ["lost", "another count"])
-def test_a_damaged_base_chunk_record_is_refused_on_resume(tiny_config, tmp_path, monkeypatch, damage):
+@pytest.mark.parametrize("damage, phrase", [("lost", "top-1 hits in each evaluation chunk"),
+                                            ("another count", "top-1 hits in each evaluation chunk"),
+                                            ("chunks swapped", "other evaluation chunks of")])
+def test_a_damaged_base_chunk_record_is_refused_on_resume(tiny_config, tmp_path, monkeypatch, damage, phrase):
+    """Also chunks of other sizes than the resumed evaluation reads (as after a change of the data): one line,
+    before anything is written."""
     config = tiny_config(tmp_path / "crashed")
     crash_in_step_2(monkeypatch, config)
     path = config.output_dir / "state" / "progress.json"
     progress = json.loads(path.read_text())
+    chunks = progress["base_chunks"][config.forget]
     if damage == "lost":
         del progress["base_chunks"]
+    elif damage == "another count":
+        chunks[0][0] += 1
     else:
-        progress["base_chunks"][config.forget][0][0] += 1
+        assert chunks[0][0] != chunks[-1][0], "the check needs chunks of different sizes"
+        chunks[0], chunks[-1] = chunks[-1], chunks[0]
     path.write_text(json.dumps(progress))
-    with pytest.raises(UserError, match="top-1 hits in each evaluation chunk"):
+    before = {p: p.read_bytes() for p in config.output_dir.rglob("*") if p.is_file() and p.name != ".lock"}
+    with pytest.raises(UserError, match=phrase):
         run_module.run(config, resume=True, quiet=True)
+    assert {p: p.read_bytes() for p in config.output_dir.rglob("*") if p.is_file() and p.name != ".lock"} == before
 
 
 @pytest.mark.parametrize("value, phrase", [("-1", "is negative"), ("nan", "give a finite number"),

@@ -23,7 +23,7 @@ from .config import RunConfig
 from .console import Console
 from .data import Chunks, mask_for_mlm, run_documents, run_splits
 from .errors import UserError
-from .evaluate import Metrics, drop_standard_error, evaluate_causal, evaluate_masked, frequent_tokens, top1_text
+from .evaluate import Metrics, evaluate_causal, evaluate_masked, frequent_tokens, top1_text
 from .finetune import require_one_batch, train_steps
 from .heal import Healer
 from .models import absolute_spec, context_length, load_model, model_fingerprint
@@ -340,13 +340,11 @@ class Run(Console):
         Step 0 (`base` None) keeps its hits per chunk, which pair every later drop's standard error with it."""
         if base is None:
             base, self.folder.base_chunks[d.spec] = m.top1, m.per_chunk.tolist()
-        paired = self.folder.base_chunks.get(d.spec)  # None: resuming a folder made before top1_drop_abs_se
         row = {"step": step, "fraction_pruned": count / self.neurons.total_units, "units_pruned": count,
                "role": d.role, "dataset": d.spec, **m.as_dict(),
                "top1_drop_rel": 100 * (base - m.top1) / base if base else float("nan"),
                "top1_drop_abs": 100 * (base - m.top1), "score_tokens": scored,
-               "top1_drop_abs_se": float("nan") if paired is None else
-               100 * drop_standard_error(torch.tensor(paired), m.per_chunk)}
+               "top1_drop_abs_se": self.folder.drop_error(d.spec, m.per_chunk)}
         return {k: row[k] for k in RUN_COLUMNS}
 
     def _stop(self, step: int, rows: list[dict]) -> dict | None:

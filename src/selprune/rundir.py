@@ -35,11 +35,13 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from . import atomic
 from .config import RunConfig, read_toml
 from .csvfiles import csv_text, read_csv
 from .errors import UserError
+from .evaluate import drop_standard_error
 from .folderlock import LOCK, FolderLock
 from .healed import HealedWeights
 from .models import absolute_spec, same_model
@@ -381,6 +383,20 @@ class RunFolder:
             raise self._damaged(self.progress_path, "does not record step 0's top-1 hits in each evaluation chunk, "
                                 "which the standard error of every later drop needs")
         return chunks
+
+    def drop_error(self, dataset: str, now: torch.Tensor) -> float:
+        """The standard error (points) of the drop of an evaluation of `dataset` that counted `now` [chunks,
+        (positions, hits)], paired with step 0's chunks (base_chunks); NaN in a folder made before
+        top1_drop_abs_se. Chunks of other sizes than step 0's are refused: the data changed since, or the record."""
+        base = self.base_chunks.get(dataset)
+        if base is None:
+            return float("nan")
+        base = torch.tensor(base)
+        if not torch.equal(base[:, 0], now[:, 0]):
+            raise self._cannot_resume(self._damaged(
+                self.progress_path, f"records other evaluation chunks of {dataset} at step 0 than this session "
+                "read (the data changed since step 0, or the file is damaged)"))
+        return 100 * drop_standard_error(base, now)
 
     def _cannot_resume(self, exc: UserError) -> UserError:
         return UserError(f"cannot resume: {exc}; nothing was changed. Runs are deterministic: redo this one "
