@@ -1,11 +1,13 @@
 """What scoring predictions costs on top of the language-model head, per way of deciding ranks.
 
-    .venv/bin/python bench/eval_cost.py [--tokens 4096] [--repeats 7]
+    .venv/bin/python bench/eval_cost.py [--tokens 4096] [--repeats 7] [--tiles 4096x2048 256x49152 ...]
 
 On the embedded model's real final hidden states (`prose`), timed in turns, medians:
-  head only   the bf16 head over every position (what a plain full forward also pays)
-  compiled    selprune's evaluation: the head + rank band counted in one compiled pass + loss
-  eager       the same without torch.compile
+  head only   the bf16 head over every position in one product (what a plain full forward pays)
+  compiled    selprune's evaluation: the head + rank band counted in one compiled pass + loss, for each of
+              --tiles ROWSxWIDTH: ROWS positions at a time, the vocabulary WIDTH tokens at a time (the
+              default's tiles first; 256x49152 is the whole vocabulary 256 positions at a time, as before)
+  eager       the same without torch.compile, in the first tiles
 and how many top-1 / top-10 decisions differ from a float32 head (should be 0). Last, what the exact
 ranks are for: the bias of a plain argmax over the bf16 logits, against the float32 head's top-1 (ties
 with the target counted as hits), on the same positions.
@@ -14,6 +16,7 @@ with the target counted as hits), on the same positions.
 from __future__ import annotations
 
 import argparse
+from functools import partial
 
 import torch
 from timing import interleaved, median
@@ -28,6 +31,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--tiles", nargs="+", default=["4096x2048"], type=lambda text: tuple(map(int, text.split("x"))),
+                   help="ROWSxWIDTH: positions and vocabulary tokens whose logits are made together")
     args = p.parse_args()
     model, tok = load_model("smollm2-135m")
     split = make_splits(load_documents("prose"), tok, chunk_len=512, score_tokens=512, eval_tokens=args.tokens)
@@ -37,9 +42,12 @@ def main() -> None:
     targets = ids[:, 1:][valid]
     head = Head(model)
 
-    ways = {"head only": lambda: [head.linear(hidden[s:s + 256]) for s in range(0, len(hidden), 256)],
-            "compiled": lambda: score_predictions(hidden, head, targets, fused=True),
-            "eager": lambda: score_predictions(hidden, head, targets, fused=False)}
+    ways = {"head only": lambda: head.linear(hidden)}
+    for rows, width in args.tiles:
+        ways[f"compiled, tiles of {rows} x {width}"] = partial(score_predictions, hidden, head, targets, rows=rows,
+                                                              width=width, fused=True)
+    rows, width = args.tiles[0]
+    ways["eager"] = partial(score_predictions, hidden, head, targets, rows=rows, width=width)
     rounds = interleaved(ways, args.repeats)
     results = {name: fn() for name, fn in ways.items()}
 
@@ -54,7 +62,7 @@ def main() -> None:
         diff = "" if name == "head only" else (f"{int(((rank == 0) != results[name][0]).sum())} / "
                                                f"{int(((rank < 10) != results[name][1]).sum())}")
         print(f"| {name} | {sec:.3f} | {sec / base:.2f}x | {diff} |")
-    argmax_hit = torch.cat([logits.argmax(-1) for logits in results["head only"]]) == targets
+    argmax_hit = results["head only"].argmax(-1) == targets
     print(f"\n{argmax_bias(argmax_hit, rank == 0)}")
 
 

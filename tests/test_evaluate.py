@@ -45,10 +45,11 @@ def test_causal_evaluation_equals_naive_logits(arch, tiny_model, tiny_batch):
     _assert_metrics_of(m, logits[:, :-1][valid], ids[:, 1:][valid], skip)
 
 
+@pytest.mark.parametrize("width", [7, 2048], ids=["tiled", "whole"])  # the vocabulary in ragged tiles, or in one
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("arch", ["opt", "phi", "gemma2"])  # plain head, head with bias, soft-capped logits
 @pytest.mark.parametrize("scale", [1.0, 400.0])  # random-init logits near 0; logits as large as a trained model's
-def test_bf16_ranks_equal_exact_ranks(arch, scale, fused, tiny_model, tiny_batch):
+def test_bf16_ranks_equal_exact_ranks(arch, scale, fused, width, tiny_model, tiny_batch):
     """Ranks decided on bf16 logits plus the float32 band are those of exact logits; an exact tie is a miss."""
     model = tiny_model(arch).to(torch.bfloat16)
     head, cap = model.get_output_embeddings(), model.config.final_logit_softcapping if arch == "gemma2" else None
@@ -64,7 +65,7 @@ def test_bf16_ranks_equal_exact_ranks(arch, scale, fused, tiny_model, tiny_batch
     targets[::3] = 7
     targets[1::3] = exact.argmax(1)[1::3]  # hits, unless token 5 or 7 is on top
     assert Head(model).cap == cap
-    top1, top10, loss = score_predictions(hidden, Head(model), targets, rows=7, fused=fused)
+    top1, top10, loss = score_predictions(hidden, Head(model), targets, rows=7, width=width, fused=fused)
     rank = _rank(exact, targets)
     assert 0 < int((rank == 0).sum()) < len(rank), "the check needs hits and misses"
     tied_on_top = (exact > exact.gather(1, targets[:, None])).sum(1) == 0
@@ -173,16 +174,48 @@ def test_constant_logits_score_no_hits(arch, dtype, fused, tiny_model, tiny_batc
     assert m.loss == pytest.approx(math.log(model.config.vocab_size), rel=1e-2)
 
 
+def test_whole_rows_of_logits_are_made_a_bounded_number_at_a_time(tiny_model, tiny_batch, monkeypatch):
+    """A collapsed model leaves every row unsure: their logits over the whole vocabulary (for the re-scoring)
+    are made ranks.WHOLE_ROWS rows at a time, not for all the rows of a block at once, and every target still
+    ranks below its ties."""
+    model = tiny_model("llama").to(torch.bfloat16)
+    model.get_output_embeddings().weight.zero_()
+    monkeypatch.setattr(ranks, "WHOLE_ROWS", 3)
+    shapes, logits = [], Head.logits
+
+    def spy(head, hidden, tokens=slice(None)):
+        out = logits(head, hidden, tokens)
+        shapes.append(tuple(out.shape))
+        return out
+
+    monkeypatch.setattr(Head, "logits", spy)
+    ids, mask = tiny_batch(batch=2, length=12)
+    hidden = model.base_model(input_ids=ids, attention_mask=mask).last_hidden_state.reshape(-1, 16)
+    top1, top10, _ = score_predictions(hidden, Head(model), ids.reshape(-1), rows=64, width=7)
+    whole = [rows for rows, width in shapes if width == model.config.vocab_size]
+    assert len(whole) == -(-len(hidden) // 3) and max(whole) == 3, shapes
+    assert not top1.any() and not top10.any()
+
+
+def _count_bounds(logits, targets, below, above, cap, fused, width):
+    """ranks.count_bounds over the given logits in tiles of `width` tokens, shifted by the targets' own logits."""
+    tiles = [(start, logits[:, start:start + width]) for start in range(0, logits.shape[1], width)]
+    shift = logits.gather(1, targets[:, None])[:, 0].float()
+    return ranks.count_bounds(tiles, targets, shift, below, above, cap, lambda rows: logits[rows], fused)
+
+
+@pytest.mark.parametrize("width", [7, 300], ids=["tiled", "whole"])
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("cap", [None, 30.0], ids=["uncapped", "soft-capped"])
-def test_the_loss_is_the_cross_entropy_even_where_a_logit_is_far_above_the_target(cap, fused):
+def test_the_loss_is_the_cross_entropy_even_where_a_logit_is_far_above_the_target(cap, fused, width):
     """The loss is summed relative to the target's own logit: rows where another logit is 100 or 1,000 above it
-    (beyond float32's exp) or the target is far on top must still give the cross-entropy, not inf or 0."""
+    (beyond float32's exp) or the target is far on top must still give the cross-entropy, not inf or 0; and the
+    counts over ragged tiles of the vocabulary are those over all of it."""
     logits = (torch.randn(6, 300, generator=torch.Generator().manual_seed(1)) * 4).to(torch.bfloat16)
     targets = torch.arange(6) * 7
     logits[1, 3], logits[2, 5], logits[3, targets[3]], logits[4, targets[4]] = 100, 1000, 200, -200
     below, above = torch.full((6,), -0.1), torch.full((6,), 0.1)
-    surely, maybe, loss, finite = ranks.count_bounds(logits, targets, below, above, cap, fused)
+    surely, maybe, loss, finite = _count_bounds(logits, targets, below, above, cap, fused, width)
     capped = torch.tanh(logits.double() / cap) * cap if cap else logits.double()
     ref = torch.nn.functional.cross_entropy(capped, targets, reduction="none")
     torch.testing.assert_close(loss.double(), ref, rtol=1e-5, atol=1e-5)
@@ -192,9 +225,10 @@ def test_the_loss_is_the_cross_entropy_even_where_a_logit_is_far_above_the_targe
     assert torch.equal(maybe.long(), at_or_above)
 
 
+@pytest.mark.parametrize("width", [7, 50], ids=["tiled", "whole"])
 @pytest.mark.parametrize("fused", [False, True], ids=["eager", "compiled"])
 @pytest.mark.parametrize("cap", [None, 30.0], ids=["uncapped", "soft-capped"])
-def test_every_kind_of_non_finite_logit_is_flagged(cap, fused):
+def test_every_kind_of_non_finite_logit_is_flagged(cap, fused, width):
     """Finiteness is read from the row's minimum and its loss (or maximum, under a soft-cap, whose tanh makes
     +inf finite): each of NaN, +inf and -inf, at the target or elsewhere, flags exactly its own row."""
     logits = torch.randn(8, 50, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
@@ -204,7 +238,7 @@ def test_every_kind_of_non_finite_logit_is_flagged(cap, fused):
     for row, (column, value) in bad.items():
         logits[row, column] = float(value)
     below, above = torch.full((8,), -0.1), torch.full((8,), 0.1)
-    finite = ranks.count_bounds(logits, targets, below, above, cap, fused)[3]
+    finite = _count_bounds(logits, targets, below, above, cap, fused, width)[3]
     assert finite.logical_not().nonzero().flatten().tolist() == sorted(bad)
 
 

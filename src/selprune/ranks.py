@@ -7,6 +7,9 @@ model-dtype value falls within the rounding band of that logit, too close to cal
 target ranks above it: a model whose logits are all equal (collapsed) scores no hit, never a perfect one.
 The loss is the cross-entropy of the model-dtype logits, summed in float32. NaN or infinite logits have
 no rank: they end the evaluation with NonFiniteLogits.
+
+The logits never exist whole: each block of rows gets them one tile of the vocabulary at a time, every tile
+small enough to stay in cache while one compiled pass reduces it, and the tiles' counts and sums are added.
 """
 
 from __future__ import annotations
@@ -29,6 +32,14 @@ class NonFiniteLogits(UserError):
                          "(lower it) or in a low-precision dtype (try --dtype float32)")
 
 
+WHOLE_ROWS = 256  # rows whose logits over the whole vocabulary exist at once (re-scoring, overflowed losses)
+
+
+def _groups(rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Row indices in groups of at most WHOLE_ROWS (none for none: torch splits an empty tensor into one)."""
+    return rows.split(WHOLE_ROWS) if len(rows) else ()
+
+
 class Head:
     """The output layer with what exact ranks need: its soft-cap and the constants of the rounding band.
 
@@ -37,6 +48,7 @@ class Head:
 
     def __init__(self, model):
         self.linear = model.get_output_embeddings()
+        self.vocab = self.linear.weight.shape[0]
         self.cap = getattr(text_config(model.config), "final_logit_softcapping", None)
         w = self.linear.weight
         self.eps = torch.finfo(w.dtype).eps
@@ -70,6 +82,17 @@ class Head:
                                                                                        dtype=torch.float32)
         return (self.eps * (exact.abs() + self.b_max) + slack) / (1 - self.eps)
 
+    def logits(self, hidden: torch.Tensor, tokens: slice = slice(None)) -> torch.Tensor:
+        """Model-dtype logits [N, tokens] of hidden states [N, D], summed in float32 (before any soft-capping)."""
+        bias = None if self.linear.bias is None else self.linear.bias[tokens]
+        with _float32_sums(hidden.device):
+            return torch.nn.functional.linear(hidden, self.linear.weight[tokens], bias)
+
+    def tiles(self, hidden: torch.Tensor, width: int):
+        """(first token id, logits [N, width]) of hidden states [N, D], one tile of the vocabulary after another."""
+        for start in range(0, self.vocab, width):
+            yield start, self.logits(hidden, slice(start, start + width))
+
 
 def _capped(logits, cap):
     """The logits as the loss sees them: float32 or wider, soft-capped where the model caps."""
@@ -82,8 +105,8 @@ def _loss(logits, targets, cap):
 
 
 def _reductions(logits, below, above, shift, cap):
-    """Per row, in one read of the block's logits: the logits surely above the target's, those that may be at or
-    above it (target included), the sum of exp(logit - shift) in float32, the minimum, and (soft-capped) the
+    """Per row of one tile, in one read of its logits: the logits surely above the target's, those that may be at
+    or above it (target included), the sum of exp(logit - shift) in float32, the minimum, and (soft-capped) the
     maximum. int32 counts, and a given shift instead of the row's maximum (a second read): each cut the compiled
     pass by about a quarter, measured apart on 4,096 positions."""
     surely = (logits > above[:, None]).sum(-1, dtype=torch.int32)
@@ -95,23 +118,36 @@ def _reductions(logits, below, above, shift, cap):
 fused_reductions = Fused(_reductions, "the rank counts")
 
 
-def count_bounds(logits, targets, below, above, cap, fused: bool = False):
+def count_bounds(tiles, targets, shift, below, above, cap, whole, fused: bool = False):
     """Per row: logits surely above the target's, logits that may be at or above it (target excluded), the
-    loss, and whether every logit is finite.
+    loss, and whether every logit is finite; from `tiles`, (first token id, logits [N, width]) pairs that cover
+    the vocabulary, each read once.
 
-    The loss is log sum exp(logit - target logit), shifted by the target's own logit so that no pass for the
-    row's maximum is needed; the rare row where some logit exceeds the target's by more than float32's exp
-    allows (~88) is recomputed the usual way. Finiteness comes from reductions already made, not from testing
-    every logit: a NaN or -inf logit makes the row's minimum non-finite, and a +inf one the loss, or the maximum
-    where the soft-cap's tanh would hide it from the loss.
+    The loss is log sum exp(logit - shift) + shift - target's logit, with `shift` (float32 [N]) the target's
+    exact logit, known before any tile: no pass for the row's maximum is needed. The rare row where some logit
+    exceeds the shift by more than float32's exp allows (~88) is recomputed the usual way from its whole row of
+    logits, `whole(rows)`. Finiteness comes from reductions already made, not from testing every logit: a NaN
+    or -inf logit makes the row's minimum non-finite, and a +inf one the loss, or the maximum where the
+    soft-cap's tanh would hide it from the loss.
     """
-    target = logits.gather(1, targets[:, None])[:, 0]
-    surely, maybe, sum_exp, low, high = (fused_reductions if fused else _reductions)(
-        logits, below, above, _capped(target, cap), cap)
-    loss = sum_exp.log()
-    overflow = torch.isinf(sum_exp).nonzero()[:, 0]
-    if len(overflow):
-        loss[overflow] = _loss(logits[overflow], targets[overflow], cap)
+    reduce = fused_reductions if fused else _reductions
+    shift = _capped(shift, cap)
+    surely = maybe = sum_exp = low = high = target = None
+    for start, logits in tiles:
+        inside = (targets >= start) & (targets < start + logits.shape[1])
+        mine = logits.gather(1, (targets - start).clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
+        parts = reduce(logits, below, above, shift, cap)
+        if surely is None:
+            surely, maybe, sum_exp, low, high = parts
+            target = torch.where(inside, mine, torch.zeros_like(mine))
+            continue
+        surely, maybe, sum_exp = surely + parts[0], maybe + parts[1], sum_exp + parts[2]
+        low = torch.minimum(low, parts[3])
+        high = None if cap is None else torch.maximum(high, parts[4])
+        target = torch.where(inside, mine, target)
+    loss = sum_exp.log() + shift - _capped(target, cap)
+    for part in _groups(torch.isinf(sum_exp).nonzero()[:, 0]):
+        loss[part] = _loss(whole(part), targets[part], cap)
     maybe = maybe.long() - (target >= below).long()
     return surely.long(), maybe, loss, torch.isfinite(low) & torch.isfinite(loss if high is None else high)
 
@@ -131,35 +167,40 @@ def _float32_sums(device: torch.device):
         m.allow_bf16_reduced_precision_reduction, m.allow_fp16_reduced_precision_reduction = saved
 
 
-def score_predictions(hidden, head: Head, targets, rows: int = 256, fused: bool = False,
+def _rescored_rank(head: Head, h, t, below) -> torch.Tensor:
+    """Per row, the tokens whose float32 logit is at or above the target's: only those whose model-dtype logit is
+    at or above the band's floor may be, and exactly those are re-scored."""
+    row, token = (head.logits(h) >= below[:, None]).nonzero().unbind(1)
+    # the targets are re-scored in the same call, so that a token equal to its target compares equal
+    whose = torch.cat([torch.arange(len(t), device=row.device), row])
+    rescored = head.exact(h, torch.cat([t, token]), whose)
+    target, candidate = rescored[:len(t)], rescored[len(t):]
+    beats = (candidate >= target[row]) & (token != t[row])
+    return torch.zeros_like(t).index_add_(0, row, beats.long())
+
+
+def score_predictions(hidden, head: Head, targets, rows: int = 4096, width: int = 2048, fused: bool = False,
                       what: str = "the model"):
     """Per position: top-1 hit, top-10 hit and loss, with ranks as exact as float32 logits.
 
     hidden [N, D] is what enters the output layer. The rank counts the other tokens whose float32 logit is
     at or above the target's (a tie does not help the target). Logits outside Head.band of the target's
     exact logit rank surely above or below it; only the few rows where the band decides top-1 or top-10 get
-    their in-band candidates re-scored in float32. `fused` compiles the counts. Rows go in blocks so that a
-    block's logits stay in cache. Raises NonFiniteLogits, naming `what`, if any logit is NaN or infinite.
+    their in-band candidates re-scored in float32. `fused` compiles the counts. Up to `rows` rows at a time get
+    their logits `width` tokens of the vocabulary at a time, so that each tile stays in cache while it is
+    counted (docs/PERFORMANCE.md). Raises NonFiniteLogits, naming `what`, if any logit is NaN or infinite.
     """
     top1, top10, loss, finite = [], [], [], []
     for start in range(0, len(targets), rows):
         h, t = hidden[start:start + rows], targets[start:start + rows]
-        with _float32_sums(h.device):
-            logits = head.linear(h)
         exact = head.exact(h, t)
         band = head.band(h, exact)
         below, above = exact - band, exact + band
-        better, maybe, block_loss, block_finite = count_bounds(logits, t, below, above, head.cap, fused)
+        better, maybe, block_loss, block_finite = count_bounds(head.tiles(h, width), t, exact, below, above,
+                                                               head.cap, lambda r: head.logits(h[r]), fused)
         unsure = (((better == 0) & (maybe > 0)) | ((better < 10) & (maybe >= 10))).nonzero()[:, 0]
-        if len(unsure):  # re-score exactly the logits at or above the band's floor: the only ones that may beat t
-            row, token = (logits[unsure] >= below[unsure, None]).nonzero().unbind(1)
-            mine = t[unsure]
-            # the targets are re-scored in the same call, so that a token equal to its target compares equal
-            whose = torch.cat([torch.arange(len(unsure), device=row.device), row])
-            rescored = head.exact(h[unsure], torch.cat([mine, token]), whose)
-            target, candidate = rescored[:len(unsure)], rescored[len(unsure):]
-            beats = (candidate >= target[row]) & (token != mine[row])
-            better[unsure] = torch.zeros_like(mine).index_add_(0, row, beats.long())
+        for part in _groups(unsure):
+            better[part] = _rescored_rank(head, h[part], t[part], below[part])
         top1.append(better == 0)
         top10.append(better < 10)
         loss.append(block_loss)
