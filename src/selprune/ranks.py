@@ -14,6 +14,7 @@ small enough to stay in cache while one compiled pass reduces it, and the tiles'
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 
 import torch
@@ -132,24 +133,24 @@ def count_bounds(tiles, targets, shift, below, above, cap, whole, fused: bool = 
     """
     reduce = fused_reductions if fused else _reductions
     shift = _capped(shift, cap)
-    surely = maybe = sum_exp = low = high = target = None
+    surely, maybe = torch.zeros_like(targets, dtype=torch.int32), torch.zeros_like(targets, dtype=torch.int32)
+    sum_exp, target = torch.zeros_like(shift), torch.zeros_like(shift)  # target: its model-dtype logit, widened
+    low, high = torch.full_like(shift, math.inf), torch.full_like(shift, -math.inf)
     for start, logits in tiles:
         inside = (targets >= start) & (targets < start + logits.shape[1])
         mine = logits.gather(1, (targets - start).clamp(0, logits.shape[1] - 1)[:, None])[:, 0]
-        parts = reduce(logits, below, above, shift, cap)
-        if surely is None:
-            surely, maybe, sum_exp, low, high = parts
-            target = torch.where(inside, mine, torch.zeros_like(mine))
-            continue
-        surely, maybe, sum_exp = surely + parts[0], maybe + parts[1], sum_exp + parts[2]
-        low = torch.minimum(low, parts[3])
-        high = None if cap is None else torch.maximum(high, parts[4])
-        target = torch.where(inside, mine, target)
+        target = torch.where(inside, mine.float(), target)
+        tile_surely, tile_maybe, tile_sum_exp, tile_low, tile_high = reduce(logits, below, above, shift, cap)
+        surely += tile_surely
+        maybe += tile_maybe
+        sum_exp += tile_sum_exp
+        low = torch.minimum(low, tile_low)
+        high = high if tile_high is None else torch.maximum(high, tile_high)
     loss = sum_exp.log() + shift - _capped(target, cap)
     for part in _groups(torch.isinf(sum_exp).nonzero()[:, 0]):
         loss[part] = _loss(whole(part), targets[part], cap)
     maybe = maybe.long() - (target >= below).long()
-    return surely.long(), maybe, loss, torch.isfinite(low) & torch.isfinite(loss if high is None else high)
+    return surely.long(), maybe, loss, torch.isfinite(low) & torch.isfinite(loss if cap is None else high)
 
 
 @contextmanager
