@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import torch
+from timing import machine
 
 from selprune.adaptive import overlap
 from selprune.rundir import RunFolder
@@ -98,6 +99,7 @@ def main() -> None:
                 raise SystemExit(f"round {r + 1} pruned other units than round 1: the runs are not deterministic")
     seconds = {name: statistics.median(times[name] for times in rounds) for name in runs}
     ratios = {name: sorted(times[name] / times["fixed"] for times in rounds) for name in runs}
+    print(f"# {machine()}")
     print(f"{args.forget} vs {args.retain}, {args.steps} x {args.fraction:g}, {args.score_tokens} scoring and "
           f"{args.eval_tokens} evaluation tokens per dataset; each run against the fixed run (seed 0)")
     fixed = steps["fixed"]

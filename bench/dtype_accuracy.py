@@ -11,6 +11,7 @@ import argparse
 import time
 
 import torch
+from timing import machine
 
 from selprune.data import load_documents, make_splits
 from selprune.evaluate import evaluate_causal, frequent_tokens
@@ -33,6 +34,7 @@ def main() -> None:
             t0 = time.perf_counter()
             m, _ = evaluate_causal(model, ids, mask, 8, frequent_tokens(ids, mask, 50))
             results[dtype, name] = (m, time.perf_counter() - t0)
+    print(f"# {machine()}")
     print(f"# {args.model}, {args.tokens} evaluation tokens per dataset, {torch.get_num_threads()} threads")
     print("| dataset | fp32 top-1 | bf16 top-1 | diff (points) | fp32 loss | bf16 loss | fp32 s | bf16 s |")
     print("|---|---|---|---|---|---|---|---|")

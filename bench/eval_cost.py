@@ -19,7 +19,7 @@ import argparse
 from functools import partial
 
 import torch
-from timing import interleaved, median
+from timing import interleaved, machine, median
 
 from selprune.data import load_documents, make_splits
 from selprune.models import load_model
@@ -31,7 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--tiles", nargs="+", default=["4096x2048"], type=lambda text: tuple(map(int, text.split("x"))),
+    p.add_argument("--tiles", nargs="+", default=[(4096, 2048)], type=lambda text: tuple(map(int, text.split("x"))),
                    help="ROWSxWIDTH: positions and vocabulary tokens whose logits are made together")
     args = p.parse_args()
     model, tok = load_model("smollm2-135m")
@@ -54,6 +54,7 @@ def main() -> None:
     exact = hidden.float() @ head.linear.weight.float().T
     rank = (exact > exact.gather(1, targets[:, None])).sum(1)
     base = median(rounds, "head only")
+    print(f"# {machine()}")
     print(f"# {len(targets)} positions of prose, {model.dtype}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} interleaved rounds")
     print("| way | seconds | over the head | top-1 / top-10 differences from a float32 head |\n|---|---|---|---|")

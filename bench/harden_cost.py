@@ -16,16 +16,14 @@ from __future__ import annotations
 
 import argparse
 import copy
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from timing import interleaved, median
+from timing import interleaved, machine, median
 
 from selprune.allocator import keep_freed_memory
 from selprune.config import RunConfig
@@ -72,14 +70,12 @@ def main() -> None:
         rounds = interleaved({"plain step": lambda: step(run.step_scores(2)),
                               "hardened step": lambda: step(run.pruning_scores(2))}, args.repeats, warm_up=False)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     plain, hardened = (median(rounds, name) for name in ("plain step", "hardened step"))
     ratios = sorted(r["hardened step"] / r["plain step"] for r in rounds)
     print(f"# harden cost: {config.model} {run.model.dtype}, {args.tokens} scoring + {args.tokens} evaluation tokens "
           f"per dataset (2 datasets), --harden {args.harden} x {config.harden_batch_size} x {config.harden_chunk_len} "
           f"tokens, compile={args.compile}, medians of {args.repeats} interleaved rounds")
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, commit {commit}")
+    print(f"# {machine()}")
     print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")
     print("| pass | seconds | over a plain step |\n|---|---|---|")
     for name, sec in (("plain step", plain), ("hardened step", hardened)):

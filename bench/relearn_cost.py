@@ -19,7 +19,7 @@ import argparse
 import copy
 
 import torch
-from timing import interleaved, median
+from timing import interleaved, machine, median
 
 from selprune.batching import auto_batch_size
 from selprune.config import RunConfig
@@ -84,6 +84,7 @@ def main() -> None:
     rounds = interleaved(passes, args.repeats)
     f, s, fe, before, now = (median(rounds, name) for name in passes)
     evaluated_tokens = sum(int(eval_mask.sum()) for _, eval_mask in datasets)
+    print(f"# {machine()}")
     print(f"# {torch.get_num_threads()} threads, bf16 compute: {bf16}, median of {args.repeats} interleaved rounds")
     print("| pass | seconds | over a plain forward of the same tokens |\n|---|---|---|")
     print(f"| plain forward ({plain.dtype}), {args.batch} x {args.chunk_len} tokens | {f:.3f} | 1.00x |")

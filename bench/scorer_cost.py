@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import platform
 import resource
 import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-import torch
 from step_cost import plain
-from timing import interleaved, median
+from timing import interleaved, machine, median
 
 from selprune.allocator import keep_freed_memory
 from selprune.config import RunConfig
@@ -70,8 +68,7 @@ def main() -> None:
     tokens = int(d.score_mask.sum())
     print(f"# scorer cost: {args.model} {model.dtype} group={args.group}, {tokens} scoring tokens of code, chunks "
           f"of {args.chunk_len}, batch {batch}, compile={args.compile}, medians of {args.repeats} interleaved rounds")
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}")
+    print(f"# {machine()}")
     print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")
     print("| pass | seconds | tokens/s | over plain base forward | over plain full forward |")
     print("|---|---|---|---|---|")

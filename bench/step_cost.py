@@ -15,16 +15,14 @@ within a round, and the range over rounds.
 from __future__ import annotations
 
 import argparse
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from timing import interleaved, median
+from timing import interleaved, machine, median
 
 from selprune.allocator import keep_freed_memory
 from selprune.config import RunConfig
@@ -97,13 +95,11 @@ def main() -> None:
                               "scoring pass": scoring, "evaluation pass": evaluation, "whole step": step},
                              args.repeats)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     tokens = 2 * args.tokens
     print(f"# step cost: {args.model} {model.dtype} group={args.group}, {tokens} scoring + {tokens} evaluation "
           f"tokens (2 datasets), chunks of {args.chunk_len}, batch {batch}, compile={args.compile}, "
           f"medians of {args.repeats} interleaved rounds")
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, commit {commit}")
+    print(f"# {machine()}")
     print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")
     print("| pass | seconds | tokens/s |")
     print("|---|---|---|")

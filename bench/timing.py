@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import platform
 import statistics
+import subprocess
 import time
+from pathlib import Path
+
+import torch
 
 
 def interleaved(passes: dict, repeats: int, warm_up: bool = True) -> list[dict[str, float]]:
@@ -26,3 +31,17 @@ def interleaved(passes: dict, repeats: int, warm_up: bool = True) -> list[dict[s
 
 def median(rounds: list[dict[str, float]], name: str) -> float:
     return statistics.median(r[name] for r in rounds)
+
+
+def machine() -> str:
+    """What a table of timings must name: the CPU's model and whether it has AMX (bf16 products differ several
+    fold with and without), the threads, torch, and the commit measured."""
+    cpu, amx = platform.processor() or platform.machine(), None
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        lines = info.read_text().splitlines()
+        cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
+        amx = any(line.startswith("flags") and " amx_tile" in line for line in lines)
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return (f"{cpu}{'' if amx is None else ' with AMX' if amx else ' without AMX'}, {torch.get_num_threads()} "
+            f"threads, torch {torch.__version__}, commit {commit or 'unknown (not a git checkout)'}")

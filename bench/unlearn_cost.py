@@ -15,14 +15,12 @@ Each method gets its own warm-up step (a process's first bf16 backward passes ar
 from __future__ import annotations
 
 import argparse
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import torch
-from timing import interleaved, median
+from timing import interleaved, machine, median
 
 from selprune.allocator import keep_freed_memory
 from selprune.models import load_model
@@ -64,12 +62,10 @@ def main() -> None:
 
         rounds = interleaved({"plain forward": forward, **passes}, args.repeats)
 
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     f = median(rounds, "plain forward")
     print(f"# unlearning step cost: {args.model}, plain forward in {plain.dtype}, batches of {args.batch} x "
           f"{args.chunk_len} tokens, medians of {args.repeats} interleaved rounds")
-    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, commit {commit}")
+    print(f"# {machine()}")
     print(f"# command: {' '.join([Path(sys.executable).name] + sys.argv)}")
     print("| pass | seconds | over a plain forward | per round |\n|---|---|---|---|")
     print(f"| plain forward | {f:.3f} | 1.00x | |")
