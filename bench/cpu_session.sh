@@ -2,7 +2,7 @@
 # Every CPU timing of docs/PERFORMANCE.md that names its CPU, in one background command, for a session on a CPU
 # whose figures are missing (the development machine changes between an Intel Xeon with AMX and an AMD EPYC
 # without). From the repository root, with nothing else running, writing to $OUT (default cpu-out/):
-#   nohup bash bench/cpu_session.sh > /dev/null 2>&1 &     (about 25 minutes on the Intel Xeon with AMX)
+#   nohup bash bench/cpu_session.sh > /dev/null 2>&1 &     (15 minutes on the Intel Xeon with AMX)
 # Each script prints its CPU, threads, torch and commit first; the tables go into PERFORMANCE's sections.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
