@@ -391,12 +391,12 @@ class RunFolder:
         base = self.base_chunks.get(dataset)
         if base is None:
             return float("nan")
-        base = torch.tensor(base)
-        if not torch.equal(base[:, 0], now[:, 0]):
+        try:
+            return 100 * drop_standard_error(torch.tensor(base), now)
+        except ValueError:  # the positions of the chunks differ
             raise self._cannot_resume(self._damaged(
                 self.progress_path, f"records other evaluation chunks of {dataset} at step 0 than this session "
-                "read (the data changed since step 0, or the file is damaged)"))
-        return 100 * drop_standard_error(base, now)
+                "read (the data changed since step 0, or the file is damaged)")) from None
 
     def _cannot_resume(self, exc: UserError) -> UserError:
         return UserError(f"cannot resume: {exc}; nothing was changed. Runs are deterministic: redo this one "
