@@ -3,12 +3,16 @@
 # whose figures are missing (the development machine changes between an Intel Xeon with AMX and an AMD EPYC
 # without). From the repository root, with nothing else running, writing to $OUT (default cpu-out/):
 #   nohup bash bench/cpu_session.sh > /dev/null 2>&1 &     (15 minutes on the Intel Xeon with AMX)
-# Each script prints its CPU, threads, torch and commit first; the tables go into PERFORMANCE's sections.
+# Refuses (exit 2) an $OUT that exists. Each script prints its CPU, threads, torch and commit first; the
+# tables go into PERFORMANCE's sections.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-cpu-out}
-mkdir -p "$OUT"
+if ! mkdir "$OUT" 2>/dev/null; then  # never over another session's figures, nor beside a second process
+  echo "bench/cpu_session.sh: $OUT exists (figures of an earlier session?); move it away or set OUT=NEW" >&2
+  exit 2
+fi
 lscpu > "$OUT/lscpu.txt"
 { echo "# $(date -u '+%F %T') $(git rev-parse --short HEAD 2>/dev/null)"; } > "$OUT/started.txt"
 "$PY" bench/step_cost.py --tokens 4096 --repeats 5 > "$OUT/step_cost.txt" 2>&1              # the step ratio

@@ -31,7 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--tiles", nargs="+", default=[(4096, 2048)], type=lambda text: tuple(map(int, text.split("x"))),
+    p.add_argument("--tiles", nargs="+", default=[(4096, 2048)], type=tile,
                    help="ROWSxWIDTH: positions and vocabulary tokens whose logits are made together")
     args = p.parse_args()
     model, tok = load_model("smollm2-135m")
@@ -65,6 +65,17 @@ def main() -> None:
         print(f"| {name} | {sec:.3f} | {sec / base:.2f}x | {diff} |")
     argmax_hit = results["head only"].argmax(-1) == targets
     print(f"\n{argmax_bias(argmax_hit, rank == 0)}")
+
+
+def tile(text: str) -> tuple[int, int]:
+    """ROWSxWIDTH, both positive integers, as --tiles takes it."""
+    try:
+        rows, width = (int(part) for part in text.split("x"))
+    except ValueError:
+        rows = width = 0
+    if rows < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"takes ROWSxWIDTH with positive integers, e.g. 4096x2048, got {text!r}")
+    return rows, width
 
 
 def argmax_bias(argmax_hit: torch.Tensor, exact_hit: torch.Tensor) -> str:
