@@ -2,10 +2,11 @@
 
 Per attacked model (the run's own, its controls, the unpruned and random controls): its forget and retain drop
 before the attack (from the folder's own metrics.csv, the numbers a --match was made on), the learning rates the
-attacker found best (at each step the better one), the recovered share of the forget gap after the chosen steps, the anamnesis index, the retain
-top-1 before and after, and the share that passes each chosen greedy check of `selprune inspect` (run it first
-on each folder). With --curves, a second table follows: each model's attacked top-1 at those steps, one column per
-learning rate. Usage:
+attacker found best (at each step the better one), the recovered share of the forget gap after the chosen steps
+(± its standard error across the evaluation's chunks, for an analysis that recorded them), the anamnesis index,
+the retain top-1 before and after, and the share that passes each chosen greedy check of `selprune inspect` (run
+it first on each folder). With --curves, a second table follows: each model's attacked top-1 at those steps, one
+column per learning rate. Usage:
 
     .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64] [--curves 0 1 4 64]
 
@@ -20,8 +21,8 @@ from pathlib import Path
 from selprune.analysisdir import AnalysisFolder
 from selprune.csvfiles import read_csv
 from selprune.inspectdir import InspectFolder
-from selprune.relearn.results import anamnesis_text, lr_text, settings_of, summarize_relearn
-from selprune.relearn.settings import COLUMNS
+from selprune.relearn.results import anamnesis_text, lr_text, settings_of, share_text, summarize_relearn
+from selprune.relearn.settings import ADDED_COLUMNS, COLUMNS
 from selprune.rundir import RELEARN, RunFolder
 from selprune.unlearn.checkpoints import read_result
 
@@ -38,9 +39,9 @@ def main() -> None:
     args = parser.parse_args()
     run = RunFolder(args.results.resolve().parent)
     name = args.results.name[len(RELEARN) + 1:] or None
-    results = AnalysisFolder(run, RELEARN, COLUMNS, name)
+    results = AnalysisFolder(run, RELEARN, COLUMNS, name, ADDED_COLUMNS)
     settings = settings_of(results)
-    rows = read_csv(results.csv_path, COLUMNS)
+    rows = results.rows()
     summaries = [s for s in summarize_relearn(rows) if s["attack"] == args.attack]
     folders = {"pruned": (run, settings.step), "unlearned": (run, settings.step)}
     for spec in settings.control:
@@ -100,8 +101,8 @@ def _drops(folder: RunFolder | None, step: int | None, summary: dict, base: dict
 
 
 def _share_at(summary: dict, step: int) -> str:
-    share = dict(zip(summary["steps"], summary["recovered"])).get(step)
-    return "—" if share is None else f"{100 * share:.0f}%"
+    point = summary["steps"].index(step) if step in summary["steps"] else None
+    return "—" if point is None or summary["recovered"][point] is None else share_text(summary, point)
 
 
 def _check(folder: RunFolder | None, step: int | None, check: str, dataset: str) -> str:

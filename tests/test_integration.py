@@ -12,7 +12,7 @@ import pytest
 from conftest import read_metrics
 
 from selprune.config import preset
-from selprune.relearn import COLUMNS, RelearnConfig, relearn
+from selprune.relearn import COLUMNS, RelearnConfig, relearn, summarize_relearn
 from selprune.run import run
 from selprune.csvfiles import read_csv
 
@@ -62,7 +62,11 @@ def test_fine_tuning_on_forget_data_brings_some_forget_accuracy_back(folders):
     asks that forget accuracy rises above the pruned model's, and that pruned ff weights stay zero."""
     config = RelearnConfig(run=str(folders["abs"]), step=1, max_steps=4, eval_tokens=1024, random_control=False)
     relearn(config, quiet=True)
-    rows = [r for r in read_csv(folders["abs"] / "relearn" / "relearn.csv", COLUMNS) if r["model"] == "pruned"]
+    every = read_csv(folders["abs"] / "relearn" / "relearn.csv", COLUMNS)
+    rows = [r for r in every if r["model"] == "pruned"]
     forget = {int(r["step"]): float(r["forget_top1"]) for r in rows}
     assert forget[4] > forget[0] + 0.01, forget
     assert rows[-1]["pruned_zero"] == "True"
+    pruned = next(s for s in summarize_relearn(every) if s["model"] == "pruned")
+    share, se = pruned["recovered"][-1], pruned["recovered_se"][-1]  # paired over the 2 evaluation chunks
+    assert share > 0 and 0 < se < 1, (share, se)

@@ -23,7 +23,9 @@ from selprune.relearn import (
     relearn,
     summarize_relearn,
 )
-from selprune.relearn.results import lr_text, relearn_folders
+from selprune.evaluate import top1_standard_error
+from selprune.relearn.results import chunks_of, lr_text, relearn_folders, share_text
+from selprune.relearn.settings import ADDED_COLUMNS
 from selprune.csvfiles import read_csv
 from selprune.rundir import RunFolder
 
@@ -102,6 +104,39 @@ def test_the_attack_writes_curves_for_every_model_and_ff_weights_stay_zero(ff_ru
     assert "Relearning: removed or hidden?" in (ff_run / "report.html").read_text()
     trained = [r for r in rows if r["train_loss"]]
     assert trained and all(float(r["train_loss"]) > 0 for r in trained)
+
+
+def test_each_row_records_the_forget_chunks_that_pair_it_with_every_other(ff_run):
+    relearn(RelearnConfig(run=str(ff_run), **SMALL), quiet=True)
+    rows = read_csv(ff_run / "relearn" / "relearn.csv", COLUMNS + ADDED_COLUMNS)
+    chunks = [chunks_of(r["forget_chunks"]) for r in rows]
+    assert len(chunks[0]) >= 2 and all(torch.equal(c[:, 0], chunks[0][:, 0]) for c in chunks)  # the same chunks
+    for row, c in zip(rows, chunks):
+        assert c[:, 1].sum() / c[:, 0].sum() == pytest.approx(float(row["forget_top1"]), abs=1e-12)
+        assert float(row["forget_top1_se"]) == pytest.approx(top1_standard_error(c))
+        assert 0 <= float(row["retain_top1_se"]) < 1  # a number, not empty or NaN
+    for s in summarize_relearn(rows):  # an error wherever there is a share (a random tiny model may have none)
+        assert [se is None for se in s["recovered_se"]] == [share is None for share in s["recovered"]]
+
+
+def test_an_analysis_made_before_the_chunks_resumes_with_its_own_columns(pruned_runs, tmp_path):
+    """A relearn.csv without the added columns (an older version's) is read, reported and resumed as it is."""
+    whole = shutil.copytree(pruned_runs["ff"], tmp_path / "whole")
+    relearn(RelearnConfig(run=str(whole), random_control=False, **SMALL), quiet=True)
+    old = shutil.copytree(pruned_runs["ff"], tmp_path / "old")
+    relearn(RelearnConfig(run=str(old), random_control=False, **SMALL), quiet=True)
+    folder = RelearnConfig(run=str(old), **SMALL).results_folder()
+    folder.settings = RelearnConfig.from_toml(folder.settings_path)
+    rows, done = folder.committed()
+    stripped = [{k: r[k] for k in COLUMNS} for r in rows]
+    folder.added = ()
+    folder.commit(stripped[:len(evaluation_points(4))], done[:1])  # as an older version left it, one model short
+    assert main(["relearn", str(old), "--resume", "--quiet"]) == 0
+    text = (old / "relearn" / "relearn.csv").read_text()
+    assert text.splitlines()[0] == ",".join(COLUMNS)
+    assert read_csv(old / "relearn" / "relearn.csv", COLUMNS) == [{k: r[k] for k in COLUMNS} for r in results(whole)]
+    assert all(s["recovered_se"] == [None] * len(s["steps"]) for s in summarize_relearn(results(old)))
+    assert "Relearning: removed or hidden?" in (old / "report.html").read_text()
 
 
 def test_reinit_pruned_gives_the_weights_back(ff_run):
@@ -198,6 +233,29 @@ def test_summary_numbers_by_hand():
     assert pruned["recovered"] == pytest.approx([0.0, 0.25, 0.625])
     assert (pruned["steps_to_50"], pruned["steps_to_90"], pruned["pruned_zero"]) == (2, None, True)
     assert summary["base"]["gap"] is None and summary["base"]["recovered"] == [None, None]
+    assert pruned["recovered_se"] == [None, None, None]  # rows that do not record their chunks
+
+
+def test_the_recovered_share_s_standard_error_by_hand():
+    """Three chunks of 10 positions: the unpruned model hits 8, 6, 7, the pruned one 2, 2, 2 before the attack
+    and 5, 3, 4 after: share 6 / 15 = 0.4, residuals 3 - 0.4 x 6 = 0.6, -0.6 and 0, so SE^2 = 3/2 x 0.72 / 15^2."""
+    def row(model, step, hits):
+        chunks = " ".join(f"10:{h}" for h in hits)
+        return {"attack": "forget", "model": model, "lr": "0.0001", "step": str(step), "forget_top1": repr(sum(hits) / 30),
+                "forget_loss": "1", "retain_top1": "0.3", "retain_loss": "2", "train_loss": "", "pruned_zero": "",
+                "forget_top1_se": "", "retain_top1_se": "", "forget_chunks": chunks}
+
+    rows = [row("base", 0, [8, 6, 7]), row("pruned", 0, [2, 2, 2]), row("pruned", 4, [5, 3, 4])]
+    pruned = next(s for s in summarize_relearn(rows) if s["model"] == "pruned")
+    assert pruned["recovered"] == pytest.approx([0.0, 0.4])
+    assert pruned["recovered_se"] == pytest.approx([0.0, (1.5 * 0.72) ** 0.5 / 15])
+    assert share_text(pruned, 1) == "40% ±7"
+    rows[2]["forget_chunks"] = "10:5 11:3 10:4"
+    with pytest.raises(UserError, match="different chunks.*damaged"):
+        summarize_relearn(rows)
+    rows[2]["forget_chunks"] = "10-5"
+    with pytest.raises(UserError, match="not as positions:hits pairs"):
+        summarize_relearn(rows)
 
 
 def test_lora_trains_adapters_and_the_merged_weights_revive(ff_run):

@@ -2,7 +2,9 @@
 analysis's kind (RUN/relearn/, or RUN/relearn-NAME/ with --name):
 
     settings.toml    the analysis's settings, naming the run as ".." so that the run folder can move
-    KIND.csv         one row per finished unit of work, the caller's columns (relearn.csv)
+    KIND.csv         one row per finished unit of work, the caller's columns (relearn.csv); columns added in a
+                     later version are written only where the first row has them, so an older folder resumes
+                     with the columns it was made with
     progress.json    the finished units ("done") and the CSV's checksum: the commit point
 
 Every file is replaced atomically; progress.json is written last, so an interrupted analysis resumes at its
@@ -26,17 +28,19 @@ class AnalysisFolder:
     CSV's checksum, so an interrupted analysis resumes where it stopped and ends with the same CSV.
     """
 
-    def __init__(self, run: RunFolder, kind: str, columns: tuple[str, ...], name: str = ""):
-        self.run, self.columns = run, columns
+    def __init__(self, run: RunFolder, kind: str, columns: tuple[str, ...], name: str = "",
+                 added: tuple[str, ...] = ()):
+        self.run, self.columns, self.added = run, columns, added
         self.path = run.analysis_path(kind, name)
         self.settings_path = self.path / "settings.toml"
         self.csv_path = self.path / f"{kind}.csv"
         self.progress_path = self.path / "progress.json"
 
     @classmethod
-    def with_results(cls, run: RunFolder, kind: str, columns: tuple[str, ...]) -> list[AnalysisFolder]:
+    def with_results(cls, run: RunFolder, kind: str, columns: tuple[str, ...],
+                     added: tuple[str, ...] = ()) -> list[AnalysisFolder]:
         """The run's analyses of a kind that have committed results, in file-name order."""
-        found = (cls(run, kind, columns, name) for name in run.analysis_names(kind))
+        found = (cls(run, kind, columns, name, added) for name in run.analysis_names(kind))
         return [analysis for analysis in found if analysis.progress_path.is_file()]
 
     def start(self, settings, resume: bool) -> None:
@@ -72,8 +76,8 @@ class AnalysisFolder:
         except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
             raise UserError(f"cannot resume: {self.progress_path} is not a progress record selprune wrote; "
                             f"delete {self.path} to start the analysis again") from None
-        rows = read_csv(self.csv_path, self.columns) if self.csv_path.is_file() else []
-        if sha256_text(csv_text(rows, self.columns)) != checksum:
+        rows = self.rows()
+        if sha256_text(self._text(rows)) != checksum:
             raise UserError(f"cannot resume: {self.csv_path} differs from what was committed; delete {self.path} "
                             "to start the analysis again")
         return rows, done
@@ -83,9 +87,18 @@ class AnalysisFolder:
         one, so that the run folder can move and its analyses still resume (the run is not compared on resume)."""
         self.path.mkdir(exist_ok=True)
         atomic.write_text(self.settings_path, dataclasses.replace(self.settings, run="..").to_toml())
-        text = csv_text(rows, self.columns)
+        text = self._text(rows)
         atomic.write_text(self.csv_path, text)
         atomic.write_text(self.progress_path, json.dumps({"done": done, "sha256": sha256_text(text)}))
+
+    def rows(self) -> list[dict[str, str]]:
+        """The CSV's rows as written (every required column, and the added ones it was made with)."""
+        return read_csv(self.csv_path, self.columns) if self.csv_path.is_file() else []
+
+    def _text(self, rows: list[dict]) -> str:
+        """The CSV's bytes: the required columns, and the added ones that its first row has (all for a new one)."""
+        columns = [*self.columns, *(c for c in self.added if not rows or c in rows[0])]
+        return csv_text([{k: row[k] for k in columns} for row in rows], columns)
 
 
 def _extends(given, saved) -> bool:

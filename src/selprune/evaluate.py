@@ -49,17 +49,23 @@ class Metrics:
 
 
 def top1_standard_error(counts: torch.Tensor) -> float:
-    """The standard error of top-1 = sum(hits) / sum(positions) over chunks, counts [chunks, (positions, hits)].
+    """The standard error of top-1 = sum(hits) / sum(positions) over chunks, counts [chunks, (positions, hits)],
+    from the chunks that predict something (ratio_standard_error). NaN with fewer than 2 such chunks."""
+    predicting = counts[counts[:, 0] > 0]
+    return ratio_standard_error(predicting[:, 1], predicting[:, 0])
 
-    The ratio estimator's (first-order) variance: with k chunks that predict something, their mean size n̄
-    and top-1 r, SE^2 = sum_i (hits_i - r positions_i)^2 / (k (k - 1) n̄^2). NaN with fewer than 2 chunks.
-    """
-    positions, hits = counts[counts[:, 0] > 0].double().unbind(1)
-    k, total = len(positions), positions.sum()
-    if k < 2:
+
+def ratio_standard_error(num: torch.Tensor, den: torch.Tensor) -> float:
+    """The standard error of r = sum(num) / sum(den) over k chunks, the chunks sampled and each chunk's pair of
+    sums kept together: the ratio estimator's (first-order) variance, SE^2 = k / (k - 1) x sum_i (num_i - r
+    den_i)^2 / sum(den)^2. Top-1 is hits over positions; the relearning's recovered share is regained hits over
+    the hits the unpruned model has in excess (relearn/results.py). NaN with fewer than 2 chunks or sum(den) 0."""
+    num, den = num.double(), den.double()
+    k, total = len(den), den.sum()
+    if k < 2 or total == 0:
         return float("nan")
-    spread = ((hits - hits.sum() / total * positions) ** 2).sum()
-    return float((k / (k - 1) * spread).sqrt() / total)
+    spread = ((num - num.sum() / total * den) ** 2).sum()
+    return float((k / (k - 1) * spread).sqrt() / total.abs())
 
 
 def drop_standard_error(base: torch.Tensor, now: torch.Tensor) -> float:

@@ -42,7 +42,7 @@ from ..rundir import RunFolder
 from ..selection import random_scores, select
 from ..unlearn.budget import SAME_DATA, run_and_step
 from ..unlearn.settings import UnlearnConfig
-from .results import headline, summarize_relearn
+from .results import chunks_text, headline, summarize_relearn
 from .settings import RelearnConfig
 
 
@@ -265,7 +265,9 @@ class Relearn(Console):
                                                  fused=self.config.compile, head=head,
                                                  what=f"the {contender.label} model after {step} steps of the "
                                                  f"{attack} attack at lr {lr:g}, on {role} data")
-            metrics[f"{role}_top1"], metrics[f"{role}_loss"] = m.top1, m.loss
+            metrics[f"{role}_top1"], metrics[f"{role}_loss"], metrics[f"{role}_top1_se"] = m.top1, m.loss, m.top1_se
+            if role == "forget":
+                metrics["forget_chunks"] = chunks_text(m.per_chunk)
         recipe = contender.recipe
         zero = "" if recipe.mask is None or step != self.config.max_steps else \
             str(still_zero(recipe.neurons(evaluated), recipe.mask))

@@ -5,11 +5,16 @@ headline."""
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
+import torch
+
 from ..analysisdir import AnalysisFolder
+from ..errors import UserError
+from ..evaluate import ratio_standard_error
 from ..rundir import RELEARN, RunFolder
-from .settings import COLUMNS, RelearnConfig
+from .settings import ADDED_COLUMNS, COLUMNS, RelearnConfig
 
 ANAMNESIS = 0.1  # the anamnesis index: steps until the forget top-1 is within this share of the unpruned model's
 
@@ -17,12 +22,13 @@ ANAMNESIS = 0.1  # the anamnesis index: steps until the forget top-1 is within t
 def summarize_relearn(rows: list[dict]) -> list[dict]:
     """Per attack and model, the attacker's best at each point (the learning rate whose forget top-1 is highest
     there: an attacker with that many steps picks the rate that recovers most by then, and `lrs` names it):
-    the forget top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0), the
+    the forget top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0)
+    with its standard error across the evaluation's chunks (None where the rows do not record their chunks), the
     steps to recover 50% and 90% of it (None: not within the attack), the anamnesis index (Chundawat et al.
     2023: the first step whose forget top-1 is within ANAMNESIS of the unpruned model's before the attack,
     None: not within the attack), the retain top-1, and whether the pruned weights stayed exactly zero."""
     table = [{k: _from_csv(v) for k, v in row.items()} for row in rows]
-    base0 = {r["attack"]: r["forget_top1"] for r in table if r["model"] == "base" and r["step"] == 0}
+    base0 = {r["attack"]: r for r in table if r["model"] == "base" and r["step"] == 0}
     summaries = []
     for (attack, model), group in itertools.groupby(sorted(table, key=lambda r: (r["attack"], r["model"])),
                                                     key=lambda r: (r["attack"], r["model"])):
@@ -31,13 +37,16 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
             if r["step"] not in best or r["forget_top1"] > best[r["step"]]["forget_top1"]:
                 best[r["step"]] = r
         curve = [best[step] for step in sorted(best)]
-        start, ceiling = curve[0]["forget_top1"], base0.get(attack)
-        gap = None if ceiling is None or model == "base" else ceiling - start
-        share = [None if not gap or gap <= 0 else (r["forget_top1"] - start) / gap for r in curve]
+        start, base = curve[0], base0.get(attack)
+        ceiling = None if base is None else base["forget_top1"]
+        gap = None if ceiling is None or model == "base" else ceiling - start["forget_top1"]
+        share = [None if not gap or gap <= 0 else (r["forget_top1"] - start["forget_top1"]) / gap for r in curve]
         summaries.append({
             "attack": attack, "model": model, "lrs": [r["lr"] for r in curve], "steps": [r["step"] for r in curve],
             "forget_top1": [r["forget_top1"] for r in curve], "retain_top1": [r["retain_top1"] for r in curve],
             "gap": gap, "recovered": share,
+            "recovered_se": [None if s is None else recovered_standard_error(base, start, r)
+                             for s, r in zip(share, curve)],
             "steps_to_50": _first_step(curve, share, 0.5), "steps_to_90": _first_step(curve, share, 0.9),
             "anamnesis": None if ceiling is None else next(
                 (r["step"] for r in curve if r["forget_top1"] >= (1 - ANAMNESIS) * ceiling), None),
@@ -46,12 +55,41 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
     return summaries
 
 
+def recovered_standard_error(base: dict, start: dict, now: dict) -> float | None:
+    """The standard error of a recovered share (now - start) / (base - start), the three forget top-1s measured
+    on the same chunks: a ratio over chunks of the hits regained and the hits the unpruned model has in excess.
+    It is the error of measuring on these chunks only: it leaves out the attack's own randomness (its data order,
+    one seed) and that the attacker's best rate is picked on the same measurements. None where a row does not
+    record its chunks (an analysis made before they were)."""
+    if not all(row.get("forget_chunks") for row in (base, start, now)):
+        return None
+    b, s, n = (chunks_of(row["forget_chunks"]) for row in (base, start, now))
+    if not (torch.equal(b[:, 0], s[:, 0]) and torch.equal(b[:, 0], n[:, 0])):
+        raise UserError("the rows of a relearning analysis were evaluated on different chunks: its relearn.csv is "
+                        "damaged; delete the analysis folder and run the attack again")
+    return ratio_standard_error(n[:, 1] - s[:, 1], b[:, 1] - s[:, 1])
+
+
+def chunks_text(per_chunk: torch.Tensor) -> str:
+    """An evaluation's [chunks, (positions, hits)] as relearn.csv keeps it: "positions:hits" per chunk."""
+    return " ".join(f"{p}:{h}" for p, h in per_chunk.tolist())
+
+
+def chunks_of(text: str) -> torch.Tensor:
+    """chunks_text read back."""
+    try:
+        return torch.tensor([[int(x) for x in pair.split(":")] for pair in str(text).split()], dtype=torch.long)
+    except ValueError:
+        raise UserError(f"a relearn.csv records chunks as {str(text)[:40]!r}, not as positions:hits pairs: the "
+                        "file is damaged; delete the analysis folder and run the attack again") from None
+
+
 def headline(summaries: list[dict]) -> list[str]:
     """One console line per attack and model: forget top-1 before and after, and how much of the gap returned."""
     lines = []
     for s in summaries:
         recovered = "" if s["recovered"][-1] is None else (
-            f"; recovered {100 * s['recovered'][-1]:.0f}% of the gap in {s['steps'][-1]} steps (50% "
+            f"; recovered {share_text(s, -1)} of the gap in {s['steps'][-1]} steps (50% "
             + ("not reached" if s["steps_to_50"] is None else f"by step {s['steps_to_50']}") + ")")
         zero = ("" if s["pruned_zero"] is None
                 else f"; pruned weights still zero: {'yes' if s['pruned_zero'] else 'no'}")
@@ -60,6 +98,15 @@ def headline(summaries: list[dict]) -> list[str]:
                      f"{s['forget_top1'][0]:.3f} -> {s['forget_top1'][-1]:.3f}, retain {s['retain_top1'][0]:.3f} "
                      f"-> {s['retain_top1'][-1]:.3f}{recovered}{zero}")
     return lines
+
+
+def share_text(summary: dict, point: int) -> str:
+    """A recovered share at one point of a summary's curve, in percent with its standard error where the rows
+    recorded their chunks: "65% ±4" ("" where there is no share)."""
+    share, se = summary["recovered"][point], summary["recovered_se"][point]
+    if share is None:
+        return ""
+    return f"{100 * share:.0f}%" + ("" if se is None or math.isnan(se) else f" ±{100 * se:.0f}")
 
 
 def lr_text(summary: dict) -> str:
@@ -95,7 +142,7 @@ def _first_step(curve, share, level):
 
 def relearn_folders(run: Path) -> list[AnalysisFolder]:
     """The relearning analyses of a run folder that have results."""
-    return AnalysisFolder.with_results(RunFolder(run), RELEARN, COLUMNS)
+    return AnalysisFolder.with_results(RunFolder(run), RELEARN, COLUMNS, ADDED_COLUMNS)
 
 
 def settings_of(results: AnalysisFolder) -> RelearnConfig:

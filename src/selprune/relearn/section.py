@@ -9,9 +9,7 @@ from pathlib import Path
 from .. import atomic
 from ..config import safe_name
 from ..plots import figure, figure_html, number, png
-from ..csvfiles import read_csv
-from .results import ANAMNESIS, anamnesis_text, lr_text, relearn_folders, settings_of, summarize_relearn
-from .settings import COLUMNS
+from .results import ANAMNESIS, anamnesis_text, lr_text, relearn_folders, settings_of, share_text, summarize_relearn
 
 
 def report_section(runs: list[dict], out_dir: Path) -> str:
@@ -19,7 +17,7 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
     parts = []
     for run in runs:
         for results in relearn_folders(run["dir"]):
-            summaries = summarize_relearn(read_csv(results.csv_path, COLUMNS))
+            summaries = summarize_relearn(results.rows())
             settings = settings_of(results)
             attacks = sorted({s["attack"] for s in summaries})
             crowded = len(summaries) > 8 * len(attacks)  # then the legend goes beside the curves, not over them
@@ -52,7 +50,8 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
         return ""
     return ("<h2>Relearning: removed or hidden?</h2><p class=\"note\">Recovered share = (top-1 after t steps "
             "&minus; top-1 before) / (the unpruned model's top-1 &minus; top-1 before): 0% means nothing came back, "
-            "100% the unpruned model's accuracy. Pruned weights still 0: &mdash; for a model that pruned nothing "
+            "100% the unpruned model's accuracy; &plusmn; its standard error across the evaluation's chunks (the "
+            "three top-1s paired on the same chunks; not the attack's own randomness). Pruned weights still 0: &mdash; for a model that pruned nothing "
             "(the unpruned model, an unlearning).</p>" + "".join(parts))
 
 
@@ -68,8 +67,8 @@ def _relearn_table(summaries: list[dict]) -> str:
             "<th>Pruned weights still 0</th></tr>")
     rows = []
     for s in summaries:
-        shares = ", ".join(f"{step}: {number(100 * v, '.0f', '%')}" for step, v in zip(s["steps"], s["recovered"])
-                           if v is not None and step)
+        shares = ", ".join(f"{step}: {share_text(s, i)}" for i, step in enumerate(s["steps"])
+                           if s["recovered"][i] is not None and step)
         cells = [html.escape(s["attack"]), html.escape(s["model"]), lr_text(s), _percent_change(s["forget_top1"]),
                  shares or "&mdash;",
                  " / ".join("&mdash;" if n is None else str(n) for n in (s["steps_to_50"], s["steps_to_90"])),

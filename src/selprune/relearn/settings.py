@@ -12,7 +12,11 @@ from ..finetune import BATCH_SIZE, CHUNK_LEN, LR, TOKENS
 from ..rundir import RELEARN, RunFolder
 
 COLUMNS = ("attack", "model", "lr", "step", "forget_top1", "forget_loss", "retain_top1", "retain_loss",
-           "train_loss", "pruned_zero")
+           "train_loss", "pruned_zero")  # every relearn.csv has these: reading one requires them
+# and, added later, each top-1's standard error across the evaluation's chunks, and the forget chunks' own
+# "positions:hits" (space-separated, the same chunks in every row), which pair any two rows' forget top-1s: the
+# recovered share's standard error (results.py). A folder made before them keeps the columns it has.
+ADDED_COLUMNS = ("forget_top1_se", "retain_top1_se", "forget_chunks")
 DEFAULT_LR = {"adamw": LR, "lora": 5e-5}  # LoRA's from Che et al. 2025 (rank 16, alpha 32)
 OPTIMIZERS = ("adamw", "lora")
 
@@ -61,7 +65,7 @@ class RelearnConfig(Settings):
 
     def results_folder(self) -> AnalysisFolder:
         """Where the results go: the run's relearning analysis of this name."""
-        return AnalysisFolder(RunFolder(self.run), RELEARN, COLUMNS, self.name)
+        return AnalysisFolder(RunFolder(self.run), RELEARN, COLUMNS, self.name, ADDED_COLUMNS)
 
     def validate(self) -> None:
         self.check_finite()
