@@ -17,7 +17,7 @@ lscpu > "$OUT/lscpu.txt"
 { echo "# $(date -u '+%F %T') $(git rev-parse --short HEAD 2>/dev/null)"; } > "$OUT/started.txt"
 "$PY" bench/step_cost.py --tokens 4096 --repeats 5 > "$OUT/step_cost.txt" 2>&1              # the step ratio
 "$PY" bench/eval_cost.py --tokens 4096 --repeats 7 \
-  --tiles 4096x2048 256x49152 1024x4096 1024x8192 > "$OUT/eval_cost.txt" 2>&1               # the tile shape
+  --tiles 1024x8192 4096x2048 2048x4096 256x49152 > "$OUT/eval_cost.txt" 2>&1               # the tile shape
 "$PY" bench/dtype_accuracy.py > "$OUT/dtype_accuracy.txt" 2>&1                               # bf16 against fp32
 "$PY" bench/harden_cost.py --tokens 2048 --repeats 3 > "$OUT/harden_cost.txt" 2>&1           # --harden
 "$PY" bench/relearn_cost.py --repeats 3 > "$OUT/relearn_cost.txt" 2>&1                       # an attack

@@ -1,6 +1,6 @@
 """What scoring predictions costs on top of the language-model head, per way of deciding ranks.
 
-    .venv/bin/python bench/eval_cost.py [--tokens 4096] [--repeats 7] [--tiles 4096x2048 256x49152 ...]
+    .venv/bin/python bench/eval_cost.py [--tokens 4096] [--repeats 7] [--tiles 1024x8192 4096x2048 ...]
 
 On the embedded model's real final hidden states (`prose`), timed in turns, medians:
   head only   the bf16 head over every position in one product (what a plain full forward pays)
@@ -31,7 +31,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--tokens", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--tiles", nargs="+", default=[(4096, 2048)], type=tile,
+    p.add_argument("--tiles", nargs="+", default=[(1024, 8192)], type=tile,
                    help="ROWSxWIDTH: positions and vocabulary tokens whose logits are made together")
     args = p.parse_args()
     model, tok = load_model("smollm2-135m")

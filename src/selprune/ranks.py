@@ -180,7 +180,7 @@ def _rescored_rank(head: Head, h, t, below) -> torch.Tensor:
     return torch.zeros_like(t).index_add_(0, row, beats.long())
 
 
-def score_predictions(hidden, head: Head, targets, rows: int = 4096, width: int = 2048, fused: bool = False,
+def score_predictions(hidden, head: Head, targets, rows: int = 1024, width: int = 8192, fused: bool = False,
                       what: str = "the model"):
     """Per position: top-1 hit, top-10 hit and loss, with ranks as exact as float32 logits.
 
