@@ -253,9 +253,10 @@ def test_the_recovered_share_s_standard_error_by_hand():
     rows[2]["forget_chunks"] = "10:5 11:3 10:4"
     with pytest.raises(UserError, match="different chunks.*damaged"):
         summarize_relearn(rows)
-    rows[2]["forget_chunks"] = "10-5"
-    with pytest.raises(UserError, match="not as positions:hits pairs"):
-        summarize_relearn(rows)
+    for damaged in ("10-5 10:3 10:4", "10 3 4", "10:5:1 10:3:1 10:4:1", "10:5 10:3 10:4:1"):
+        rows[2]["forget_chunks"] = damaged
+        with pytest.raises(UserError, match="not as positions:hits pairs"):
+            summarize_relearn(rows)
 
 
 def test_lora_trains_adapters_and_the_merged_weights_revive(ff_run):

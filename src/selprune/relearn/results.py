@@ -78,7 +78,10 @@ def chunks_text(per_chunk: torch.Tensor) -> str:
 def chunks_of(text: str) -> torch.Tensor:
     """chunks_text read back."""
     try:
-        return torch.tensor([[int(x) for x in pair.split(":")] for pair in str(text).split()], dtype=torch.long)
+        chunks = torch.tensor([[int(x) for x in pair.split(":")] for pair in str(text).split()], dtype=torch.long)
+        if chunks.ndim != 2 or chunks.shape[1] != 2:
+            raise ValueError
+        return chunks
     except ValueError:
         raise UserError(f"a relearn.csv records chunks as {str(text)[:40]!r}, not as positions:hits pairs: the "
                         "file is damaged; delete the analysis folder and run the attack again") from None
