@@ -17,7 +17,7 @@ from selprune.errors import UserError
 from selprune.models import load_model
 from selprune.pruning import apply, still_zero
 from selprune.recipe import recipe_of
-from selprune.relearn import Relearn, RelearnConfig
+from selprune.relearn import Relearn, RelearnConfig, relearn
 from selprune.rundir import RunFolder
 
 # a high learning rate, so that 3 steps on the tiny model move it enough to see
@@ -120,6 +120,13 @@ def test_the_recipe_rebuilds_the_healed_model_for_relearn_and_inspect(healed):
     assert torch.equal(logits(analysis.recipe.build(base)), logits(healed.model))
     with pytest.raises(UserError, match="has the healed weights of step 3 only .*, not 2"):
         recipe_of(healed.folder.path, 2)
+
+
+def test_the_attack_says_that_its_random_control_is_not_healed(healed, tmp_path, capsys):
+    folder = shutil.copytree(healed.folder.path, tmp_path / "healed")
+    relearn(RelearnConfig(run=str(folder), max_steps=1, batch_size=2, chunk_len=16, relearn_tokens=32, eval_tokens=32,
+                          device="cpu", compile=False))
+    assert "the random control prunes the original model and is not healed" in capsys.readouterr().out
 
 
 def test_a_run_stopped_a_step_late_keeps_and_saves_the_kept_steps_healed_model(tiny_config, tmp_path, monkeypatch):

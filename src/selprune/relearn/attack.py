@@ -196,6 +196,9 @@ class Relearn(Console):
             self.log(f"relearn: {self.run.path} {where}; attacks {', '.join(c.attack)}; models "
                      f"{', '.join(x.label for x in self.contenders)}; {c.optimizer} lr {c.learning_rates}; "
                      f"{c.max_steps} steps of {c.batch_size} x {c.chunk_len} tokens -> {self.results.path}")
+            if any(x.label == "random" for x in self.contenders) and getattr(self.run_config, "heal", 0):
+                self.log("relearn: the random control prunes the original model and is not healed, unlike this "
+                         "run (--heal): the two differ in that training too")
             for attack, contender, lr in itertools.product(c.attack, self.contenders, c.learning_rates):
                 key = f"{attack}|{contender.label}|{lr!r}"
                 if key in done:
