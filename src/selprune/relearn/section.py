@@ -51,8 +51,8 @@ def report_section(runs: list[dict], out_dir: Path) -> str:
     return ("<h2>Relearning: removed or hidden?</h2><p class=\"note\">Recovered share = (top-1 after t steps "
             "&minus; top-1 before) / (the unpruned model's top-1 &minus; top-1 before): 0% means nothing came back, "
             "100% the unpruned model's accuracy; &plusmn; its standard error across the evaluation's chunks (the "
-            "three top-1s paired on the same chunks; not the attack's own randomness). Pruned weights still 0: &mdash; for a model that pruned nothing "
-            "(the unpruned model, an unlearning).</p>" + "".join(parts))
+            "three top-1s paired on the same chunks; not the attack's own randomness). Pruned weights still 0: "
+            "&mdash; for a model that pruned nothing (the unpruned model, an unlearning).</p>" + "".join(parts))
 
 
 def _percent_change(values: list[float]) -> str:
