@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+import selprune
+
 
 def interleaved(passes: dict, repeats: int, warm_up: bool = True) -> list[dict[str, float]]:
     """Seconds of each pass per round, after one warm-up call each (first calls allocate, pick kernels
@@ -35,13 +37,15 @@ def median(rounds: list[dict[str, float]], name: str) -> float:
 
 def machine() -> str:
     """What a table of timings must name: the CPU's model and whether it has AMX (bf16 products differ several
-    fold with and without), the threads, torch, and the commit measured."""
+    fold with and without), the threads, torch, and the commit of the selprune measured (not the working
+    directory's: a bench run with PYTHONPATH on an unpacked snapshot names no commit)."""
     cpu, amx = platform.processor() or platform.machine(), None
     info = Path("/proc/cpuinfo")
     if info.is_file():
         lines = info.read_text().splitlines()
         cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), cpu)
         amx = any(line.startswith("flags") and " amx_tile" in line for line in lines)
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                            cwd=Path(selprune.__file__).parent).stdout.strip()
     return (f"{cpu}{'' if amx is None else ' with AMX' if amx else ' without AMX'}, {torch.get_num_threads()} "
             f"threads, torch {torch.__version__}, commit {commit or 'unknown (not a git checkout)'}")
