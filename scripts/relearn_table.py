@@ -2,13 +2,14 @@
 
 Per attacked model (the run's own, its controls, the unpruned and random controls): its forget and retain drop
 before the attack (from the folder's own metrics.csv, the numbers a --match was made on), the learning rates the
-attacker found best (at each step the better one), the recovered share of the forget gap after the chosen steps
-(± its standard error across the evaluation's chunks, for an analysis that recorded them), the anamnesis index,
-the retain top-1 before and after, and the share that passes each chosen greedy check of `selprune inspect` (run
-it first on each folder). With --curves, a second table follows: each model's attacked top-1 at those steps, one
-column per learning rate. Usage:
+attacker found best (at each step the better one), the recovered share of the forget gap after the chosen steps (±
+its standard error across the evaluation's chunks, for an analysis that recorded them), the anamnesis index, the
+retain top-1 before and after, and the share that passes each chosen greedy check of `selprune inspect` (run it
+first on each folder), and each model's share minus the --against model's (default the random control), paired on
+the same chunks, ± the difference's standard error. With --curves, a second table follows: each model's attacked
+top-1 at those steps, one column per learning rate. Usage:
 
-    .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64] [--curves 0 1 4 64]
+    .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64] [--against random] [--curves 0 1 4 64]
 
 from the folder relearn ran in (its --control paths are read as they were given).
 """
@@ -21,7 +22,8 @@ from pathlib import Path
 from selprune.analysisdir import AnalysisFolder
 from selprune.csvfiles import read_csv
 from selprune.inspectdir import InspectFolder
-from selprune.relearn.results import anamnesis_text, lr_text, settings_of, share_text, summarize_relearn
+from selprune.relearn.results import (anamnesis_text, lr_text, settings_of, share_difference, share_text,
+                                      summarize_relearn)
 from selprune.relearn.settings import ADDED_COLUMNS, COLUMNS
 from selprune.rundir import RELEARN, RunFolder
 from selprune.unlearn.checkpoints import read_result
@@ -34,6 +36,9 @@ def main() -> None:
     parser.add_argument("--at", type=int, nargs="+", default=[1, 4, 16, 64], help="steps of the recovered share")
     parser.add_argument("--checks", nargs="+", default=["python body", "same language"],
                         help="the inspect checks shown, each a share (see RUN/inspect/checks.csv)")
+    parser.add_argument("--against", default="random", metavar="MODEL",
+                        help="also show each model's recovered share minus this model's, paired on the same chunks, "
+                             "with its standard error (default: the random control; none if absent)")
     parser.add_argument("--curves", type=int, nargs="+", metavar="STEP",
                         help="also print each model's forget top-1 (%%) at these attack steps, per learning rate")
     args = parser.parse_args()
@@ -43,6 +48,7 @@ def main() -> None:
     settings = settings_of(results)
     rows = results.rows()
     summaries = [s for s in summarize_relearn(rows) if s["attack"] == args.attack]
+    against = next((s for s in summaries if s["model"] == args.against), None)
     folders = {"pruned": (run, settings.step), "unlearned": (run, settings.step)}
     for spec in settings.control:
         path, _, step = spec.partition(":")
@@ -55,6 +61,7 @@ def main() -> None:
                      if r["decoding"] == "greedy" and r["check"] in args.checks})
     head = (["model", "forget / retain drop before", "attacker's lr", f"{args.attack} top-1 before -> after"]
             + [f"recovered after {' / '.join(map(str, args.at))} steps", "anamnesis index", "retain top-1 before -> after"]
+            + ([f"minus {args.against}'s share (points)"] if against else [])
             + [f"{check} ({dataset})" for check, dataset in checks])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
@@ -68,6 +75,8 @@ def main() -> None:
                  f"{100 * s['forget_top1'][0]:.1f} -> {100 * s['forget_top1'][-1]:.1f}",
                  " / ".join(_share_at(s, t) for t in args.at), anamnesis_text(s) if s["model"] != "base" else "—",
                  f"{100 * s['retain_top1'][0]:.1f} -> {100 * s['retain_top1'][-1]:.1f}"]
+        if against:
+            cells.append(" / ".join(_difference(s, against, t) for t in args.at))
         cells += [_check(folder, step, check, dataset) for check, dataset in checks]
         print("| " + " | ".join(cells) + " |")
     if args.curves:
@@ -103,6 +112,12 @@ def _drops(folder: RunFolder | None, step: int | None, summary: dict, base: dict
 def _share_at(summary: dict, step: int) -> str:
     point = summary["steps"].index(step) if step in summary["steps"] else None
     return "—" if point is None or summary["recovered"][point] is None else share_text(summary, point)
+
+
+def _difference(summary: dict, against: dict, step: int) -> str:
+    """The summary's recovered share minus `against`'s after `step` steps, in points, ± its paired error."""
+    found = None if summary is against else share_difference(summary, against, step)
+    return "—" if found is None else f"{100 * found[0]:+.0f} ±{100 * found[1]:.0f}"
 
 
 def _check(folder: RunFolder | None, step: int | None, check: str, dataset: str) -> str:

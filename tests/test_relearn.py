@@ -24,7 +24,7 @@ from selprune.relearn import (
     summarize_relearn,
 )
 from selprune.evaluate import top1_standard_error
-from selprune.relearn.results import chunks_of, lr_text, relearn_folders, share_text
+from selprune.relearn.results import chunks_of, lr_text, relearn_folders, share_difference, share_text
 from selprune.relearn.settings import ADDED_COLUMNS
 from selprune.csvfiles import read_csv
 from selprune.rundir import RunFolder
@@ -236,16 +236,33 @@ def test_summary_numbers_by_hand():
     assert pruned["recovered_se"] == [None, None, None]  # rows that do not record their chunks
 
 
+def chunk_row(model, step, hits):
+    """A relearn.csv row of the forget attack whose forget top-1 is `hits` over 3 chunks of 10 positions."""
+    return {"attack": "forget", "model": model, "lr": "0.0001", "step": str(step), "forget_top1": repr(sum(hits) / 30),
+            "forget_loss": "1", "retain_top1": "0.3", "retain_loss": "2", "train_loss": "", "pruned_zero": "",
+            "forget_top1_se": "", "retain_top1_se": "", "forget_chunks": " ".join(f"10:{h}" for h in hits)}
+
+
+def test_two_shares_differ_with_an_error_paired_on_the_same_chunks():
+    """Beside the pruned model of the test below (share 0.4, influence per chunk 0.6, -0.6, 0 over 15), a random
+    one regains 1, 1, 0 of 2, 1, 1 hits (share 0.5; influence 0, 0.5, -0.5 over 4): the difference -0.1 has
+    influences 0.04, -0.165, 0.125 and SE^2 = 3/2 x 0.04445."""
+    rows = [chunk_row("base", 0, [8, 6, 7]), chunk_row("pruned", 0, [2, 2, 2]), chunk_row("pruned", 4, [5, 3, 4]),
+            chunk_row("random", 0, [6, 5, 6]), chunk_row("random", 4, [7, 6, 6]), chunk_row("still", 0, [2, 2, 2]),
+            chunk_row("still", 4, [2, 2, 2])]
+    s = {x["model"]: x for x in summarize_relearn(rows)}
+    difference, se = share_difference(s["pruned"], s["random"], 4)
+    assert (difference, se) == pytest.approx((-0.1, (1.5 * 0.04445) ** 0.5))
+    assert share_difference(s["pruned"], s["pruned"], 4) == pytest.approx((0.0, 0.0))  # the same share
+    assert share_difference(s["pruned"], s["still"], 4) == pytest.approx((0.4, s["pruned"]["recovered_se"][1]))
+    assert share_difference(s["pruned"], s["random"], 2) is None  # no point at step 2
+    assert share_difference(s["pruned"], s["base"], 4) is None  # the unpruned model has no share
+
+
 def test_the_recovered_share_s_standard_error_by_hand():
     """Three chunks of 10 positions: the unpruned model hits 8, 6, 7, the pruned one 2, 2, 2 before the attack
     and 5, 3, 4 after: share 6 / 15 = 0.4, residuals 3 - 0.4 x 6 = 0.6, -0.6 and 0, so SE^2 = 3/2 x 0.72 / 15^2."""
-    def row(model, step, hits):
-        chunks = " ".join(f"10:{h}" for h in hits)
-        return {"attack": "forget", "model": model, "lr": "0.0001", "step": str(step), "forget_top1": repr(sum(hits) / 30),
-                "forget_loss": "1", "retain_top1": "0.3", "retain_loss": "2", "train_loss": "", "pruned_zero": "",
-                "forget_top1_se": "", "retain_top1_se": "", "forget_chunks": chunks}
-
-    rows = [row("base", 0, [8, 6, 7]), row("pruned", 0, [2, 2, 2]), row("pruned", 4, [5, 3, 4])]
+    rows = [chunk_row("base", 0, [8, 6, 7]), chunk_row("pruned", 0, [2, 2, 2]), chunk_row("pruned", 4, [5, 3, 4])]
     pruned = next(s for s in summarize_relearn(rows) if s["model"] == "pruned")
     assert pruned["recovered"] == pytest.approx([0.0, 0.4])
     assert pruned["recovered_se"] == pytest.approx([0.0, (1.5 * 0.72) ** 0.5 / 15])

@@ -60,12 +60,21 @@ def ratio_standard_error(num: torch.Tensor, den: torch.Tensor) -> float:
     sums kept together: the ratio estimator's (first-order) variance, SE^2 = k / (k - 1) x sum_i (num_i - r
     den_i)^2 / sum(den)^2. Top-1 is hits over positions; the relearning's recovered share is regained hits over
     the hits the unpruned model has in excess (relearn/results.py). NaN with fewer than 2 chunks or sum(den) 0."""
-    num, den = num.double(), den.double()
-    k, total = len(den), den.sum()
-    if k < 2 or total == 0:
+    return ratio_difference_standard_error(num, den, torch.zeros_like(num), torch.ones_like(den))
+
+
+def ratio_difference_standard_error(num: torch.Tensor, den: torch.Tensor, num2: torch.Tensor,
+                                    den2: torch.Tensor) -> float:
+    """The standard error of sum(num) / sum(den) - sum(num2) / sum(den2), all four summed over the same k chunks
+    (two shares measured on the same chunks): each chunk's first-order influence on the difference, (num_i - r
+    den_i) / sum(den) - (num2_i - r2 den2_i) / sum(den2), and SE^2 = k / (k - 1) x the sum of their squares.
+    What the two ratios share chunk by chunk cancels. NaN with fewer than 2 chunks or a denominator summing to 0."""
+    num, den, num2, den2 = (x.double() for x in (num, den, num2, den2))
+    k, total, total2 = len(den), den.sum(), den2.sum()
+    if k < 2 or total == 0 or total2 == 0:
         return float("nan")
-    spread = ((num - num.sum() / total * den) ** 2).sum()
-    return float((k / (k - 1) * spread).sqrt() / total.abs())
+    influence = (num - num.sum() / total * den) / total - (num2 - num2.sum() / total2 * den2) / total2
+    return float((k / (k - 1) * (influence ** 2).sum()).sqrt())
 
 
 def drop_standard_error(base: torch.Tensor, now: torch.Tensor) -> float:

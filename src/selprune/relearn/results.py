@@ -12,7 +12,7 @@ import torch
 
 from ..analysisdir import AnalysisFolder
 from ..errors import UserError
-from ..evaluate import ratio_standard_error
+from ..evaluate import ratio_difference_standard_error, ratio_standard_error
 from ..rundir import RELEARN, RunFolder
 from .settings import ADDED_COLUMNS, COLUMNS, RelearnConfig
 
@@ -23,7 +23,8 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
     """Per attack and model, the attacker's best at each point (the learning rate whose forget top-1 is highest
     there: an attacker with that many steps picks the rate that recovers most by then, and `lrs` names it):
     the forget top-1 at each point, the recovered share of the forget gap (acc_t - acc_0) / (acc_base - acc_0)
-    with its standard error across the evaluation's chunks (None where the rows do not record their chunks), the
+    with its standard error across the evaluation's chunks (None where the rows do not record their chunks) and
+    the per-chunk hits behind it (`regained`: regained and in excess, which share_difference pairs), the
     steps to recover 50% and 90% of it (None: not within the attack), the anamnesis index (Chundawat et al.
     2023: the first step whose forget top-1 is within ANAMNESIS of the unpruned model's before the attack,
     None: not within the attack), the retain top-1, and whether the pruned weights stayed exactly zero."""
@@ -47,6 +48,7 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
             "gap": gap, "recovered": share,
             "recovered_se": [None if s is None else recovered_standard_error(base, start, r)
                              for s, r in zip(share, curve)],
+            "regained": [None if s is None else regained_hits(base, start, r) for s, r in zip(share, curve)],
             "steps_to_50": _first_step(curve, share, 0.5), "steps_to_90": _first_step(curve, share, 0.9),
             "anamnesis": None if ceiling is None else next(
                 (r["step"] for r in curve if r["forget_top1"] >= (1 - ANAMNESIS) * ceiling), None),
@@ -61,13 +63,32 @@ def recovered_standard_error(base: dict, start: dict, now: dict) -> float | None
     It is the error of measuring on these chunks only: it leaves out the attack's own randomness (its data order,
     one seed) and that the attacker's best rate is picked on the same measurements. None where a row does not
     record its chunks (an analysis made before they were)."""
+    regained = regained_hits(base, start, now)
+    return None if regained is None else ratio_standard_error(*regained)
+
+
+def regained_hits(base: dict, start: dict, now: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Per chunk, the hits regained since the start and the hits the unpruned model has in excess of the start:
+    the two sums whose ratio is the recovered share. None where a row does not record its chunks."""
     if not all(row.get("forget_chunks") for row in (base, start, now)):
         return None
     b, s, n = (chunks_of(row["forget_chunks"]) for row in (base, start, now))
     if not (torch.equal(b[:, 0], s[:, 0]) and torch.equal(b[:, 0], n[:, 0])):
         raise UserError("the rows of a relearning analysis were evaluated on different chunks: its relearn.csv is "
                         "damaged; delete the analysis folder and run the attack again")
-    return ratio_standard_error(n[:, 1] - s[:, 1], b[:, 1] - s[:, 1])
+    return n[:, 1] - s[:, 1], b[:, 1] - s[:, 1]
+
+
+def share_difference(one: dict, other: dict, step: int) -> tuple[float, float] | None:
+    """One model's recovered share minus another's after `step` steps of the same attack, and the difference's
+    standard error, the two shares paired on the same chunks (what both share, a chunk that is hard for every
+    model, cancels). None where either has no share there or its rows do not record their chunks."""
+    if step not in one["steps"] or step not in other["steps"]:
+        return None
+    a, b = one["regained"][one["steps"].index(step)], other["regained"][other["steps"].index(step)]
+    if a is None or b is None:
+        return None
+    return float(a[0].sum() / a[1].sum() - b[0].sum() / b[1].sum()), ratio_difference_standard_error(*a, *b)
 
 
 def chunks_text(per_chunk: torch.Tensor) -> str:
