@@ -25,6 +25,7 @@ from selprune.relearn import (
 )
 from selprune.evaluate import top1_standard_error
 from selprune.relearn.results import chunks_of, lr_text, relearn_folders, share_difference, share_text
+from selprune.relearn.section import _relearn_table
 from selprune.relearn.settings import ADDED_COLUMNS
 from selprune.csvfiles import read_csv
 from selprune.rundir import RunFolder
@@ -257,6 +258,9 @@ def test_two_shares_differ_with_an_error_paired_on_the_same_chunks():
     assert share_difference(s["pruned"], s["still"], 4) == pytest.approx((0.4, s["pruned"]["recovered_se"][1]))
     assert share_difference(s["pruned"], s["random"], 2) is None  # no point at step 2
     assert share_difference(s["pruned"], s["base"], 4) is None  # the unpruned model has no share
+    table = _relearn_table(list(s.values()))  # the report's column of each share minus the random control's
+    assert "<td>-10 &plusmn;26</td>" in table and "<td>+40 &plusmn;7</td>" not in table
+    assert table.count("<td>-50 &plusmn;") == 1  # the model that regained nothing, against random's 0.5
 
 
 def test_the_recovered_share_s_standard_error_by_hand():

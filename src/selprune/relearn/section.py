@@ -9,7 +9,8 @@ from pathlib import Path
 from .. import atomic
 from ..config import safe_name
 from ..plots import figure, figure_html, number, png
-from .results import ANAMNESIS, anamnesis_text, lr_text, relearn_folders, settings_of, share_text, summarize_relearn
+from .results import (ANAMNESIS, anamnesis_text, lr_text, relearn_folders, settings_of, share_difference,
+                      share_text, summarize_relearn)
 
 
 def report_section(runs: list[dict], out_dir: Path) -> str:
@@ -64,15 +65,20 @@ def _relearn_table(summaries: list[dict]) -> str:
     head = ("<tr><th>Attack</th><th>Model</th><th>lr (the best at each step)</th><th>Forget top-1</th>"
             "<th>Recovered share (steps: share)</th><th>Steps to 50% / 90%</th><th>Anamnesis index<br>(steps to "
             f"forget top-1 within {100 * ANAMNESIS:g}%<br>of the unpruned model's)</th><th>Retain top-1</th>"
+            "<th>Share minus the random control's<br>at the last step (points, paired)</th>"
             "<th>Pruned weights still 0</th></tr>")
     rows = []
+    random = {s["attack"]: s for s in summaries if s["model"] == "random"}
     for s in summaries:
+        against = random.get(s["attack"])
+        difference = None if against is None or against is s else share_difference(s, against, s["steps"][-1])
         shares = ", ".join(f"{step}: {share_text(s, i)}" for i, step in enumerate(s["steps"])
                            if s["recovered"][i] is not None and step)
         cells = [html.escape(s["attack"]), html.escape(s["model"]), lr_text(s), _percent_change(s["forget_top1"]),
                  shares or "&mdash;",
                  " / ".join("&mdash;" if n is None else str(n) for n in (s["steps_to_50"], s["steps_to_90"])),
                  html.escape(anamnesis_text(s)), _percent_change(s["retain_top1"]),
+                 "&mdash;" if difference is None else f"{100 * difference[0]:+.0f} &plusmn;{100 * difference[1]:.0f}",
                  {True: "yes", False: "no", None: "&mdash;"}[s["pruned_zero"]]]
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     return f"<table>{head}{''.join(rows)}</table>"
