@@ -42,13 +42,12 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
         ceiling = None if base is None else base["forget_top1"]
         gap = None if ceiling is None or model == "base" else ceiling - start["forget_top1"]
         share = [None if not gap or gap <= 0 else (r["forget_top1"] - start["forget_top1"]) / gap for r in curve]
+        regained = [None if s is None else regained_hits(base, start, r) for s, r in zip(share, curve)]
         summaries.append({
             "attack": attack, "model": model, "lrs": [r["lr"] for r in curve], "steps": [r["step"] for r in curve],
             "forget_top1": [r["forget_top1"] for r in curve], "retain_top1": [r["retain_top1"] for r in curve],
             "gap": gap, "recovered": share,
-            "recovered_se": [None if s is None else recovered_standard_error(base, start, r)
-                             for s, r in zip(share, curve)],
-            "regained": [None if s is None else regained_hits(base, start, r) for s, r in zip(share, curve)],
+            "recovered_se": [None if g is None else ratio_standard_error(*g) for g in regained], "regained": regained,
             "steps_to_50": _first_step(curve, share, 0.5), "steps_to_90": _first_step(curve, share, 0.9),
             "anamnesis": None if ceiling is None else next(
                 (r["step"] for r in curve if r["forget_top1"] >= (1 - ANAMNESIS) * ceiling), None),
@@ -57,19 +56,12 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
     return summaries
 
 
-def recovered_standard_error(base: dict, start: dict, now: dict) -> float | None:
-    """The standard error of a recovered share (now - start) / (base - start), the three forget top-1s measured
-    on the same chunks: a ratio over chunks of the hits regained and the hits the unpruned model has in excess.
-    It is the error of measuring on these chunks only: it leaves out the attack's own randomness (its data order,
-    one seed) and that the attacker's best rate is picked on the same measurements. None where a row does not
-    record its chunks (an analysis made before they were)."""
-    regained = regained_hits(base, start, now)
-    return None if regained is None else ratio_standard_error(*regained)
-
-
 def regained_hits(base: dict, start: dict, now: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Per chunk, the hits regained since the start and the hits the unpruned model has in excess of the start:
-    the two sums whose ratio is the recovered share. None where a row does not record its chunks."""
+    the two sums whose ratio is the recovered share, whose standard error across the chunks they give. It is the
+    error of measuring on these chunks only: it leaves out the attack's own randomness (its data order, one seed)
+    and that the attacker's best rate is picked on the same measurements. None where a row does not record its
+    chunks (an analysis made before they were)."""
     if not all(row.get("forget_chunks") for row in (base, start, now)):
         return None
     b, s, n = (chunks_of(row["forget_chunks"]) for row in (base, start, now))
