@@ -28,7 +28,7 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
     steps to recover 50% and 90% of it (None: not within the attack), the anamnesis index (Chundawat et al.
     2023: the first step whose forget top-1 is within ANAMNESIS of the unpruned model's before the attack,
     None: not within the attack), the retain top-1, and whether the pruned weights stayed exactly zero."""
-    table = [{k: _from_csv(v) for k, v in row.items()} for row in rows]
+    table = [{k: chunks_of(v) if k == "forget_chunks" and v else _from_csv(v) for k, v in row.items()} for row in rows]
     base0 = {r["attack"]: r for r in table if r["model"] == "base" and r["step"] == 0}
     summaries = []
     for (attack, model), group in itertools.groupby(sorted(table, key=lambda r: (r["attack"], r["model"])),
@@ -57,14 +57,15 @@ def summarize_relearn(rows: list[dict]) -> list[dict]:
 
 
 def regained_hits(base: dict, start: dict, now: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Per chunk, the hits regained since the start and the hits the unpruned model has in excess of the start:
+    """Per chunk, the hits regained since the start and the hits the unpruned model has in excess of the start
+    (each row's forget_chunks read by chunks_of, None where an older analysis has none):
     the two sums whose ratio is the recovered share, whose standard error across the chunks they give. It is the
     error of measuring on these chunks only: it leaves out the attack's own randomness (its data order, one seed)
     and that the attacker's best rate is picked on the same measurements. None where a row does not record its
     chunks (an analysis made before they were)."""
-    if not all(row.get("forget_chunks") for row in (base, start, now)):
+    if any(row.get("forget_chunks") is None for row in (base, start, now)):
         return None
-    b, s, n = (chunks_of(row["forget_chunks"]) for row in (base, start, now))
+    b, s, n = (row["forget_chunks"] for row in (base, start, now))
     if not (torch.equal(b[:, 0], s[:, 0]) and torch.equal(b[:, 0], n[:, 0])):
         raise UserError("the rows of a relearning analysis were evaluated on different chunks: its relearn.csv is "
                         "damaged; delete the analysis folder and run the attack again")
@@ -77,10 +78,11 @@ def share_difference(one: dict, other: dict, step: int) -> tuple[float, float] |
     model, cancels). None where either has no share there or its rows do not record their chunks."""
     if step not in one["steps"] or step not in other["steps"]:
         return None
-    a, b = one["regained"][one["steps"].index(step)], other["regained"][other["steps"].index(step)]
-    if a is None or b is None:
+    i, j = one["steps"].index(step), other["steps"].index(step)
+    if one["regained"][i] is None or other["regained"][j] is None:
         return None
-    return float(a[0].sum() / a[1].sum() - b[0].sum() / b[1].sum()), ratio_difference_standard_error(*a, *b)
+    return (one["recovered"][i] - other["recovered"][j],
+            ratio_difference_standard_error(*one["regained"][i], *other["regained"][j]))
 
 
 def chunks_text(per_chunk: torch.Tensor) -> str:
