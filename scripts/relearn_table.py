@@ -5,11 +5,11 @@ before the attack (from the folder's own metrics.csv, the numbers a --match was 
 attacker found best (at each step the better one), the recovered share of the forget gap after the chosen steps (±
 its standard error across the evaluation's chunks, for an analysis that recorded them), the anamnesis index, the
 retain top-1 before and after, and the share that passes each chosen greedy check of `selprune inspect` (run it
-first on each folder), and each model's share minus the --against model's (default the random control), paired on
+first on each folder), and each model's share minus the --against model's (default the random control, if there is one), paired on
 the same chunks, ± the difference's standard error. With --curves, a second table follows: each model's attacked
 top-1 at those steps, one column per learning rate. Usage:
 
-    .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64] [--against random] [--curves 0 1 4 64]
+    .venv/bin/python scripts/relearn_table.py RUN/relearn-NAME [--attack forget] [--at 1 4 16 64] [--against MODEL] [--curves 0 1 4 64]
 
 from the folder relearn ran in (its --control paths are read as they were given).
 """
@@ -17,10 +17,12 @@ from the folder relearn ran in (its --control paths are read as they were given)
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from selprune.analysisdir import AnalysisFolder
 from selprune.csvfiles import read_csv
+from selprune.errors import UserError
 from selprune.inspectdir import InspectFolder
 from selprune.relearn.results import (anamnesis_text, lr_text, settings_of, share_difference, share_text,
                                       summarize_relearn)
@@ -36,19 +38,30 @@ def main() -> None:
     parser.add_argument("--at", type=int, nargs="+", default=[1, 4, 16, 64], help="steps of the recovered share")
     parser.add_argument("--checks", nargs="+", default=["python body", "same language"],
                         help="the inspect checks shown, each a share (see RUN/inspect/checks.csv)")
-    parser.add_argument("--against", default="random", metavar="MODEL",
+    parser.add_argument("--against", metavar="MODEL",
                         help="also show each model's recovered share minus this model's, paired on the same chunks, "
-                             "with its standard error (default: the random control; none if absent)")
+                             "with its standard error (default: the random control, if the attack has one)")
     parser.add_argument("--curves", type=int, nargs="+", metavar="STEP",
                         help="also print each model's forget top-1 (%%) at these attack steps, per learning rate")
     args = parser.parse_args()
+    try:
+        print_tables(args)
+    except UserError as exc:  # a damaged or foreign folder, a model the attack did not have: one line, exit 2
+        print(f"relearn_table.py: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def print_tables(args: argparse.Namespace) -> None:
     run = RunFolder(args.results.resolve().parent)
     name = args.results.name[len(RELEARN) + 1:] or None
     results = AnalysisFolder(run, RELEARN, COLUMNS, name, ADDED_COLUMNS)
     settings = settings_of(results)
     rows = results.rows()
     summaries = [s for s in summarize_relearn(rows) if s["attack"] == args.attack]
-    against = next((s for s in summaries if s["model"] == args.against), None)
+    against = next((s for s in summaries if s["model"] == (args.against or "random")), None)
+    if args.against and against is None:
+        raise UserError(f"--against {args.against}: the {args.attack} attack has no such model (it has "
+                        f"{', '.join(s['model'] for s in summaries)})")
     folders = {"pruned": (run, settings.step), "unlearned": (run, settings.step)}
     for spec in settings.control:
         path, _, step = spec.partition(":")
@@ -61,7 +74,7 @@ def main() -> None:
                      if r["decoding"] == "greedy" and r["check"] in args.checks})
     head = (["model", "forget / retain drop before", "attacker's lr", f"{args.attack} top-1 before -> after"]
             + [f"recovered after {' / '.join(map(str, args.at))} steps", "anamnesis index", "retain top-1 before -> after"]
-            + ([f"minus {args.against}'s share (points)"] if against else [])
+            + ([f"minus {against['model']}'s share (points)"] if against else [])
             + [f"{check} ({dataset})" for check, dataset in checks])
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))

@@ -3,6 +3,9 @@
 import copy
 import re
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -118,6 +121,21 @@ def test_each_row_records_the_forget_chunks_that_pair_it_with_every_other(ff_run
         assert 0 <= float(row["retain_top1_se"]) < 1  # a number, not empty or NaN
     for s in summarize_relearn(rows):  # an error wherever there is a share (a random tiny model may have none)
         assert [se is None for se in s["recovered_se"]] == [share is None for share in s["recovered"]]
+
+
+def test_the_table_script_pairs_shares_and_refuses_what_it_cannot_read_in_one_line(ff_run):
+    relearn(RelearnConfig(run=str(ff_run), **SMALL), quiet=True)
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "scripts" / "relearn_table.py"),
+              str(ff_run / "relearn"), "--at", "4"]
+    done = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "minus random's share (points)" in done.stdout, done.stderr
+    done = subprocess.run([*script, "--against", "nobody"], capture_output=True, text=True, timeout=120)
+    assert (done.returncode, done.stderr) == (2, "relearn_table.py: --against nobody: the forget attack has no such "
+                                                 "model (it has base, pruned, random)\n")
+    csv = ff_run / "relearn" / "relearn.csv"
+    csv.write_text(csv.read_text().replace(" ", "-", 1))  # one chunk record that is not positions:hits pairs
+    done = subprocess.run(script, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1 and "not as positions:hits pairs" in done.stderr
 
 
 def test_an_analysis_made_before_the_chunks_resumes_with_its_own_columns(pruned_runs, tmp_path):
